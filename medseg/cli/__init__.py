@@ -1,0 +1,46 @@
+"""The ``medseg`` command line: one module per command group, each exposing ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from medseg import __version__
+
+# Each module registers its own sub-command(s) and sets ``func`` on the parser it adds.
+COMMAND_MODULES = ("data",)
+
+
+class CLIError(Exception):
+    """An error to report to the user as one line, with a non-zero exit code."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medseg",
+        description="MONAI-based medical image segmentation: data checks, training, evaluation, "
+        "sliding-window inference, MLflow runs and MONAI bundles.",
+    )
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"medseg.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as err:
+        print(f"medseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Shared fixtures: where the real datasets live, and how their absence is reported.
+
+Real data is found through ``MEDSEG_DATA_ROOT`` (default ``../shared/data`` beside the repository).
+Outside CI a missing dataset skips the tests that need it, with the reason; in CI (``CI=true``) it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")).resolve()
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _dataset(name: str) -> Path:
+    path = DATA_ROOT / name
+    if not path.is_dir():
+        reason = f"real dataset {name} not found at {path} (set MEDSEG_DATA_ROOT)"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI=true requires the real data")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def drive_root() -> Path:
+    return _dataset("DRIVE")
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    return _dataset("CamVid")
