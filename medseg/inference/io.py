@@ -1,0 +1,214 @@
+"""Reading inputs and writing predictions for inference: 2D images (PIL) and 3D NIfTI volumes (nibabel).
+
+Images are read channel-first in their stored dtype (a photograph stays uint8). Outputs keep the input's
+geometry: a 2D mask has the image's height and width; a NIfTI output has the input's shape, affine and
+header. Every file is written to a temporary name beside its destination and renamed into place, so an
+interrupted run never leaves a half-written output. A file that cannot be read raises
+:class:`medseg.data.DatasetError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from medseg.data import DatasetError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "ImageMeta",
+    "atomic_write",
+    "is_supported",
+    "output_paths",
+    "read_image",
+    "suffix_of",
+    "write_mask",
+    "write_overlay",
+    "write_probabilities",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ProbabilityDtype = Literal["uint8", "float16"]
+
+# PIL modes whose pixels are colour, converted to RGB; every other 8-bit mode is converted to grey ("L").
+# Modes with more than 8 bits ("I;16", "I", "F") keep their values as one grey channel.
+_COLOUR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"}
+_WIDE_GREY_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+_OVERLAY_COLOUR = np.array([0, 255, 0], dtype=np.float32)
+_OVERLAY_OPACITY = 0.5
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Where an image came from and what its outputs must keep.
+
+    ``nifti`` is the input's NIfTI image (for its affine and header) or ``None`` for a 2D image.
+    """
+
+    path: Path
+    nifti: nib.Nifti1Image | nib.Nifti2Image | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        return self.nifti is not None
+
+
+def suffix_of(path: Path) -> str:
+    """Lower-case suffix, with ``.nii.gz`` as one."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def is_supported(path: Path) -> bool:
+    return suffix_of(path) in IMAGE_SUFFIXES + NIFTI_SUFFIXES
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+    """Read a 2D image as (C, H, W) (C = 1 grey, 3 colour) or a NIfTI volume as (C, X, Y, Z).
+
+    A 4D NIfTI's last axis is its channels. Unsupported suffixes and unreadable, corrupt or truncated files
+    raise :class:`DatasetError` naming the file.
+    """
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path)
+    if suffix in IMAGE_SUFFIXES:
+        return _read_2d(path), ImageMeta(path)
+    raise DatasetError(
+        f"{path}: unsupported file type {suffix or '(no suffix)'!r}; expected one of "
+        f"{', '.join(IMAGE_SUFFIXES + NIFTI_SUFFIXES)}"
+    )
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode every pixel now, so a truncated file fails here
+            if image.mode in _COLOUR_MODES:
+                image = image.convert("RGB")
+            elif image.mode not in _WIDE_GREY_MODES and image.mode != "L":
+                image = image.convert("L")
+            pixels = np.array(image)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from None
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    try:
+        volume = nib.load(path)
+        # asanyarray keeps the stored dtype (int16 CT stays int16) unless the header scales the values
+        data = np.asanyarray(volume.dataobj)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+        raise DatasetError(f"{path}: corrupt or unreadable NIfTI ({type(err).__name__}: {err})") from None
+    if data.ndim == 3:
+        return data[None], ImageMeta(path, volume)
+    if data.ndim == 4:
+        return np.moveaxis(data, -1, 0), ImageMeta(path, volume)
+    raise DatasetError(f"{path}: expected a 3D or 4D NIfTI volume, got shape {data.shape}")
+
+
+def output_paths(input_path: Path, output_dir: Path, probability_dtype: ProbabilityDtype | None) -> dict[str, Path]:
+    """Where the outputs of ``input_path`` go: ``mask``, and ``probabilities``/``overlay`` where written.
+
+    ``NAME.tif`` gives ``NAME_mask.png``, ``NAME_prob.png`` (uint8) or ``NAME_prob.npy`` (float16) and
+    ``NAME_overlay.png``; ``NAME.nii.gz`` gives ``NAME_mask.nii.gz`` and ``NAME_prob.nii.gz``.
+    """
+    suffix = suffix_of(input_path)
+    stem = input_path.name[: len(input_path.name) - len(suffix)]
+    if suffix in NIFTI_SUFFIXES:
+        paths = {"mask": output_dir / f"{stem}_mask{suffix}"}
+        if probability_dtype:
+            paths["probabilities"] = output_dir / f"{stem}_prob{suffix}"
+        return paths
+    paths = {"mask": output_dir / f"{stem}_mask.png", "overlay": output_dir / f"{stem}_overlay.png"}
+    if probability_dtype:
+        paths["probabilities"] = output_dir / f"{stem}_prob{'.png' if probability_dtype == 'uint8' else '.npy'}"
+    return paths
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary_path)`` for a temporary file beside ``path`` (same suffix), then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path), dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_mask(path: Path, mask: np.ndarray, meta: ImageMeta) -> None:
+    """Write a uint8 label map, (H, W) for a 2D input (PNG) or (X, Y, Z) for a NIfTI input."""
+    if meta.is_volume:
+        atomic_write(path, lambda temporary: nib.save(_like_input(mask, meta, np.uint8), temporary))
+    else:
+        atomic_write(path, lambda temporary: Image.fromarray(mask).save(temporary, format="PNG"))
+
+
+def write_probabilities(path: Path, probabilities: torch.Tensor, meta: ImageMeta, dtype: ProbabilityDtype) -> None:
+    """Write (K, *spatial) probabilities in [0, 1].
+
+    2D: one channel as uint8 PNG (probability x 255), otherwise a (K, H, W) ``.npy`` in ``dtype``.
+    NIfTI: uint8 with the header's scale slope mapping back to [0, 1], or float32 for ``"float16"`` (NIfTI-1
+    has no float16 type); several channels go on a 4th axis.
+    """
+    if meta.is_volume:
+        values = probabilities.float().numpy()
+        values = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
+        stored = np.uint8 if dtype == "uint8" else np.float32
+        atomic_write(path, lambda temporary: nib.save(_like_input(values, meta, stored), temporary))
+    elif path.suffix == ".png":
+        quantised = _to_uint8(probabilities[0])
+        atomic_write(path, lambda temporary: Image.fromarray(quantised).save(temporary, format="PNG"))
+    else:
+        values = probabilities.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
+        atomic_write(path, lambda temporary: np.save(temporary, values))
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
+    """PNG of a (C, H, W) image (grey shown as grey, intensities min-max scaled) with the (H, W) mask in green."""
+    display = image if image.dtype == np.uint8 else _to_uint8(torch.as_tensor(image, dtype=torch.float32), True)
+    overlay = np.repeat(display, 3, axis=0) if display.shape[0] == 1 else display[:3]
+    overlay = np.ascontiguousarray(overlay.transpose(1, 2, 0))  # uint8 copy: a float one of 8192 x 8192 is 768 MB
+    inside = mask > 0
+    blended = (1 - _OVERLAY_OPACITY) * overlay[inside] + _OVERLAY_OPACITY * _OVERLAY_COLOUR
+    overlay[inside] = blended.round().astype(np.uint8)
+    atomic_write(path, lambda temporary: Image.fromarray(overlay).save(temporary, format="PNG"))
+
+
+def _to_uint8(values: torch.Tensor, rescale: bool = False) -> np.ndarray:
+    if rescale:
+        low, high = values.min(), values.max()
+        values = (values - low) / (high - low) if high > low else values - low
+    return (values.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _like_input(data: np.ndarray, meta: ImageMeta, dtype: type) -> nib.Nifti1Image | nib.Nifti2Image:
+    """A NIfTI image of ``data`` with the input's affine and header, stored as ``dtype``.
+
+    Float data stored as uint8 gets a scale slope from nibabel so that it reads back as floats.
+    """
+    header = meta.nifti.header.copy()
+    header.set_slope_inter(None, None)  # the input's intensity scaling does not apply to a prediction
+    image = type(meta.nifti)(data, meta.nifti.affine, header=header)
+    image.set_data_dtype(dtype)
+    return image

@@ -1,0 +1,323 @@
+"""The one inference path: sliding-window probabilities for 2D images and 3D volumes of any size.
+
+:func:`predict` is what the CLI, the evaluators and the bundles' ``inference.yaml`` call. It is MONAI's
+:func:`~monai.inferers.sliding_window_inference` with three additions:
+
+- the image stays in its stored dtype (uint8 for photographs) and each batch of windows is cut from it,
+  converted to float and normalised only when the network needs it, so a 8192 x 8192 RGB photograph costs
+  192 MB instead of 768 MB as float32. MONAI sizes its output and count maps from the dtype of the tensor it
+  slides over, so it slides over a zero-stride float placeholder (no memory) and passes the window coordinates
+  to the predictor (``with_coord=True``), which reads the real pixels;
+- a 2D network over a 3D volume runs slice by slice: the window is one slice thick along ``slice_axis`` and
+  each batch of windows is a batch of slices;
+- fundus photographs can be resampled to the scale the network was trained at (the width of the field of
+  view) and the probabilities resampled back, and predictions outside the FOV are zeroed.
+
+Windows are turned into probabilities (sigmoid or softmax) before stitching, so the stitched map is a weighted
+mean of probabilities and can be accumulated in float16 without overflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from medseg.inference.fov import estimate_fov, fov_width
+
+__all__ = ["AUTO_SCALE_TOLERANCE", "NORMALIZATIONS", "fundus_scale", "predict"]
+
+Normalization = Literal["scale255", "standardize", "standardize_channelwise", "minmax", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("scale255", "standardize", "standardize_channelwise", "minmax", "none")
+Activation = Literal["sigmoid", "softmax", "none"]
+Precision = Literal["float32", "bfloat16"]
+
+# A fundus photograph whose FOV is within 10% of the training width is left at its own scale: resampling it
+# would blur vessels for no gain (DRIVE's own FOV widths are 535-541 pixels against a median of 540).
+AUTO_SCALE_TOLERANCE = 0.1
+
+# Intensity statistics are summed over chunks of about this many elements, so a large uint8 image is never
+# converted to float64 whole.
+_STATISTICS_CHUNK = 1 << 22
+
+
+def fundus_scale(fov_mask: np.ndarray, training_fov_width: float, tolerance: float = AUTO_SCALE_TOLERANCE) -> float:
+    """Resampling factor that brings a fundus photograph to its network's training scale.
+
+    Args:
+        fov_mask: (H, W) bool FOV of the photograph.
+        training_fov_width: median FOV width, in pixels, of the network's training images.
+        tolerance: factors within ``1 ± tolerance`` return exactly 1 (no resampling).
+    """
+    width = fov_width(fov_mask)
+    if width == 0:
+        raise ValueError("the FOV mask is empty, so the image's scale cannot be measured")
+    factor = training_fov_width / width
+    return 1.0 if abs(factor - 1.0) <= tolerance else factor
+
+
+def predict(
+    model: torch.nn.Module,
+    image: np.ndarray | torch.Tensor,
+    *,
+    roi_size: Sequence[int],
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    mode: Literal["gaussian", "constant"] = "gaussian",
+    normalization: Normalization | Callable[[torch.Tensor], torch.Tensor] = "standardize",
+    activation: Activation = "sigmoid",
+    tta: bool = False,
+    device: str | torch.device = "cpu",
+    precision: Precision = "float32",
+    slice_axis: int = -1,
+    scale: float | Literal["auto"] | None = None,
+    training_fov_width: float | None = None,
+    fov_mask: np.ndarray | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sliding-window probabilities of ``model`` over one image or volume.
+
+    Args:
+        model: network returning logits of shape (N, K, *roi) for windows (N, C, *roi); a deep-supervised
+            network's list output contributes its first element. It is switched to eval mode and moved to
+            ``device`` (and, for 2D on the CPU, to channels-last, a layout oneDNN convolves faster).
+        image: channel-first (C, *spatial) array or tensor in its stored dtype (uint8 stays uint8). With a
+            2D ``roi_size`` it is (C, H, W), or (C, X, Y, Z) to run the 2D network slice by slice.
+        roi_size: window size, one entry per spatial dimension of the network.
+        overlap: fraction of a window shared with its neighbour (along the slice axis, none).
+        sw_batch_size: windows (or slices) per forward pass.
+        mode: ``"gaussian"`` weights window centres more when stitching; ``"constant"`` weighs all equally.
+        normalization: as at training: ``"scale255"`` (x / 255, as ``ScaleIntensityRange(0, 255, 0, 1)`` in
+            :func:`medseg.data.vessel_transforms`); from the whole (resampled) image, ``"standardize"``
+            ((x - mean) / std, as MONAI's NormalizeIntensity), ``"standardize_channelwise"`` (per channel),
+            ``"minmax"`` (to [0, 1], as MONAI's ScaleIntensity), ``"none"``; or a callable applied to each
+            float window batch (N, C, *roi) on ``device``.
+        activation: ``"sigmoid"`` (independent channels), ``"softmax"`` (over channels) or ``"none"``.
+        tta: average the probabilities of the window and of its flips along each spatial axis.
+        device: where the network runs; the image, stitching and result stay on the CPU.
+        precision: ``"bfloat16"`` runs the network under autocast (faster on CPUs with AMX or AVX512-BF16
+            and on GPUs, probabilities differ by about 1e-2).
+        slice_axis: for a 2D network over a volume, the spatial axis (0, 1, 2 or negative) sliced along.
+        scale: resample the image by this factor before inference and the probabilities back afterwards;
+            ``"auto"`` (2D fundus only) uses :func:`fundus_scale` with ``training_fov_width`` and the FOV
+            (``fov_mask``, else :func:`~medseg.inference.fov.estimate_fov`, used only to measure the width);
+            ``None`` or 1 leaves the image as is.
+        training_fov_width: FOV width in pixels of the training images, for ``scale="auto"``.
+        fov_mask: (H, W) bool; probabilities outside it are set to 0 (2D only).
+        accumulate_dtype: dtype of the stitched probabilities (float16 halves the memory of huge outputs).
+        progress: show a progress bar over the batches of windows.
+
+    Returns:
+        (K, *spatial) probabilities on the CPU in ``accumulate_dtype``, spatial shape equal to the input's.
+    """
+    image = torch.as_tensor(image)
+    roi_size = tuple(int(r) for r in roi_size)
+    network_dims = len(roi_size)
+    image_dims = image.ndim - 1
+    sliced = image_dims == network_dims + 1 and network_dims == 2
+    if image_dims != network_dims and not sliced:
+        raise ValueError(
+            f"a {network_dims}D roi_size {roi_size} needs a channel-first image with {network_dims} spatial "
+            f"dimensions{' (or 3 for slice by slice)' if network_dims == 2 else ''}, got shape {tuple(image.shape)}"
+        )
+    spatial_shape = tuple(image.shape[1:])
+    if fov_mask is not None and tuple(fov_mask.shape) != spatial_shape:
+        raise ValueError(f"fov_mask shape {tuple(fov_mask.shape)} differs from the image's {spatial_shape}")
+
+    factor = _resolve_scale(image, scale, training_fov_width, fov_mask)
+    if factor != 1.0:
+        image = _resample(image.to(torch.float32), [round(s * factor) for s in spatial_shape])
+
+    device = torch.device(device)
+    model = model.eval().to(device)
+    memory_format = torch.preserve_format
+    if network_dims == 2 and device.type == "cpu":
+        memory_format = torch.channels_last
+        model = model.to(memory_format=memory_format)
+    normalize = normalization if callable(normalization) else _whole_image_normalizer(normalization, image, device)
+
+    window_roi, window_overlap = roi_size, overlap
+    if sliced:
+        image = image.movedim(1 + slice_axis % 3, -1)
+        window_roi, window_overlap = (*roi_size, 1), (overlap, overlap, 0.0)
+    image, crop = _pad_to(image, window_roi)
+
+    predictor = _WindowPredictor(
+        model, image, normalize, activation, tta, network_dims, device, precision, sliced, memory_format
+    )
+    # A zero-stride float placeholder with the image's spatial shape: MONAI allocates its output and count maps
+    # in the placeholder's dtype while the predictor reads the real pixels at the coordinates MONAI passes.
+    placeholder = torch.zeros((), dtype=accumulate_dtype).expand(1, 1, *image.shape[1:])
+    with torch.no_grad():  # not inference_mode: the caller may edit the result in place
+        probs = sliding_window_inference(
+            placeholder,
+            window_roi,
+            sw_batch_size,
+            predictor,
+            overlap=window_overlap,
+            mode=mode,
+            sw_device=device,
+            device="cpu",
+            progress=progress,
+            with_coord=True,
+        )[0]
+    probs = probs[(slice(None), *crop)]
+    if sliced:
+        probs = probs.movedim(-1, 1 + slice_axis % 3)
+    if factor != 1.0:
+        probs = _resample(probs, list(spatial_shape)).to(accumulate_dtype)
+    if fov_mask is not None:
+        probs[:, ~torch.as_tensor(np.asarray(fov_mask, dtype=bool))] = 0
+    return probs.contiguous()
+
+
+class _WindowPredictor:
+    """MONAI's predictor: cuts each batch of windows from the stored image and returns their probabilities.
+
+    Called as ``predictor(placeholder_windows, coords)``; ``coords`` holds one ``[batch, channel, *spatial]``
+    list of slices per window. Windows are converted to float and normalised on ``device``; with TTA the
+    flipped copies ride in the same forward pass and are flipped back before averaging.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        image: torch.Tensor,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        activation: Activation,
+        tta: bool,
+        network_dims: int,
+        device: torch.device,
+        precision: Precision,
+        sliced: bool,
+        memory_format: torch.memory_format,
+    ) -> None:
+        if activation not in ("sigmoid", "softmax", "none"):
+            raise ValueError(f"activation must be sigmoid, softmax or none, got {activation!r}")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+        self.network = network
+        self.image = image
+        self.normalize = normalize
+        self.activation = activation
+        spatial_axes = range(2, 2 + network_dims)
+        self.flips: list[tuple[int, ...]] = [()] + ([(axis,) for axis in spatial_axes] if tta else [])
+        self.device = device
+        self.precision = precision
+        self.sliced = sliced
+        self.memory_format = memory_format
+
+    def __call__(self, placeholder: torch.Tensor, coords: list[list[slice]]) -> torch.Tensor:
+        windows = torch.stack([self.image[(slice(None), *window[2:])] for window in coords])
+        windows = self.normalize(windows.to(self.device, torch.float32))
+        if self.sliced:
+            windows = windows.squeeze(-1)
+        probs = self._flip_averaged_probabilities(windows)
+        return probs.unsqueeze(-1) if self.sliced else probs
+
+    def _flip_averaged_probabilities(self, windows: torch.Tensor) -> torch.Tensor:
+        batch = torch.cat([windows.flip(axes) if axes else windows for axes in self.flips])
+        batch = batch.contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            logits = self.network(batch)
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        probs = _activate(logits.float(), self.activation)
+        flipped = probs.chunk(len(self.flips))
+        return torch.stack([p.flip(axes) if axes else p for p, axes in zip(flipped, self.flips)]).mean(0)
+
+
+def _activate(logits: torch.Tensor, activation: Activation) -> torch.Tensor:
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=1)
+    return logits
+
+
+def _whole_image_normalizer(
+    normalization: str, image: torch.Tensor, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``(x - shift) / divisor`` with the shift and divisor of the named mode, from the whole image."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be a callable or one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    if normalization == "none":
+        return lambda windows: windows
+    if normalization == "scale255":
+        return lambda windows: windows / 255.0
+    count, total, squares, low, high = _intensity_sums(image)
+    spatial_ones = (1,) * (image.ndim - 1)
+    if normalization == "minmax":
+        shift, divisor = low.min(), high.max() - low.min()
+    elif normalization == "standardize":
+        shift = total.sum() / (count * image.shape[0])
+        divisor = (squares.sum() / (count * image.shape[0]) - shift**2).clamp(min=0).sqrt()
+    else:
+        shift = total / count
+        divisor = (squares / count - shift**2).clamp(min=0).sqrt()
+    divisor = torch.where(divisor > 0, divisor, torch.ones_like(divisor))  # a flat image is only shifted
+    shift = shift.to(device, torch.float32).reshape(-1, *spatial_ones)
+    divisor = divisor.to(device, torch.float32).reshape(-1, *spatial_ones)
+    return lambda windows: (windows - shift) / divisor
+
+
+def _intensity_sums(image: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per channel: voxel count, sum, sum of squares (float64), minimum and maximum, summed chunk by chunk."""
+    channels = image.shape[0]
+    rows_per_chunk = max(1, _STATISTICS_CHUNK // max(1, image[0, 0].numel() * channels))
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    low = torch.full((channels,), float("inf"), dtype=torch.float64)
+    high = torch.full((channels,), float("-inf"), dtype=torch.float64)
+    for chunk in image.split(rows_per_chunk, dim=1):
+        values = chunk.to(torch.float64).reshape(channels, -1)
+        total += values.sum(1)
+        squares += values.square().sum(1)
+        low = torch.minimum(low, values.amin(1))
+        high = torch.maximum(high, values.amax(1))
+    return image[0].numel(), total, squares, low, high
+
+
+def _resolve_scale(
+    image: torch.Tensor,
+    scale: float | Literal["auto"] | None,
+    training_fov_width: float | None,
+    fov_mask: np.ndarray | None,
+) -> float:
+    if scale is None:
+        return 1.0
+    if scale != "auto":
+        if float(scale) <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        return float(scale)
+    if image.ndim != 3 or training_fov_width is None:
+        raise ValueError("scale='auto' needs a 2D (C, H, W) fundus image and training_fov_width")
+    return fundus_scale(fov_mask if fov_mask is not None else _estimated_fov(image), training_fov_width)
+
+
+def _estimated_fov(image: torch.Tensor) -> np.ndarray:
+    """:func:`estimate_fov` of a channel-first (C, H, W) image."""
+    return estimate_fov(image.movedim(0, -1).numpy() if image.shape[0] > 1 else image[0].numpy())
+
+
+def _resample(image: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Resize a float (C, *spatial) tensor (bilinear / trilinear, anti-aliased when shrinking 2D)."""
+    linear = "bilinear" if len(size) == 2 else "trilinear"
+    shrinking = any(new < old for new, old in zip(size, image.shape[1:]))
+    antialias = shrinking and len(size) == 2
+    return F.interpolate(image[None].float(), size=size, mode=linear, align_corners=False, antialias=antialias)[0]
+
+
+def _pad_to(image: torch.Tensor, roi_size: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad (C, *spatial) symmetrically up to ``roi_size``, as MONAI does, and the slices that undo it."""
+    pads = [max(r - s, 0) for r, s in zip(roi_size, image.shape[1:])]
+    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pads, image.shape[1:]))
+    if not any(pads):
+        return image, crop
+    flat_pads = [amount for p in reversed(pads) for amount in (p // 2, p - p // 2)]
+    return F.pad(image, flat_pads), crop

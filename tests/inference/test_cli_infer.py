@@ -1,0 +1,170 @@
+"""``medseg infer`` end to end: formats, geometry, model sources, robustness and overwrite protection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medseg.cli import main
+from medseg.inference import estimate_fov
+from medseg.networks import UNet
+
+NETWORK_KWARGS = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": [4, 8, 16]}
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    torch.save({"network": UNet(**NETWORK_KWARGS).state_dict()}, path)
+    return path
+
+
+def checkpoint_args(checkpoint: Path) -> list[str]:
+    return [str(checkpoint), "--network", "unet", "--network-kwargs", json.dumps(NETWORK_KWARGS), "--roi", "64"]
+
+
+def write_png(path: Path, seed: int, size=(40, 50)) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_drive_round_trip_keeps_size_and_zeroes_outside_the_estimated_fov(drive_root, checkpoint, tmp_path):
+    source = drive_root / "test" / "images" / "01_test.tif"
+    out = tmp_path / "out"
+    code = main(["infer", *checkpoint_args(checkpoint), str(source), "-o", str(out), "--fundus-width", "540",
+                 "--threshold", "1e-6", "--save-prob"])
+    assert code == 0
+    mask = np.asarray(Image.open(out / "01_test_mask.png"))
+    assert mask.shape == (584, 565) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 255}
+    # every probability is above 1e-6 except outside the FOV, where it is zeroed
+    np.testing.assert_array_equal(mask > 0, estimate_fov(np.asarray(Image.open(source))))
+    assert np.asarray(Image.open(out / "01_test_prob.png")).shape == (584, 565)
+    assert np.asarray(Image.open(out / "01_test_overlay.png")).shape == (584, 565, 3)
+
+
+def make_volume(path: Path, shape=(20, 18, 7)) -> nib.Nifti1Image:
+    affine = np.array([[0.8, 0.1, 0, -30], [0, 0.7, 0.2, 12], [0.1, 0, 2.5, 5], [0, 0, 0, 1]])
+    data = np.random.default_rng(4).integers(-100, 300, shape).astype(np.int16)
+    volume = nib.Nifti1Image(data, affine)
+    nib.save(volume, path)
+    return volume
+
+
+def test_3d_nifti_output_keeps_shape_and_affine(tmp_path):
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 1, 1))
+    model = tmp_path / "model3d.ts"
+    torch.jit.script(network).save(str(model))
+    volume = make_volume(tmp_path / "scan.nii.gz")
+    out = tmp_path / "out"
+    assert main(["infer", str(model), str(tmp_path / "scan.nii.gz"), "-o", str(out), "--roi", "16",
+                 "--save-prob"]) == 0
+    mask = nib.load(out / "scan_mask.nii.gz")
+    probs = nib.load(out / "scan_prob.nii.gz")
+    for written in (mask, probs):
+        assert written.shape == volume.shape
+        np.testing.assert_allclose(written.affine, volume.affine, atol=1e-6)
+    assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}
+    assert mask.get_data_dtype() == np.uint8
+    assert 0 <= probs.get_fdata().min() and probs.get_fdata().max() <= 1
+
+
+def test_2d_network_over_a_volume_slice_by_slice(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "grey.pt"
+    kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "features": [4, 8]}
+    torch.save(UNet(**kwargs).state_dict(), checkpoint)
+    volume = make_volume(tmp_path / "scan.nii")
+    out = tmp_path / "out"
+    args = [str(checkpoint), "--network", "unet", "--network-kwargs", json.dumps(kwargs), "--roi", "16,16"]
+    assert main(["infer", *args, str(tmp_path / "scan.nii"), "-o", str(out), "--slice-axis", "2"]) == 0
+    mask = nib.load(out / "scan_mask.nii")
+    assert mask.shape == volume.shape
+    np.testing.assert_allclose(mask.affine, volume.affine, atol=1e-6)
+
+
+def test_corrupt_file_is_named_and_the_others_still_run(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_png(inputs / "a.png", 1)
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    write_png(inputs / "c.png", 2)
+    out = tmp_path / "out"
+    assert main(["infer", *checkpoint_args(checkpoint), str(inputs), "-o", str(out)]) == 1
+    assert (out / "a_mask.png").is_file() and (out / "c_mask.png").is_file()
+    assert not (out / "broken_mask.png").exists()
+    captured = capsys.readouterr()
+    assert "2 input(s) written" in captured.out and "1 failed" in captured.out
+    assert str(inputs / "broken.png") in captured.err
+    assert not list(out.glob(".*")), "no temporary file is left behind"
+
+
+def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys):
+    image = write_png(tmp_path / "a.png", 1)
+    out = tmp_path / "out"
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(out)]) == 0
+    (out / "a_mask.png").write_bytes(b"kept")
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(out)]) == 1
+    assert "exists (use --overwrite" in capsys.readouterr().err
+    assert (out / "a_mask.png").read_bytes() == b"kept"
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(out), "--overwrite"]) == 0
+    assert np.asarray(Image.open(out / "a_mask.png")).shape == (40, 50)
+
+
+def test_an_input_is_never_overwritten(checkpoint, tmp_path, capsys):
+    write_png(tmp_path / "a.png", 1)
+    write_png(tmp_path / "a_mask.png", 2)
+    before = (tmp_path / "a_mask.png").read_bytes()
+    args = [*checkpoint_args(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "a_mask.png")]
+    assert main(["infer", *args, "-o", str(tmp_path), "--overwrite"]) == 1
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert (tmp_path / "a_mask.png").read_bytes() == before
+
+
+def test_bundle_folder_supplies_network_weights_and_settings(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    metadata = {
+        "network_data_format": {"inputs": {"image": {"num_channels": 3, "spatial_shape": [64, 64]}},
+                                "outputs": {"pred": {"num_channels": 1}}},
+        "medseg": {"roi_size": [32, 32], "sw_batch_size": 2, "normalization": "standardize", "threshold": 0.0},
+    }
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    network_def = {"_target_": "medseg.networks.UNet", **NETWORK_KWARGS}
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    torch.save(UNet(**NETWORK_KWARGS).state_dict(), bundle / "models" / "model.pt")
+    image = write_png(tmp_path / "a.png", 1)
+    out = tmp_path / "out"
+    assert main(["infer", str(bundle), str(image), "-o", str(out)]) == 0
+    # metadata threshold 0 keeps every pixel: no FOV masking for a non-fundus bundle
+    assert (np.asarray(Image.open(out / "a_mask.png")) == 255).all()
+
+
+def test_unknown_pattern_and_unsupported_file_fail_by_name(checkpoint, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    args = [*checkpoint_args(checkpoint), str(tmp_path / "notes.txt"), str(tmp_path / "missing*.png")]
+    assert main(["infer", *args, "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "notes.txt: unsupported file type" in err and "missing*.png" in err
+
+
+def test_fov_masks_from_a_folder_zero_predictions_outside(checkpoint, tmp_path):
+    image = write_png(tmp_path / "a.png", 1)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    fov = np.zeros((40, 50), dtype=np.uint8)
+    fov[5:30, 10:45] = 255
+    Image.fromarray(fov).save(masks / "a_mask.gif")
+    out = tmp_path / "out"
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(out), "--fov", str(masks),
+                 "--threshold", "1e-6"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")), fov)

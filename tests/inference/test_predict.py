@@ -1,0 +1,128 @@
+"""predict(): the one inference path, checked against MONAI's plain sliding window and against itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from medseg.inference import fundus_scale, predict
+from medseg.networks import UNet
+
+
+@pytest.fixture
+def net2d() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16)).eval()
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (3, 70, 90), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(3, 70, 90), (3, 20, 50)])  # the second is smaller than the window: padded
+def test_uint8_windows_match_monai_on_the_float_image(net2d, shape):
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    probs = predict(net2d, image, roi_size=(32, 32), sw_batch_size=3, normalization="scale255")
+    with torch.no_grad():
+        expected = sliding_window_inference(
+            torch.from_numpy(image)[None].float() / 255, (32, 32), 3, lambda w: torch.sigmoid(net2d(w)), mode="gaussian"
+        )[0]
+    assert probs.shape == (1, *shape[1:])
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+
+
+def test_standardize_uses_whole_image_statistics(net2d, image):
+    as_float = torch.from_numpy(image).float()
+    standardized = ((as_float - as_float.mean()) / as_float.std(unbiased=False)).numpy()
+    torch.testing.assert_close(
+        predict(net2d, image, roi_size=(32, 32), normalization="standardize"),
+        predict(net2d, standardized, roi_size=(32, 32), normalization="none"),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_tta_equals_mean_of_flipped_predictions(net2d, image):
+    # one window covering the image, so flipping the image flips the window grid exactly
+    window = image[:, :32, :48]
+    roi = (32, 48)
+    flipped_predictions = [
+        predict(net2d, np.flip(window, axes).copy(), roi_size=roi).flip([a for a in axes]) if axes else
+        predict(net2d, window, roi_size=roi)
+        for axes in [(), (1,), (2,)]
+    ]
+    torch.testing.assert_close(
+        predict(net2d, window, roi_size=roi, tta=True), torch.stack(flipped_predictions).mean(0), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_2d_network_over_a_volume_slice_by_slice(slice_axis):
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8)).eval()
+    volume = np.random.default_rng(2).integers(0, 256, (1, 24, 20, 6), dtype=np.uint8)
+    probs = predict(net, volume, roi_size=(16, 16), sw_batch_size=5, slice_axis=slice_axis, normalization="scale255")
+    per_slice = [
+        predict(net, np.take(volume, i, axis=1 + slice_axis), roi_size=(16, 16), normalization="scale255")
+        for i in range(volume.shape[1 + slice_axis])
+    ]
+    assert probs.shape == (1, 24, 20, 6)
+    torch.testing.assert_close(probs, torch.stack(per_slice, dim=1 + slice_axis), atol=1e-5, rtol=0)
+
+
+def test_3d_network_runs_natively_and_softmax_sums_to_one():
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=3, features=(4, 8)).eval()
+    volume = np.random.default_rng(3).normal(size=(1, 20, 18, 14)).astype(np.float32)
+    probs = predict(net, volume, roi_size=(16, 16, 16), activation="softmax", mode="constant")
+    assert probs.shape == (3, 20, 18, 14)
+    torch.testing.assert_close(probs.sum(0), torch.ones(20, 18, 14), atol=1e-5, rtol=0)
+
+
+def test_float16_accumulation_and_bfloat16_stay_close_to_float32(net2d, image):
+    reference = predict(net2d, image, roi_size=(32, 32))
+    half = predict(net2d, image, roi_size=(32, 32), accumulate_dtype=torch.float16)
+    fast = predict(net2d, image, roi_size=(32, 32), precision="bfloat16")
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), reference, atol=2e-3, rtol=0)
+    torch.testing.assert_close(fast, reference, atol=3e-2, rtol=0)
+
+
+def test_rescaled_prediction_comes_back_at_the_input_size_and_fov_zeroes_outside(net2d, image):
+    fov = np.zeros(image.shape[1:], dtype=bool)
+    fov[10:60, 20:70] = True
+    probs = predict(net2d, image, roi_size=(32, 32), scale=0.6, fov_mask=fov)
+    assert probs.shape == (1, 70, 90)
+    assert probs[0][~fov].abs().max() == 0
+    assert probs[0][fov].min() > 0
+
+
+def test_fundus_scale_is_one_near_the_training_width_and_the_ratio_otherwise():
+    fov = np.zeros((100, 700), dtype=bool)
+    fov[:, 50:570] = True  # 520 pixels wide
+    assert fundus_scale(fov, training_fov_width=540) == 1.0
+    assert fundus_scale(fov, training_fov_width=1040) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="empty"):
+        fundus_scale(np.zeros((4, 4), dtype=bool), training_fov_width=540)
+
+
+def test_auto_scale_resamples_to_the_training_width(image):
+    seen_sizes = []
+
+    class RecordingNet(torch.nn.Module):
+        def forward(self, windows: torch.Tensor) -> torch.Tensor:
+            seen_sizes.append(tuple(windows.shape[2:]))
+            return windows[:, :1]
+
+    fov = np.ones(image.shape[1:], dtype=bool)  # 90 pixels wide: twice the "training" width of 45
+    probs = predict(RecordingNet(), image, roi_size=(-1, -1), scale="auto", training_fov_width=45, fov_mask=fov)
+    assert probs.shape == (1, 70, 90)
+    assert seen_sizes == [(35, 45)]  # roi -1 means the whole (resampled) image in one window
+
+
+def test_wrong_dimensions_are_reported(net2d):
+    with pytest.raises(ValueError, match="spatial"):
+        predict(net2d, np.zeros((3, 8), dtype=np.uint8), roi_size=(16, 16))
