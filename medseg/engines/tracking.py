@@ -1,0 +1,91 @@
+"""``TrackingHandler``: MONAI's ``MLFlowHandler`` plus run tags, rank-0 attachment and survival of a lost server.
+
+What MONAI's ``MLFlowHandler`` already logs, and this keeps as is: params ``max_epochs``, ``epoch_length``
+and ``experiment_param`` at ``STARTED``; the loss (``tag_name``) and optimizer ``lr`` per iteration; every
+``engine.state.metrics`` value (and ``state_attributes``, e.g. ``best_metric``) per epoch; the ``artifacts``
+files at ``COMPLETED``; and it closes the run when ``close_on_complete``. A trainer and its validator
+handler share one run: with ``run_name=None`` the second one joins the newest unfinished run.
+
+What it lacks, added here:
+
+- ``tags`` set on the run when it starts (see ``medseg.tracking.run_tags``);
+- attaching only on rank 0 under DDP (MONAI's bundle settings do this with ``_disabled_``);
+- an MLflow failure (server gone, disk full) would raise inside the ignite event and stop training; here it
+  is reported once as a ``RuntimeWarning`` and tracking stops for this handler while training goes on. The
+  first failed request is retried by the MLflow client (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7 with
+  exponential backoff, ``MLFLOW_HTTP_REQUEST_TIMEOUT``) before it gives up; set those environment variables
+  to bound that pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from ignite import distributed as idist
+from ignite.engine import Engine
+from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
+from monai.handlers import MLFlowHandler
+
+__all__ = ["TrackingHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrackingHandler(MLFlowHandler):
+    """``monai.handlers.MLFlowHandler`` (same arguments) that sets ``tags``, attaches on rank 0 only and never
+    stops the engine when tracking fails.
+
+    Args:
+        tags: MLflow run tags, e.g. ``{"network": "unet", "dataset": "drive", "git_commit": ...}``.
+        args, kwargs: ``MLFlowHandler`` arguments.
+    """
+
+    def __init__(self, *args: Any, tags: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tags = {key: str(value) for key, value in (tags or {}).items()}
+        self.tracking_lost = False
+
+    def attach(self, engine: Engine) -> None:
+        if idist.get_rank() == 0:
+            super().attach(engine)
+
+    def _tracked(self, action: Callable[[], None], what: str) -> None:
+        """Run an MLflow action unless tracking was lost; on failure warn once and stop tracking."""
+        if self.tracking_lost:
+            return
+        try:
+            action()
+        except (MlflowException, OSError) as err:  # requests' errors are OSErrors
+            self.tracking_lost = True
+            message = (
+                f"MLflow tracking lost while logging the {what} to {self.client.tracking_uri}: {err}. "
+                "Training goes on without tracking."
+            )
+            logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _start_and_tag(self, engine: Engine) -> None:
+        super().start(engine)
+        if self.tags and self.cur_run is not None:
+            tags = [RunTag(key, value) for key, value in self.tags.items()]
+            self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)
+
+    def start(self, engine: Engine) -> None:
+        self._tracked(partial(self._start_and_tag, engine), "run start")
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._tracked(partial(super().iteration_completed, engine), f"iteration {engine.state.iteration}")
+
+    def epoch_completed(self, engine: Engine) -> None:
+        self._tracked(partial(super().epoch_completed, engine), f"epoch {engine.state.epoch} metrics")
+
+    def complete(self) -> None:
+        self._tracked(super().complete, "artifacts")
+
+    def close(self) -> None:
+        self._tracked(super().close, "run end")

@@ -1,0 +1,164 @@
+"""MLflow tracking: the default store, a fail-fast server check, and the table of runs behind ``medseg runs``.
+
+By default runs go to an embedded SQLite store, ``<cwd>/mlflow.db`` (artifacts in ``<cwd>/mlruns``,
+MONAI's ``MLFlowHandler`` default layout). Any MLflow tracking URI works instead, including a real
+``mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`` reached as
+``http://127.0.0.1:5000``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlflow import MlflowClient
+from monai.utils import path_to_sqlite_uri
+
+from medseg import __version__
+
+__all__ = [
+    "DEFAULT_RUN_METRICS",
+    "DEFAULT_RUN_PARAMS",
+    "DEFAULT_RUN_TAGS",
+    "TrackingServerError",
+    "check_tracking_server",
+    "default_tracking_uri",
+    "run_tags",
+    "runs_table",
+]
+
+DEFAULT_RUN_TAGS = ("network", "dataset")
+DEFAULT_RUN_PARAMS = ("max_epochs",)
+DEFAULT_RUN_METRICS = ("train_loss", "best_metric", "best_metric_epoch", "val_f1", "val_auc_roc", "val_miou")
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<cwd>/mlflow.db``: an embedded store needing no server."""
+    return path_to_sqlite_uri(os.path.join(os.getcwd(), "mlflow.db"))
+
+
+def _git_commit() -> str:
+    """The commit of the medseg checkout in use, ``unknown`` outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip()
+
+
+def run_tags(network: str, dataset: str, **extra: str) -> dict[str, str]:
+    """MLflow run tags: ``network``, ``dataset``, ``git_commit``, ``medseg_version``, plus ``extra``."""
+    return {"network": network, "dataset": dataset, "git_commit": _git_commit(), "medseg_version": __version__, **extra}
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``TrackingServerError`` at once when ``uri`` is an http(s) MLflow server that does not answer its
+    ``/health`` endpoint within ``timeout`` seconds; call it before training starts. Other URIs (SQLite,
+    databases) need no server and pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingServerError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server --host 127.0.0.1 "
+            f"--port PORT) or use the embedded store {default_tracking_uri()}"
+        ) from err
+    if status != 200:
+        raise TrackingServerError(f"MLflow tracking server {uri} answered {health} with HTTP {status}, not 200")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _format_value(value: float | str | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 and value != int(value) else f"{value:g}"
+    return str(value)
+
+
+def runs_table(
+    tracking_uri: str,
+    experiment_name: str | None = None,
+    tags: Sequence[str] = DEFAULT_RUN_TAGS,
+    params: Sequence[str] = DEFAULT_RUN_PARAMS,
+    metrics: Sequence[str] = DEFAULT_RUN_METRICS,
+    max_runs: int = 100,
+) -> str:
+    """A text table of the MLflow runs, newest first: experiment, run name, status, start time, duration,
+    then the given tags, params and metrics (latest value). Columns that no run has are left out.
+
+    Raises:
+        FileNotFoundError: a SQLite ``tracking_uri`` whose database does not exist (nothing was tracked yet).
+        ValueError: no experiment named ``experiment_name``.
+    """
+    database = _sqlite_path(tracking_uri)
+    if database is not None and not database.is_file():
+        raise FileNotFoundError(f"no MLflow database at {database}: no run was tracked there yet")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if experiment_name is None:
+        experiments = list(client.search_experiments())
+    else:
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+            raise ValueError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri} (known: {known})")
+        experiments = [experiment]
+    names = {e.experiment_id: e.name for e in experiments}
+    runs = list(client.search_runs(list(names), max_results=max_runs, order_by=["attributes.start_time DESC"]))
+    if not runs:
+        return f"No MLflow runs at {tracking_uri}" + (f" in experiment {experiment_name!r}" if experiment_name else "")
+
+    columns = [("tag", key) for key in tags if any(key in run.data.tags for run in runs)]
+    columns += [("param", key) for key in params if any(key in run.data.params for run in runs)]
+    columns += [("metric", key) for key in metrics if any(key in run.data.metrics for run in runs)]
+    header = ["run_id", "experiment", "run_name", "status", "start", "duration", *(key for _, key in columns)]
+    rows = []
+    for run in runs:
+        info, data = run.info, run.data
+        end = info.end_time or (int(time.time() * 1000) if info.status == "RUNNING" else None)
+        duration = "-" if end is None else f"{(end - info.start_time) / 60000:.1f} min"
+        sources = {"tag": data.tags, "param": data.params, "metric": data.metrics}
+        rows.append(
+            [
+                info.run_id[:8],
+                names[info.experiment_id],
+                info.run_name or "-",
+                info.status,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(info.start_time / 1000)),
+                duration,
+                *(_format_value(sources[kind].get(key)) for kind, key in columns),
+            ]
+        )
+    return _format_table(header, rows)
