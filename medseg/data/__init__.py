@@ -1,0 +1,52 @@
+"""Datasets (DRIVE, CamVid, synthetic retina and volumes), their validation, and MONAI transform chains.
+
+The transform chains (``medseg.data.transforms``) are imported on first use, so that ``medseg data check``
+and code that only needs :class:`DatasetError` do not pay for importing MONAI's transforms.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from medseg.data.camvid import CLASS_NAMES, IGNORE_INDEX, PALETTE, camvid_records, class_frequencies, validate_camvid
+from medseg.data.drive import drive_records, read_binary, split_validation, validate_drive
+from medseg.data.files import DatasetError
+from medseg.data.synthetic import (
+    synthetic_retina,
+    synthetic_volume,
+    write_synthetic_drive,
+    write_synthetic_volumes,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "IGNORE_INDEX",
+    "PALETTE",
+    "DatasetError",
+    "camvid_records",
+    "camvid_transforms",
+    "class_frequencies",
+    "drive_records",
+    "read_binary",
+    "split_validation",
+    "synthetic_retina",
+    "synthetic_volume",
+    "validate_camvid",
+    "validate_drive",
+    "cached_dataset",
+    "pil_reader",
+    "vessel_transforms",
+    "write_synthetic_drive",
+    "write_synthetic_volumes",
+]
+
+_LAZY = {
+    name: "medseg.data.transforms"
+    for name in ("cached_dataset", "camvid_transforms", "pil_reader", "vessel_transforms")
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

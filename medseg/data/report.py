@@ -1,0 +1,168 @@
+"""What ``medseg data check`` and ``medseg data preview`` do, as plain functions (the demo calls them too)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+from medseg.data.camvid import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    PALETTE,
+    camvid_records,
+    read_label,
+    validate_camvid,
+    validate_camvid_sample,
+)
+from medseg.data.drive import drive_records, read_binary, validate_drive, validate_drive_sample
+from medseg.data.files import read_pixels
+from medseg.data.synthetic import ensure_synthetic_drive
+
+DATASETS = ("drive", "camvid", "synthetic")
+VESSEL_COLOUR = np.array([0, 255, 80], dtype=np.uint8)
+FOV_COLOUR = np.array([255, 255, 0], dtype=np.uint8)
+
+
+def resolve_root(dataset: str, root: str | Path | None) -> Path:
+    """The folder to read: ``root`` itself, except that synthetic data is generated there (or in the cache) first."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset == "synthetic":
+        return ensure_synthetic_drive(root)
+    if root is None:
+        raise ValueError(f"a root folder is required for dataset {dataset!r}")
+    return Path(root)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned plain-text columns separated by two spaces."""
+    cells = [list(map(str, header))] + [list(map(str, row)) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _sizes(stats) -> str:
+    return ", ".join(sorted({f"{s.height}x{s.width}" for s in stats}))
+
+
+def _percent_range(values: Sequence[float]) -> str:
+    values = 100 * np.asarray(values)
+    return f"{values.mean():.1f} ({values.min():.1f}-{values.max():.1f})"
+
+
+def _drive_table(root: Path, title: str) -> str:
+    stats = validate_drive(root)
+    rows = []
+    for split in ("training", "test"):
+        split_stats = [s for s in stats if s.split == split]
+        second = [s.vessel_fraction_2nd for s in split_stats if s.vessel_fraction_2nd is not None]
+        rows.append(
+            [
+                split,
+                len(split_stats),
+                _sizes(split_stats),
+                "{" + ",".join(map(str, sorted({v for s in split_stats for v in s.label_values}))) + "}",
+                _percent_range([s.vessel_fraction for s in split_stats]),
+                _percent_range(second) if second else "-",
+                _percent_range([s.fov_fraction for s in split_stats]),
+            ]
+        )
+    header = ["split", "images", "size HxW", "label values", "vessel % mean (min-max)", "2nd observer %", "FOV %"]
+    return f"{title} {root}: {len(stats)} samples, every file valid\n" + format_table(header, rows)
+
+
+def _camvid_table(root: Path) -> str:
+    stats = validate_camvid(root)
+    splits = ("train", "val", "test")
+    counts = {split: np.sum([s.class_counts for s in stats if s.split == split], axis=0) for split in splits}
+    summary = []
+    for split in splits:
+        split_stats = [s for s in stats if s.split == split]
+        present = np.flatnonzero(counts[split]).tolist()
+        summary.append([split, len(split_stats), _sizes(split_stats), f"{min(present)}..{max(present)}"])
+    names = list(CLASS_NAMES) + [f"void ({IGNORE_INDEX}, ignored)"]
+    classes = [
+        [index, name] + [f"{100 * counts[split][index] / counts[split].sum():.2f}" for split in splits]
+        for index, name in enumerate(names)
+    ]
+    return (
+        f"CamVid {root}: {len(stats)} samples, every file valid\n"
+        + format_table(["split", "images", "size HxW", "label values"], summary)
+        + "\n\npixel % per label value\n"
+        + format_table(["value", "class", *splits], classes)
+    )
+
+
+def run_check(dataset: str, root: str | Path | None) -> str:
+    """Validate every file of ``dataset`` under ``root`` and return the summary table as text.
+
+    Raises DatasetError (naming each bad file and its problem) if anything is missing or invalid.
+    """
+    root = resolve_root(dataset, root)
+    if dataset == "camvid":
+        return _camvid_table(root)
+    return _drive_table(root, "DRIVE" if dataset == "drive" else "Synthetic DRIVE-layout")
+
+
+def _vessel_tile(record: dict[str, str]) -> np.ndarray:
+    image = read_pixels(Path(record["image"]), mode="RGB")
+    vessels = read_binary(record["label"]).astype(bool)
+    fov_edge = find_boundaries(read_binary(record["mask"]), mode="inner")
+    tile = image.copy()
+    tile[vessels] = (0.4 * image[vessels] + 0.6 * VESSEL_COLOUR).astype(np.uint8)
+    tile[fov_edge] = FOV_COLOUR
+    return tile
+
+
+def _camvid_tile(record: dict[str, str]) -> np.ndarray:
+    image = read_pixels(Path(record["image"]), mode="RGB")
+    return (0.5 * image + 0.5 * PALETTE[read_label(record["label"])]).astype(np.uint8)
+
+
+def write_preview(dataset: str, root: str | Path | None, out: str | Path, n: int = 8) -> Path:
+    """Write a PNG grid of the first ``n`` training images with their labels overlaid; return its path.
+
+    Vessels are drawn in green and the FOV border in yellow; CamVid classes in the SegNet palette. The shown
+    samples are validated first, so a bad file raises DatasetError before anything is written; the PNG is
+    written to a temporary file and moved into place.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = resolve_root(dataset, root)
+    if dataset == "camvid":
+        split, validate, make_tile = "train", validate_camvid_sample, _camvid_tile
+        records = camvid_records(root, split)[:n]
+    else:
+        split, validate, make_tile = "training", validate_drive_sample, _vessel_tile
+        records = drive_records(root, split)[:n]
+    for record in records:
+        validate(split, record)
+    tiles = [(record["id"], make_tile(record)) for record in records]
+
+    columns = min(4, len(tiles))
+    rows = -(-len(tiles) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (sample_id, tile) in zip(axes.flat, tiles):
+        axis.imshow(tile)
+        axis.set_title(sample_id, fontsize=9)
+    figure.suptitle(f"{dataset}: {root}", fontsize=9)
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        figure.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    finally:
+        plt.close(figure)
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,162 @@
+"""MONAI transform chains for the vessel (DRIVE / synthetic) and CamVid datasets.
+
+Each chain is one ``Compose`` whose deterministic transforms come first: ``CacheDataset`` caches the output of
+everything before the first random transform (``monai.data.CacheDataset._pre_transform``), so loading, intensity
+scaling, binarisation, preprocessing and the foreground/background index maps are computed once, while patch
+sampling, flips, rotations and intensity jitter run on every epoch.
+
+Arrays are channel-first with spatial axes (H, W): the PIL reader is built with ``reverse_indexing=False``
+(MONAI's default would give (W, H)), so tensors match the files' H x W and numpy/PIL conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, PILReader
+from monai.transforms import (
+    AsDiscreted,
+    CastToTyped,
+    Compose,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    FgBgToIndicesd,
+    Lambdad,
+    LoadImaged,
+    RandAdjustContrastd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSpatialCropd,
+    ScaleIntensityRanged,
+)
+from PIL import Image
+from skimage.exposure import equalize_adapthist
+
+PHASES = ("train", "eval")
+PREPROCESSING = ("rgb", "green", "clahe")
+VESSEL_KEYS = ("image", "label", "mask")
+FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
+
+
+def to_greyscale(image: Image.Image) -> Image.Image:
+    """PIL converter for labels and masks: DRIVE's palette GIFs (2nd_manual) become greyscale {3, 253}."""
+    return image.convert("L")
+
+
+def pil_reader(greyscale: bool = False) -> PILReader:
+    """The reader every 2D chain uses: (H, W[, C]) arrays, optionally converted to greyscale first."""
+    return PILReader(converter=to_greyscale if greyscale else None, reverse_indexing=False)
+
+
+def green_channel(image: torch.Tensor) -> torch.Tensor:
+    """Keep the green channel of a (3, H, W) fundus image, where vessels have the most contrast: (1, H, W)."""
+    return image[1:2]
+
+
+def clahe_green(image: torch.Tensor) -> torch.Tensor:
+    """Green channel equalised with CLAHE (scikit-image) for a (3, H, W) image in [0, 1]: (1, H, W) in [0, 1]."""
+    green = green_channel(image).clone()
+    green[0] = torch.as_tensor(equalize_adapthist(np.asarray(green[0]).clip(0.0, 1.0)), dtype=green.dtype)
+    return green
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def vessel_transforms(
+    phase: str = "train",
+    patch_size: Sequence[int] = (96, 96),
+    num_samples: int = 4,
+    pos_fraction: float = 0.5,
+    preprocessing: str = "rgb",
+) -> Compose:
+    """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
+
+    Output: "image" float32 (C, H, W) in [0, 1] with C = 3 ("rgb") or 1 ("green", "clahe"); "label" and "mask"
+    float32 (1, H, W) in {0, 1}. "eval" keeps whole images (with the FOV mask for masked metrics). "train"
+    yields ``num_samples`` patches of ``patch_size`` per image, centred on a vessel pixel with probability
+    ``pos_fraction`` and otherwise on a background pixel inside the FOV, then random flips, 90-degree rotations
+    and intensity jitter on the image.
+    """
+    _check_choice("phase", phase, PHASES)
+    _check_choice("preprocessing", preprocessing, PREPROCESSING)
+    if not 0.0 <= pos_fraction <= 1.0:
+        raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
+    keys = list(VESSEL_KEYS)
+    deterministic = [
+        LoadImaged(keys="image", reader=pil_reader()),
+        LoadImaged(keys=["label", "mask"], reader=pil_reader(greyscale=True)),
+        EnsureChannelFirstd(keys=keys),
+        ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
+        AsDiscreted(keys=["label", "mask"], threshold=128),  # greyscale > 127, as the DRIVE validation does
+    ]
+    if preprocessing == "green":
+        deterministic.append(Lambdad(keys="image", func=green_channel))
+    elif preprocessing == "clahe":
+        deterministic.append(Lambdad(keys="image", func=clahe_green))
+    if phase == "eval":
+        return Compose(deterministic)
+    # Index maps of vessel pixels and of background pixels inside the FOV: computed once, cached with the rest.
+    deterministic.append(FgBgToIndicesd(keys="label", image_key="mask", image_threshold=0.5))
+    random = [
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=patch_size,
+            pos=pos_fraction,
+            neg=1.0 - pos_fraction,
+            num_samples=num_samples,
+            fg_indices_key=FG_INDICES,
+            bg_indices_key=BG_INDICES,
+        ),
+        DeleteItemsd(keys=[FG_INDICES, BG_INDICES]),  # their lengths differ between images, so they cannot batch
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
+        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+        RandScaleIntensityd(keys="image", prob=0.5, factors=0.1),
+        RandShiftIntensityd(keys="image", prob=0.5, offsets=0.05),
+    ]
+    return Compose(deterministic + random)
+
+
+def camvid_transforms(phase: str = "train", crop_size: Sequence[int] | None = (256, 256)) -> Compose:
+    """Transforms for CamVid records {"image", "label"} (paths) -> tensors.
+
+    Output: "image" float32 (3, H, W) in [0, 1]; "label" int64 (1, H, W) with classes 0-10 and 11 = void
+    (``medseg.data.camvid.IGNORE_INDEX``). "eval" keeps whole 360x480 frames. "train" takes a random
+    ``crop_size`` crop (whole frame if None), a horizontal flip (road scenes are not flipped upside down) and
+    intensity jitter on the image.
+    """
+    _check_choice("phase", phase, PHASES)
+    deterministic = [
+        LoadImaged(keys=["image", "label"], reader=pil_reader()),
+        EnsureChannelFirstd(keys=["image", "label"]),
+        ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
+        CastToTyped(keys="label", dtype=torch.int64),
+    ]
+    if phase == "eval":
+        return Compose(deterministic)
+    random = [RandSpatialCropd(keys=["image", "label"], roi_size=crop_size, random_size=False)] if crop_size else []
+    random += [
+        RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1),
+        RandScaleIntensityd(keys="image", prob=0.5, factors=0.1),
+        RandShiftIntensityd(keys="image", prob=0.5, offsets=0.05),
+    ]
+    return Compose(deterministic + random)
+
+
+def cached_dataset(
+    records: Sequence[dict], transform: Compose, cache_rate: float = 1.0, num_workers: int | None = None
+) -> CacheDataset:
+    """A ``CacheDataset`` holding the deterministic part of ``transform`` for ``cache_rate`` of ``records``."""
+    return CacheDataset(
+        data=list(records), transform=transform, cache_rate=cache_rate, num_workers=num_workers, progress=False
+    )

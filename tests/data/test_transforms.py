@@ -1,0 +1,94 @@
+"""MONAI chains for vessel data: what they output, and that the cache holds exactly the deterministic part."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from monai.data import ThreadDataLoader
+from monai.transforms import RandCropByPosNegLabeld
+from monai.transforms.transform import RandomizableTrait
+
+from medseg.data import cached_dataset, drive_records, read_binary, vessel_transforms
+
+
+@pytest.fixture(scope="module")
+def record(synthetic_drive_template):
+    return drive_records(synthetic_drive_template, "test")[0]
+
+
+def test_eval_keeps_whole_image_label_and_fov_mask(record):
+    sample = vessel_transforms("eval")(record)
+    assert sample["image"].shape == (3, 584, 565) and sample["image"].dtype == torch.float32
+    assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+    for key in ("label", "mask"):
+        assert sample[key].shape == (1, 584, 565) and sample[key].dtype == torch.float32
+        np.testing.assert_array_equal(sample[key][0].numpy(), read_binary(record[key]))
+
+
+def test_second_observer_palette_labels_load_as_binary(record):
+    sample = vessel_transforms("eval")({**record, "label": record["label2"]})
+    np.testing.assert_array_equal(sample["label"][0].numpy(), read_binary(record["label2"]))
+    assert set(sample["label"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_real_drive_loads_as_h_by_w(drive_root):
+    sample = vessel_transforms("eval")(drive_records(drive_root, "training")[0])
+    assert sample["image"].shape == (3, 584, 565) and sample["mask"].shape == (1, 584, 565)
+
+
+@pytest.mark.parametrize("preprocessing", ["green", "clahe"])
+def test_green_and_clahe_give_one_channel(record, preprocessing):
+    rgb = vessel_transforms("eval")(record)["image"]
+    image = vessel_transforms("eval", preprocessing=preprocessing)(record)["image"]
+    assert image.shape == (1, 584, 565)
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    if preprocessing == "green":
+        torch.testing.assert_close(image[0], rgb[1])
+    else:  # CLAHE spreads the green channel's narrow range of intensities
+        assert float(image.std()) > float(rgb[1].std())
+
+
+@pytest.mark.parametrize("pos_fraction, centre_is_vessel", [(1.0, True), (0.0, False)])
+def test_patches_are_centred_on_vessel_or_fov_background(record, pos_fraction, centre_is_vessel):
+    # An odd patch size keeps the sampled centre pixel in the centre through flips and 90-degree rotations.
+    patches = vessel_transforms("train", patch_size=(33, 33), num_samples=6, pos_fraction=pos_fraction)(record)
+    assert len(patches) == 6
+    for patch in patches:
+        assert patch["image"].shape == (3, 33, 33) and patch["label"].shape == patch["mask"].shape == (1, 33, 33)
+        assert bool(patch["label"][0, 16, 16]) is centre_is_vessel
+        assert bool(patch["mask"][0, 16, 16])  # background centres are inside the FOV
+        assert "label_fg_indices" not in patch
+
+
+def test_cache_ends_where_randomness_begins():
+    chain = vessel_transforms("train")
+    first_random = chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait))
+    assert isinstance(chain.transforms[first_random], RandCropByPosNegLabeld)
+    assert not any(isinstance(t, RandomizableTrait) for t in chain.transforms[:first_random])
+
+
+def test_cached_dataset_serves_new_patches_without_rereading_files(synthetic_drive):
+    records = drive_records(synthetic_drive, "training")
+    dataset = cached_dataset(records, vessel_transforms("train", patch_size=(32, 32), num_samples=2))
+    shutil.rmtree(synthetic_drive)  # everything the deterministic part needs is now in memory
+    loader = ThreadDataLoader(dataset, batch_size=2, shuffle=False, num_workers=0)
+    first, second = list(loader), list(loader)
+    assert first[0]["image"].shape == (4, 3, 32, 32)  # 2 images x 2 patches each
+    assert first[0]["id"] == ["02", "02", "03", "03"]
+    assert not torch.equal(first[0]["image"], second[0]["image"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"phase": "test"}, "phase"),
+        ({"preprocessing": "hsv"}, "preprocessing"),
+        ({"pos_fraction": 1.5}, "pos_fraction"),
+    ],
+)
+def test_invalid_options_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        vessel_transforms(**kwargs)
