@@ -25,6 +25,7 @@ from monai.transforms import (
     FgBgToIndicesd,
     Lambdad,
     LoadImaged,
+    NormalizeIntensityd,
     RandAdjustContrastd,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -39,6 +40,7 @@ from skimage.exposure import equalize_adapthist
 
 PHASES = ("train", "eval")
 PREPROCESSING = ("rgb", "green", "clahe")
+NORMALIZATIONS = ("none", "standardize")
 VESSEL_KEYS = ("image", "label", "mask")
 FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
 
@@ -76,6 +78,7 @@ def vessel_transforms(
     num_samples: int = 4,
     pos_fraction: float = 0.5,
     preprocessing: str = "rgb",
+    normalization: str = "none",
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
 
@@ -84,9 +87,15 @@ def vessel_transforms(
     yields ``num_samples`` patches of ``patch_size`` per image, centred on a vessel pixel with probability
     ``pos_fraction`` and otherwise on a background pixel inside the FOV, then random flips, 90-degree rotations
     and intensity jitter on the image.
+
+    ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
+    ``NormalizeIntensityd``) before any patch is cut, which is what :func:`medseg.inference.predict` does with
+    ``normalization="standardize"``: train with it, and evaluate on "eval" images left in [0, 1] through
+    ``predict`` (or a ``PredictInferer``), so training and inference see the same intensities.
     """
     _check_choice("phase", phase, PHASES)
     _check_choice("preprocessing", preprocessing, PREPROCESSING)
+    _check_choice("normalization", normalization, NORMALIZATIONS)
     if not 0.0 <= pos_fraction <= 1.0:
         raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
     keys = list(VESSEL_KEYS)
@@ -101,6 +110,8 @@ def vessel_transforms(
         deterministic.append(Lambdad(keys="image", func=green_channel))
     elif preprocessing == "clahe":
         deterministic.append(Lambdad(keys="image", func=clahe_green))
+    if normalization == "standardize":
+        deterministic.append(NormalizeIntensityd(keys="image"))
     if phase == "eval":
         return Compose(deterministic)
     # Index maps of vessel pixels and of background pixels inside the FOV: computed once, cached with the rest.

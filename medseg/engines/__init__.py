@@ -1,7 +1,20 @@
-"""ignite handlers and MONAI inferers that MONAI lacks, attached from bundle configs (``_target_``)."""
+"""Workflow helpers and ignite handlers that MONAI lacks, referenced from bundle configs with ``_target_``."""
 
 from medseg.engines.artifacts import RunArtifacts
-from medseg.engines.checkpoint import AtomicCheckpointSaver
+from medseg.engines.checkpoint import AtomicCheckpointSaver, latest_checkpoint
+from medseg.engines.evaluation import VesselReport, atomic_write_text, second_observer_metrics, write_vessel_report
+from medseg.engines.inferers import AutocastInferer, PredictInferer
 from medseg.engines.tracking import TrackingHandler
 
-__all__ = ["AtomicCheckpointSaver", "RunArtifacts", "TrackingHandler"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AutocastInferer",
+    "PredictInferer",
+    "RunArtifacts",
+    "TrackingHandler",
+    "VesselReport",
+    "atomic_write_text",
+    "latest_checkpoint",
+    "second_observer_metrics",
+    "write_vessel_report",
+]

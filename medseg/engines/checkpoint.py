@@ -15,13 +15,15 @@ lr scheduler, trainer epoch/iteration) at the engine's ``STARTED`` event.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-__all__ = ["AtomicCheckpointSaver"]
+__all__ = ["AtomicCheckpointSaver", "latest_checkpoint"]
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -56,3 +58,19 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, filename=checkpoint.save_handler.filename)
+
+
+def latest_checkpoint(folder: str | os.PathLike, prefix: str = "latest") -> str:
+    """Path of the newest interval checkpoint ``<prefix>_checkpoint_<epoch|iteration>=N.pt`` in ``folder``.
+
+    What ``--resume`` loads: the interval checkpoints of :class:`AtomicCheckpointSaver` carry the network,
+    optimizer, scheduler and trainer state. Raises ``FileNotFoundError`` naming the folder when there is none.
+    """
+    found = []
+    for path in Path(folder).glob(f"{prefix}_*=*.pt"):
+        step = path.stem.rpartition("=")[2]
+        if step.isdigit():
+            found.append((int(step), path))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no checkpoint {prefix}_*=N.pt to resume from")
+    return str(max(found)[1])

@@ -1,0 +1,97 @@
+"""Evaluation reports written at the end of a bundle's ``evaluate.yaml``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from medseg.data import read_binary
+from medseg.metrics import FOVVesselMetrics
+
+__all__ = ["VesselReport", "atomic_write_text", "second_observer_metrics", "write_vessel_report"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def second_observer_metrics(records: Sequence[dict]) -> dict[str, float] | None:
+    """Pooled FOV metrics of the second observer (``label2``) against the first (``label``), or None.
+
+    The human reference of the DRIVE protocol; None when the records carry no second observer (training split).
+    """
+    if not records or any("label2" not in r for r in records):
+        return None
+    metric = FOVVesselMetrics()
+    for record in records:
+        as_batch = [torch.as_tensor(read_binary(record[key]))[None, None].float() for key in ("label2", "label", "mask")]
+        metric.update(*as_batch)
+    values = metric.compute(0.5)
+    # a binary segmentation has no ranking of pixels, so its curves (AUCs) mean nothing
+    return {k: v for k, v in values.items() if not k.startswith("auc")}
+
+
+def write_vessel_report(
+    path: str | os.PathLike, test: FOVVesselMetrics, validation: FOVVesselMetrics, test_records: Sequence[dict]
+) -> dict:
+    """Write the DRIVE evaluation table as JSON and return it.
+
+    Keys: ``threshold_0.5`` (metrics at 0.5), ``threshold_val`` (at the threshold that maximises F1 on the
+    validation images, itself recorded as ``threshold``), ``second_observer`` (human reference, when the
+    test records have ``label2``), and ``images`` (how many were scored).
+    """
+    tuned = validation.best_f1_threshold()
+    report = {
+        "images": len(test_records),
+        "threshold_0.5": test.compute(0.5),
+        "threshold_val": {"threshold": tuned, **test.compute(tuned)},
+        "second_observer": second_observer_metrics(test_records),
+    }
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class VesselReport:
+    """Handler writing :func:`write_vessel_report` when the test evaluator completes.
+
+    Attached before any tracking handler (MONAI appends those last), so the report exists when the run's
+    artifacts are logged.
+
+    Args:
+        path: the JSON file.
+        test_metric: the test evaluator's ``FOVVesselMetricHandler``.
+        validation_metric: the ``FOVVesselMetricHandler`` of an evaluator already run on the validation images.
+        test_records: the records scored, for the second-observer reference.
+    """
+
+    def __init__(self, path: str | os.PathLike, test_metric, validation_metric, test_records: Sequence[dict]) -> None:
+        self.path = path
+        self.test_metric = test_metric
+        self.validation_metric = validation_metric
+        self.test_records = test_records
+        self.report: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.report = write_vessel_report(
+            self.path, self.test_metric.metric, self.validation_metric.metric, self.test_records
+        )

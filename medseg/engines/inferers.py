@@ -1,0 +1,72 @@
+"""MONAI inferers that route engines through medseg's code paths.
+
+- :class:`PredictInferer` makes evaluators score exactly what ``medseg infer`` writes: whole images through
+  :func:`medseg.inference.predict` (sliding window, normalisation, TTA, activation), one image at a time.
+- :class:`AutocastInferer` runs a training forward pass under ``torch.autocast`` on any device type. MONAI's
+  trainer only knows CUDA autocast (``amp=True``); bf16 autocast on the CPU buys about 1.4x faster steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+from medseg.inference.predict import predict
+
+__all__ = ["AutocastInferer", "PredictInferer"]
+
+
+class PredictInferer(Inferer):
+    """Probabilities of whole images, (B, C, *spatial) -> (B, K, *spatial), by :func:`medseg.inference.predict`.
+
+    Args:
+        roi_size: sliding-window size.
+        predict_kwargs: any other keyword argument of :func:`~medseg.inference.predict` (``overlap``,
+            ``sw_batch_size``, ``mode``, ``normalization``, ``activation``, ``tta``, ``precision``, ...).
+    """
+
+    def __init__(self, roi_size: Sequence[int], **predict_kwargs: Any) -> None:
+        super().__init__()
+        self.roi_size = tuple(roi_size)
+        self.predict_kwargs = predict_kwargs
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        device = inputs.device
+        probs = [
+            predict(network, image.as_tensor() if hasattr(image, "as_tensor") else image, roi_size=self.roi_size,
+                    device=device, **self.predict_kwargs)
+            for image in inputs
+        ]
+        return torch.stack(probs).to(device=device, dtype=torch.float32)
+
+
+def _to_float32(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    if isinstance(output, (list, tuple)):
+        return type(output)(_to_float32(item) for item in output)
+    return output
+
+
+class AutocastInferer(Inferer):
+    """``network(inputs)`` under ``torch.autocast(device_type, dtype)``, outputs returned in float32.
+
+    Losses then run in float32 on the logits (or on each deep-supervision output), which keeps Dice and BCE
+    stable whatever the autocast dtype.
+
+    Args:
+        dtype: ``"bfloat16"``, ``"float16"`` or ``None`` (no autocast: a plain forward pass).
+    """
+
+    def __init__(self, dtype: str | None = "bfloat16") -> None:
+        super().__init__()
+        self.dtype = getattr(torch, dtype) if dtype else None
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.dtype is None:
+            return network(inputs, *args, **kwargs)
+        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype):
+            return _to_float32(network(inputs, *args, **kwargs))
