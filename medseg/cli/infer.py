@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--roi", type=_roi, help="window size: N for every axis, or H,W[,D] (default 256 in 2D, 96 in 3D)"
     )
     parser.add_argument("--overlap", type=float, help="window overlap fraction (default 0.25)")
-    parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 4)")
+    parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 4 on a GPU, 1 on the CPU)")
     parser.add_argument("--mode", choices=("gaussian", "constant"), help="window blending (default gaussian)")
     parser.add_argument("--threshold", type=float, help="probability threshold of the mask (default 0.5)")
     parser.add_argument(
@@ -100,14 +100,20 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as err:
         raise CLIError(str(err)) from None
     settings = _settings(loaded.settings, args)
-    if args.scale not in ("auto", "none") and not settings.fundus:
-        raise CLIError("--scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
+    if args.scale not in ("auto", "none"):
+        if not settings.fundus:
+            raise CLIError("--scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
+        try:
+            args.scale = float(args.scale)
+        except ValueError:
+            raise CLIError(f"--scale must be auto, none or a number, got {args.scale!r}") from None
     inputs, failures = _expand(args.inputs)
     input_paths = {path.resolve() for path in inputs}
+    claimed: set[Path] = set()  # outputs of this run, so that two inputs named alike cannot share one
     written = 0
     for path in tqdm(inputs, unit="file", disable=len(inputs) < 2, file=sys.stderr):
         try:
-            _infer_one(loaded.network, path, settings, args, input_paths)
+            _infer_one(loaded.network, path, settings, args, input_paths, claimed)
             written += 1
         except Exception as err:  # one bad input must not stop the others; it is reported by name below
             message = str(err)
@@ -175,14 +181,22 @@ def _expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def _infer_one(
-    network: torch.nn.Module, path: Path, settings: InferenceSettings, args: argparse.Namespace, inputs: set[Path]
+    network: torch.nn.Module,
+    path: Path,
+    settings: InferenceSettings,
+    args: argparse.Namespace,
+    inputs: set[Path],
+    claimed: set[Path],
 ) -> None:
     outputs = output_paths(path, args.output, args.save_prob)
     for output in outputs.values():
         if output.resolve() in inputs:
             raise ValueError(f"{path}: output {output} would overwrite an input")
+        if output.resolve() in claimed:
+            raise ValueError(f"{path}: output {output} belongs to another input of the same name in this run")
         if output.exists() and not args.overwrite:
             raise ValueError(f"{path}: output {output} exists (use --overwrite to replace it)")
+    claimed.update(output.resolve() for output in outputs.values())
     image, meta = read_image(path)
     fundus = settings.fundus and not meta.is_volume
     # fundus models estimate their FOV unless told otherwise; any other 2D model uses one only when given --fov
@@ -190,7 +204,7 @@ def _infer_one(
     fov_mask = None if meta.is_volume else _fov_mask(path, image, fov_choice)
     scale = None
     if fundus and args.scale != "none":
-        scale = "auto" if args.scale == "auto" else float(args.scale)
+        scale = args.scale
     network_input = match_channels(image, settings, str(path))
     windows = np.prod(network_input.shape[1:]) / np.prod(settings.roi_size)
     probabilities = predict(

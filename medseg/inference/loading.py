@@ -32,7 +32,7 @@ class InferenceSettings:
 
     roi_size: tuple[int, ...] | None = None
     overlap: float = 0.25
-    sw_batch_size: int = 4
+    sw_batch_size: int | None = None  # None: predict()'s device-dependent default
     mode: str = "gaussian"
     normalization: str | None = None
     activation: str | None = None
@@ -94,7 +94,7 @@ def settings_from_metadata(metadata: dict[str, Any]) -> InferenceSettings:
     return InferenceSettings(
         roi_size=tuple(int(r) for r in roi) if roi else None,
         overlap=float(custom.get("overlap", defaults.overlap)),
-        sw_batch_size=int(custom.get("sw_batch_size", defaults.sw_batch_size)),
+        sw_batch_size=custom.get("sw_batch_size", defaults.sw_batch_size),
         mode=custom.get("mode", defaults.mode),
         normalization=custom.get("normalization"),
         activation=custom.get("activation"),

@@ -6,8 +6,9 @@
 - the image stays in its stored dtype (uint8 for photographs) and each batch of windows is cut from it,
   converted to float and normalised only when the network needs it, so a 8192 x 8192 RGB photograph costs
   192 MB instead of 768 MB as float32. MONAI sizes its output and count maps from the dtype of the tensor it
-  slides over, so it slides over a zero-stride float placeholder (no memory) and passes the window coordinates
-  to the predictor (``with_coord=True``), which reads the real pixels;
+  slides over, so it slides over a one-channel float placeholder (MONAI makes it contiguous, so it costs one
+  more single-channel map) and passes the window coordinates to the predictor (``with_coord=True``), which
+  reads the real pixels;
 - a 2D network over a 3D volume runs slice by slice: the window is one slice thick along ``slice_axis`` and
   each batch of windows is a batch of slices;
 - fundus photographs can be resampled to the scale the network was trained at (the width of the field of
@@ -66,7 +67,7 @@ def predict(
     *,
     roi_size: Sequence[int],
     overlap: float = 0.25,
-    sw_batch_size: int = 4,
+    sw_batch_size: int | None = None,
     mode: Literal["gaussian", "constant"] = "gaussian",
     normalization: Normalization | Callable[[torch.Tensor], torch.Tensor] = "standardize",
     activation: Activation = "sigmoid",
@@ -90,7 +91,8 @@ def predict(
             2D ``roi_size`` it is (C, H, W), or (C, X, Y, Z) to run the 2D network slice by slice.
         roi_size: window size, one entry per spatial dimension of the network.
         overlap: fraction of a window shared with its neighbour (along the slice axis, none).
-        sw_batch_size: windows (or slices) per forward pass.
+        sw_batch_size: windows (or slices) per forward pass; ``None``: 4 on a GPU, 1 on the CPU, where larger
+            batches were measured to gain no speed while multiplying the activations' memory (bench/inference.py).
         mode: ``"gaussian"`` weights window centres more when stitching; ``"constant"`` weighs all equally.
         normalization: as at training: ``"scale255"`` (x / 255, as ``ScaleIntensityRange(0, 255, 0, 1)`` in
             :func:`medseg.data.vessel_transforms`); from the whole (resampled) image, ``"standardize"``
@@ -134,6 +136,8 @@ def predict(
         image = _resample(image.to(torch.float32), [round(s * factor) for s in spatial_shape])
 
     device = torch.device(device)
+    if sw_batch_size is None:
+        sw_batch_size = 1 if device.type == "cpu" else 4
     model = model.eval().to(device)
     memory_format = torch.preserve_format
     if network_dims == 2 and device.type == "cpu":
@@ -150,7 +154,7 @@ def predict(
     predictor = _WindowPredictor(
         model, image, normalize, activation, tta, network_dims, device, precision, sliced, memory_format
     )
-    # A zero-stride float placeholder with the image's spatial shape: MONAI allocates its output and count maps
+    # A one-channel float placeholder with the image's spatial shape: MONAI allocates its output and count maps
     # in the placeholder's dtype while the predictor reads the real pixels at the coordinates MONAI passes.
     placeholder = torch.zeros((), dtype=accumulate_dtype).expand(1, 1, *image.shape[1:])
     with torch.no_grad():  # not inference_mode: the caller may edit the result in place

@@ -168,3 +168,12 @@ def test_fov_masks_from_a_folder_zero_predictions_outside(checkpoint, tmp_path):
     assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(out), "--fov", str(masks),
                  "--threshold", "1e-6"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")), fov)
+
+
+def test_two_inputs_with_one_name_do_not_share_an_output(checkpoint, tmp_path, capsys):
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "a.png", 1)
+    args = [*checkpoint_args(checkpoint), str(tmp_path / "first"), str(tmp_path / "second")]
+    assert main(["infer", *args, "-o", str(tmp_path / "out"), "--overwrite"]) == 1
+    assert f"{tmp_path / 'second' / 'a.png'}: output" in capsys.readouterr().err
