@@ -138,21 +138,30 @@ def vessel_transforms(
     return Compose(deterministic + random)
 
 
-def camvid_transforms(phase: str = "train", crop_size: Sequence[int] | None = (256, 256)) -> Compose:
+def camvid_transforms(
+    phase: str = "train", crop_size: Sequence[int] | None = (256, 256), normalization: str = "none"
+) -> Compose:
     """Transforms for CamVid records {"image", "label"} (paths) -> tensors.
 
     Output: "image" float32 (3, H, W) in [0, 1]; "label" int64 (1, H, W) with classes 0-10 and 11 = void
     (``medseg.data.camvid.IGNORE_INDEX``). "eval" keeps whole 360x480 frames. "train" takes a random
     ``crop_size`` crop (whole frame if None), a horizontal flip (road scenes are not flipped upside down) and
     intensity jitter on the image.
+
+    ``normalization="standardize"`` then standardises each whole frame before any crop, as in
+    :func:`vessel_transforms`: train with it, and evaluate "eval" frames left in [0, 1] through
+    :func:`medseg.inference.predict` with ``normalization="standardize"`` (or a ``PredictInferer``).
     """
     _check_choice("phase", phase, PHASES)
+    _check_choice("normalization", normalization, NORMALIZATIONS)
     deterministic = [
         LoadImaged(keys=["image", "label"], reader=pil_reader()),
         EnsureChannelFirstd(keys=["image", "label"]),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
         CastToTyped(keys="label", dtype=torch.int64),
     ]
+    if normalization == "standardize":
+        deterministic.append(NormalizeIntensityd(keys="image"))
     if phase == "eval":
         return Compose(deterministic)
     random = [RandSpatialCropd(keys=["image", "label"], roi_size=crop_size, random_size=False)] if crop_size else []

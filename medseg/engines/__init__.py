@@ -3,7 +3,14 @@
 from medseg.engines.artifacts import RunArtifacts
 from medseg.engines.budget import TimeBudget
 from medseg.engines.checkpoint import AtomicCheckpointSaver, latest_checkpoint
-from medseg.engines.evaluation import VesselReport, atomic_write_text, second_observer_metrics, write_vessel_report
+from medseg.engines.evaluation import (
+    SegmentationReport,
+    VesselReport,
+    atomic_write_text,
+    second_observer_metrics,
+    write_segmentation_report,
+    write_vessel_report,
+)
 from medseg.engines.inferers import AutocastInferer, PredictInferer
 from medseg.engines.tracking import TrackingHandler
 
@@ -12,11 +19,13 @@ __all__ = [
     "AutocastInferer",
     "PredictInferer",
     "RunArtifacts",
+    "SegmentationReport",
     "TimeBudget",
     "TrackingHandler",
     "VesselReport",
     "atomic_write_text",
     "latest_checkpoint",
     "second_observer_metrics",
+    "write_segmentation_report",
     "write_vessel_report",
 ]

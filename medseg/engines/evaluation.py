@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -12,9 +13,16 @@ import torch
 from ignite.engine import Engine, Events
 
 from medseg.data import read_binary
-from medseg.metrics import FOVVesselMetrics
+from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
 
-__all__ = ["VesselReport", "atomic_write_text", "second_observer_metrics", "write_vessel_report"]
+__all__ = [
+    "SegmentationReport",
+    "VesselReport",
+    "atomic_write_text",
+    "second_observer_metrics",
+    "write_segmentation_report",
+    "write_vessel_report",
+]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -95,3 +103,42 @@ class VesselReport:
         self.report = write_vessel_report(
             self.path, self.test_metric.metric, self.validation_metric.metric, self.test_records
         )
+
+
+def write_segmentation_report(path: str | os.PathLike, metrics: SegmentationMetrics, images: int, split: str) -> dict:
+    """Write the multi-class evaluation table (CamVid protocol) as JSON and return it.
+
+    Keys: ``images`` (how many were scored) and ``<split>``: ``miou``, ``pixel_accuracy`` and ``iou_<class>``
+    of the pooled confusion matrix, with ``null`` for a class absent from both the labels and the predictions.
+    """
+    values = {key: None if math.isnan(value) else value for key, value in metrics.compute().items()}
+    report = {"images": images, split: values}
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class SegmentationReport:
+    """Handler writing :func:`write_segmentation_report` when the evaluator completes.
+
+    Attached before any tracking handler (MONAI appends those last), so the report exists when the run's
+    artifacts are logged.
+
+    Args:
+        path: the JSON file.
+        metric: the evaluator's ``SegmentationMetricHandler``.
+        records: the records scored.
+        split: name of the section holding the metrics, e.g. ``"test"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, metric, records: Sequence[dict], split: str = "test") -> None:
+        self.path = path
+        self.metric = metric
+        self.records = records
+        self.split = split
+        self.report: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.report = write_segmentation_report(self.path, self.metric.metric, len(self.records), self.split)
