@@ -12,12 +12,14 @@ from medseg.engines.evaluation import (
     write_vessel_report,
 )
 from medseg.engines.inferers import AutocastInferer, PredictInferer
+from medseg.engines.random_state import RandomStates
 from medseg.engines.tracking import TrackingHandler
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AutocastInferer",
     "PredictInferer",
+    "RandomStates",
     "RunArtifacts",
     "SegmentationReport",
     "TimeBudget",

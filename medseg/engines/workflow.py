@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigWorkflow
 
-__all__ = ["MLFLOW_TRACKING", "bundle_config_files", "parse_overrides", "run_bundle_config"]
+__all__ = ["MLFLOW_TRACKING", "bundle_config_files", "bundle_workflow", "parse_overrides", "run_bundle_config"]
 
 # medseg's MLflow settings for MONAI's ``tracking`` argument; bundles and configs/ live beside the package in
 # the repository, so the CLI reads them from there
@@ -64,7 +64,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def run_bundle_config(
+def bundle_workflow(
     bundle: str | os.PathLike,
     name: str,
     *,
@@ -73,21 +73,23 @@ def run_bundle_config(
     tracking: str | dict | None = None,
     workflow_type: str | None = None,
 ) -> ConfigWorkflow:
-    """Run ``<bundle>/configs/<name>.yaml`` (plus overlays, merged in order) as MONAI would, and return the
-    finished workflow (its parser holds every instantiated component).
+    """``<bundle>/configs/<name>.yaml`` (plus overlays, merged in order) as an initialised MONAI
+    ``ConfigWorkflow``, ready to ``run()``: its parser holds every component (``workflow.parser``).
 
     Args:
         bundle: the bundle folder.
         name: config name, e.g. ``"train"``, ``"evaluate"``, ``"inference"``.
         overlays: more config files merged on top (``configs/cpu_budget.yaml``, ...).
         overrides: ``{config id: value}`` applied last, as ``--id value`` on MONAI's command line.
-        tracking: MONAI's experiment-tracking settings, e.g. ``"mlflow"`` (as ``--tracking mlflow``).
+        tracking: MONAI's experiment-tracking settings, e.g. ``"mlflow"`` (as ``--tracking mlflow``) or a file.
         workflow_type: MONAI's workflow type (``"train"``, ``"infer"``) to check the config's properties.
     """
     bundle = Path(bundle).resolve()
     files = bundle_config_files(bundle, name, overlays)
     configs = bundle / "configs"
     logging_file = configs / "logging.conf"
+    # macros are resolved when the workflow is built and initialised; nothing reads files relative to the
+    # working directory after that
     with working_directory(bundle):
         workflow = ConfigWorkflow(
             config_file=files,
@@ -99,6 +101,12 @@ def run_bundle_config(
             **dict(overrides or {}),
         )
         workflow.initialize()
-        workflow.run()
-        workflow.finalize()
+    return workflow
+
+
+def run_bundle_config(bundle: str | os.PathLike, name: str, **kwargs: Any) -> ConfigWorkflow:
+    """Build (:func:`bundle_workflow`, same arguments), run and finalise a bundle config; return the workflow."""
+    workflow = bundle_workflow(bundle, name, **kwargs)
+    workflow.run()
+    workflow.finalize()
     return workflow

@@ -29,6 +29,7 @@ __all__ = [
     "check_tracking_server",
     "default_tracking_uri",
     "run_tags",
+    "resumable_run_name",
     "runs_table",
 ]
 
@@ -162,3 +163,21 @@ def runs_table(
             ]
         )
     return _format_table(header, rows)
+
+
+def resumable_run_name(output_dir: str | os.PathLike, resume: bool = False) -> str:
+    """The MLflow run name of the training that writes to ``output_dir``.
+
+    A new training gets a new timestamped name, recorded in ``<output_dir>/mlflow_run_name.txt``; a resumed
+    one reuses the recorded name, so MONAI's ``MLFlowHandler`` picks up the unfinished run it left and the
+    resumed epochs are logged to the same MLflow run.
+    """
+    record = Path(output_dir) / "mlflow_run_name.txt"
+    if resume and record.is_file():
+        return record.read_text().strip()
+    name = "run_" + time.strftime("%Y%m%d_%H%M%S")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    temporary = record.with_name(f".{record.name}.{os.getpid()}")
+    temporary.write_text(name + "\n")
+    os.replace(temporary, record)
+    return name
