@@ -1,5 +1,6 @@
 """``medseg infer``: sliding-window inference over files, folders and globs, each input on its own.
 
+A thin layer over :func:`medseg.inference.infer_files`, which a bundle's ``configs/inference.yaml`` runs too.
 A failing input (corrupt, unsupported, output already there) is reported by name and the others still run;
 the exit code is 1 when anything failed, after a summary.
 """
@@ -7,35 +8,15 @@ the exit code is 1 when anything failed, after a summary.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from medseg.cli import CLIError
-from medseg.inference import (
-    InferenceSettings,
-    ImageMeta,
-    estimate_fov,
-    is_supported,
-    load_model,
-    match_channels,
-    output_paths,
-    predict,
-    read_image,
-    write_mask,
-    write_overlay,
-    write_probabilities,
-)
-from medseg.inference.io import suffix_of
-
-# Inputs with more windows than this get a progress bar over their batches of windows.
-_WINDOWS_FOR_PROGRESS = 64
+from medseg.inference import InferenceSettings, infer_files, load_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +24,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "infer",
         help="sliding-window inference on 2D images and NIfTI volumes",
         description="Predict masks for images (TIFF, PNG, JPEG, GIF, PPM) and NIfTI volumes (.nii, .nii.gz). "
-        "Options left out come from the bundle's metadata, else from the defaults shown.",
+        "Options left out come from the bundle's configs/inference.yaml, else from the defaults shown.",
     )
     parser.add_argument("model", help="bundle folder, TorchScript .ts file, or checkpoint (with --network)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--output", "-o", required=True, type=Path, help="folder for the outputs")
+    parser.add_argument("--checkpoint", type=Path, help="weights for a bundle MODEL (default: MODEL/models/model.pt)")
+    parser.add_argument(
+        "--config",
+        dest="overlays",
+        action="append",
+        default=[],
+        metavar="OVERLAY.yaml",
+        help="config file merged on top of a bundle's configs/inference.yaml (repeatable, in order)",
+    )
     parser.add_argument("--network", help="network name for a checkpoint (medseg.networks.get_network)")
     parser.add_argument("--network-kwargs", type=json.loads, default={}, help="JSON keyword arguments for it")
     parser.add_argument(
@@ -62,7 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="scale255 | standardize | standardize_channelwise | minmax | none "
         "(default scale255 for 8-bit images, standardize otherwise)",
     )
-    parser.add_argument("--tta", action="store_true", help="average over flips along each spatial axis")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average over flips along each spatial axis (default: the bundle's tta, else off)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument(
@@ -95,37 +89,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise CLIError(f"{args.checkpoint}: no such checkpoint")
     try:
-        loaded = load_model(args.model, network=args.network, network_kwargs=args.network_kwargs)
+        loaded = load_model(
+            args.model,
+            network=args.network,
+            network_kwargs=args.network_kwargs,
+            overlays=args.overlays,
+            checkpoint=args.checkpoint,
+        )
+        summary = infer_files(
+            loaded.network,
+            args.inputs,
+            args.output,
+            _settings(loaded.settings, args),
+            device=args.device,
+            precision=args.precision,
+            save_prob=args.save_prob,
+            overwrite=args.overwrite,
+            fov=args.fov,
+            scale=args.scale,
+            slice_axis=args.slice_axis,
+        )
     except (OSError, ValueError, KeyError) as err:
         raise CLIError(str(err)) from None
-    settings = _settings(loaded.settings, args)
-    if args.scale not in ("auto", "none"):
-        if not settings.fundus:
-            raise CLIError("--scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
-        try:
-            args.scale = float(args.scale)
-        except ValueError:
-            raise CLIError(f"--scale must be auto, none or a number, got {args.scale!r}") from None
-    inputs, failures = _expand(args.inputs)
-    input_paths = {path.resolve() for path in inputs}
-    claimed: set[Path] = set()  # outputs of this run, so that two inputs named alike cannot share one
-    written = 0
-    for path in tqdm(inputs, unit="file", disable=len(inputs) < 2, file=sys.stderr):
-        try:
-            _infer_one(loaded.network, path, settings, args, input_paths, claimed)
-            written += 1
-        except Exception as err:  # one bad input must not stop the others; it is reported by name below
-            message = str(err)
-            failures.append(message if str(path) in message else f"{path}: {message}")
-    print(f"medseg infer: {written} input(s) written to {args.output}, {len(failures)} failed")
-    for failure in failures:
+    print(f"medseg infer: {summary}")
+    for failure in summary.failures:
         print(f"  failed: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if summary.failures else 0
 
 
 def _settings(settings: InferenceSettings, args: argparse.Namespace) -> InferenceSettings:
-    """The model's settings with the command line's overrides and the defaults for what is still open."""
+    """The model's settings with the command line's overrides (a single --roi N is N along every axis)."""
     overrides = {
         name: value
         for name, value in (
@@ -134,22 +130,15 @@ def _settings(settings: InferenceSettings, args: argparse.Namespace) -> Inferenc
             ("mode", args.mode),
             ("threshold", args.threshold),
             ("normalization", args.normalization),
+            ("tta", args.tta),
         )
         if value is not None
     }
     if args.fundus_width is not None:
         overrides.update(fundus=True, training_fov_width=args.fundus_width)
-    settings = replace(settings, **overrides)
-    if args.roi is not None and len(args.roi) > 1:
-        settings = replace(settings, roi_size=args.roi)
-    spatial_dims = len(settings.roi_size) if settings.roi_size else settings.spatial_dims or 2
-    if args.roi is not None and len(args.roi) == 1:
-        settings = replace(settings, roi_size=args.roi * spatial_dims)
-    activation = settings.activation or ("softmax" if (settings.out_channels or 1) > 1 else "sigmoid")
-    roi = settings.roi_size or ((256, 256) if spatial_dims == 2 else (96, 96, 96))
-    if len(roi) != spatial_dims:
-        raise CLIError(f"--roi has {len(roi)} sizes but the network is {spatial_dims}D")
-    return replace(settings, roi_size=roi, spatial_dims=spatial_dims, activation=activation)
+    if args.roi is not None:
+        overrides["roi_size"] = args.roi * (settings.spatial_dims or 2) if len(args.roi) == 1 else args.roi
+    return replace(settings, **overrides)
 
 
 def _roi(text: str) -> tuple[int, ...]:
@@ -160,99 +149,3 @@ def _roi(text: str) -> tuple[int, ...]:
     if len(sizes) > 3:
         raise argparse.ArgumentTypeError(f"at most 3 sizes, got {text!r}")
     return sizes
-
-
-def _expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
-    """Files named, inside named folders (recursively) or matching globs; unmatched patterns are failures."""
-    files: list[Path] = []
-    failures: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_supported(p))
-        elif path.exists():
-            found = [path]  # named explicitly: an unsupported type is reported by the reader
-        else:
-            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not found:
-            failures.append(f"{pattern}: no such file, or no supported image in it")
-        files.extend(p for p in found if p not in files)
-    return files, failures
-
-
-def _infer_one(
-    network: torch.nn.Module,
-    path: Path,
-    settings: InferenceSettings,
-    args: argparse.Namespace,
-    inputs: set[Path],
-    claimed: set[Path],
-) -> None:
-    outputs = output_paths(path, args.output, args.save_prob)
-    for output in outputs.values():
-        if output.resolve() in inputs:
-            raise ValueError(f"{path}: output {output} would overwrite an input")
-        if output.resolve() in claimed:
-            raise ValueError(f"{path}: output {output} belongs to another input of the same name in this run")
-        if output.exists() and not args.overwrite:
-            raise ValueError(f"{path}: output {output} exists (use --overwrite to replace it)")
-    claimed.update(output.resolve() for output in outputs.values())
-    image, meta = read_image(path)
-    fundus = settings.fundus and not meta.is_volume
-    # fundus models estimate their FOV unless told otherwise; any other 2D model uses one only when given --fov
-    fov_choice = args.fov if args.fov is not None else ("auto" if fundus else "none")
-    fov_mask = None if meta.is_volume else _fov_mask(path, image, fov_choice)
-    scale = None
-    if fundus and args.scale != "none":
-        scale = args.scale
-    network_input = match_channels(image, settings, str(path))
-    windows = np.prod(network_input.shape[1:]) / np.prod(settings.roi_size)
-    probabilities = predict(
-        network,
-        network_input,
-        roi_size=settings.roi_size,
-        overlap=settings.overlap,
-        sw_batch_size=settings.sw_batch_size,
-        mode=settings.mode,
-        normalization=settings.normalization or ("scale255" if image.dtype == np.uint8 else "standardize"),
-        activation=settings.activation,
-        tta=args.tta,
-        device=args.device,
-        precision=args.precision,
-        slice_axis=args.slice_axis,
-        scale=scale,
-        training_fov_width=settings.training_fov_width,
-        fov_mask=fov_mask,
-        progress=windows > _WINDOWS_FOR_PROGRESS,
-    )
-    mask = _mask(probabilities, settings.threshold, meta)
-    write_mask(outputs["mask"], mask, meta)
-    if args.save_prob:
-        write_probabilities(outputs["probabilities"], probabilities, meta, args.save_prob)
-    if "overlay" in outputs:
-        write_overlay(outputs["overlay"], image, mask)
-
-
-def _mask(probabilities: torch.Tensor, threshold: float, meta: ImageMeta) -> np.ndarray:
-    """uint8 labels: one channel thresholded to {0, 255} for 2D images, {0, 1} for volumes; else the argmax."""
-    if probabilities.shape[0] > 1:
-        return probabilities.argmax(0).to(torch.uint8).numpy()
-    foreground = 1 if meta.is_volume else 255
-    return ((probabilities[0] >= threshold).to(torch.uint8) * foreground).numpy()
-
-
-def _fov_mask(path: Path, image: np.ndarray, fov: str) -> np.ndarray | None:
-    """The FOV to zero predictions outside: estimated, read from a mask folder, or none."""
-    if fov == "none":
-        return None
-    if fov == "auto":
-        return estimate_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0])
-    folder = Path(fov)
-    stem = path.name[: len(path.name) - len(suffix_of(path))]
-    candidates = sorted(p for name in (stem, f"{stem}_mask") for p in folder.glob(f"{name}.*") if is_supported(p))
-    if not candidates:
-        raise ValueError(f"{path}: no FOV mask {stem}.* or {stem}_mask.* in {folder}")
-    mask, _ = read_image(candidates[0])
-    if mask.shape[1:] != image.shape[1:]:
-        raise ValueError(f"{candidates[0]}: FOV mask shape {mask.shape[1:]} differs from the image's {image.shape[1:]}")
-    return mask.max(0) > 127

@@ -1,5 +1,7 @@
-"""Sliding-window inference: :func:`predict` (the one inference path), model loading, readers/writers, FOV."""
+"""Sliding-window inference: :func:`predict` (the one inference path), :func:`infer_files` (files in, masks out,
+for ``medseg infer`` and the bundles' ``inference.yaml``), model loading, readers/writers, FOV."""
 
+from medseg.inference.files import InferenceFailed, InferenceSummary, expand_inputs, infer_files
 from medseg.inference.fov import estimate_fov, fov_width
 from medseg.inference.io import (
     ImageMeta,
@@ -10,24 +12,38 @@ from medseg.inference.io import (
     write_overlay,
     write_probabilities,
 )
-from medseg.inference.loading import InferenceSettings, LoadedModel, load_model, match_channels, settings_from_metadata
+from medseg.inference.loading import (
+    InferenceSettings,
+    LoadedModel,
+    complete_settings,
+    load_model,
+    match_channels,
+    read_state_dict,
+    settings_from_metadata,
+)
 from medseg.inference.predict import AUTO_SCALE_TOLERANCE, NORMALIZATIONS, fundus_scale, predict
 
 __all__ = [
     "AUTO_SCALE_TOLERANCE",
     "NORMALIZATIONS",
     "ImageMeta",
+    "InferenceFailed",
     "InferenceSettings",
+    "InferenceSummary",
     "LoadedModel",
+    "complete_settings",
     "estimate_fov",
+    "expand_inputs",
     "fov_width",
     "fundus_scale",
+    "infer_files",
     "is_supported",
     "load_model",
     "match_channels",
     "output_paths",
     "predict",
     "read_image",
+    "read_state_dict",
     "settings_from_metadata",
     "write_mask",
     "write_overlay",

@@ -1,18 +1,20 @@
 """Loading a model for inference: a MONAI bundle folder, a TorchScript file, or a checkpoint plus a network name.
 
-Each comes with the inference settings it knows: a bundle's from its ``configs/metadata.json``; the others
-only what their weights show (input channels and spatial dimensions). Metadata keys read:
-
-- ``network_data_format.inputs.image``: ``num_channels``, ``spatial_shape`` (the roi when it is all integers);
-- ``network_data_format.outputs.pred``: ``num_channels`` (1 means sigmoid, more means softmax, unless set);
-- ``medseg``: ``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``, ``normalization``, ``activation``,
-  ``threshold``, ``preprocessing`` (``"rgb"`` or ``"green"``), ``fundus`` (bool), ``training_fov_width``
-  (median FOV width in pixels of the training images).
+Each comes with the inference settings it knows. A bundle's come from its own configs, where each
+hyper-parameter is written once: ``configs/inference.yaml`` (plus overlays and overrides) defines
+``network_def`` and ``inference_settings``, an :class:`InferenceSettings` built from the shared top-level ids
+(``roi_size``, ``sw_overlap``, ``sw_batch_size``, ``normalization``, ``tta``, ``threshold``,
+``preprocessing``, ...) and from the descriptive facts of ``configs/metadata.json`` (``medseg.fundus``,
+``medseg.training_fov_width``), which the config reads as ``@_meta_#...``. The metadata's
+``network_data_format`` gives the input and output channels. The other sources know only what their weights
+show (input channels, output channels and spatial dimensions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,19 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-__all__ = ["InferenceSettings", "LoadedModel", "load_model", "match_channels", "settings_from_metadata"]
+__all__ = [
+    "InferenceSettings",
+    "LoadedModel",
+    "complete_settings",
+    "load_model",
+    "match_channels",
+    "read_state_dict",
+    "settings_from_metadata",
+]
 
 _CHECKPOINT_KEYS = ("model", "network", "state_dict", "net")
+# The id of a bundle's inference config that holds its InferenceSettings.
+SETTINGS_ID = "inference_settings"
 
 
 @dataclass(frozen=True)
@@ -34,9 +46,10 @@ class InferenceSettings:
     overlap: float = 0.25
     sw_batch_size: int | None = None  # None: predict()'s device-dependent default
     mode: str = "gaussian"
-    normalization: str | None = None
-    activation: str | None = None
+    normalization: str | None = None  # None: scale255 for 8-bit images, standardize otherwise
+    activation: str | None = None  # None: sigmoid for one output channel, softmax for more
     threshold: float = 0.5
+    tta: bool = False
     preprocessing: str = "rgb"
     fundus: bool = False
     training_fov_width: float | None = None
@@ -52,59 +65,91 @@ class LoadedModel:
 
 
 def load_model(
-    model: str | Path, *, network: str | None = None, network_kwargs: dict[str, Any] | None = None
+    model: str | Path,
+    *,
+    network: str | None = None,
+    network_kwargs: dict[str, Any] | None = None,
+    overlays: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``model``, a bundle folder, a TorchScript ``.ts`` file, or a checkpoint with ``network``.
 
     Args:
-        model: a folder with ``configs/metadata.json`` (network from ``network_def`` in
-            ``configs/inference.*``, else ``configs/train.*``; weights ``models/model.pt``, else
-            ``models/model.ts``), a ``.ts`` file, or a checkpoint file (a state dict, or a dict holding one under
-            ``model``, ``network``, ``state_dict`` or ``net``).
+        model: a folder with ``configs/metadata.json`` and ``configs/inference.yaml`` (network ``network_def``,
+            settings ``inference_settings``; weights ``checkpoint``, else ``models/model.pt``, else the
+            TorchScript ``models/model.ts``), a ``.ts`` file, or a checkpoint file (a state dict, or a dict
+            holding one under ``model``, ``network``, ``state_dict`` or ``net``).
         network: for a checkpoint, the name given to :func:`medseg.networks.get_network`.
         network_kwargs: keyword arguments for :func:`medseg.networks.get_network`.
+        overlays: for a bundle, config files merged in order on top of its ``configs/inference.yaml``.
+        overrides: for a bundle, ``{config id: value}`` applied last.
+        checkpoint: for a bundle, weights to load instead of ``models/model.pt``.
     """
     path = Path(model)
     if path.is_dir():
-        return _load_bundle(path)
+        return _load_bundle(path, overlays, overrides, None if checkpoint is None else Path(checkpoint))
+    if overlays or overrides or checkpoint is not None:
+        raise ValueError(f"{path}: config overlays, overrides and a separate checkpoint apply to a bundle folder only")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model (expected a bundle folder, a .ts file or a checkpoint)")
     if path.suffix == ".ts":
-        return _with_layout(torch.jit.load(str(path), map_location="cpu"), InferenceSettings())
+        return _loaded(torch.jit.load(str(path), map_location="cpu"), InferenceSettings())
     if network is None:
         raise ValueError(f"{path}: a checkpoint needs --network NAME (and --network-kwargs for its arguments)")
     from medseg.networks import get_network  # imported here: only this path needs the networks package
 
     module = get_network(network, **(network_kwargs or {}))
-    module.load_state_dict(_state_dict(path))
-    return _with_layout(module, InferenceSettings())
+    module.load_state_dict(read_state_dict(path))
+    return _loaded(module, InferenceSettings())
 
 
-def settings_from_metadata(metadata: dict[str, Any]) -> InferenceSettings:
-    """Inference settings from a bundle's ``metadata.json`` content (keys in the module docstring)."""
+def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
+    """The descriptive facts of a bundle's ``metadata.json``: channels, spatial dimensions, fundus, FOV width.
+
+    Reads ``network_data_format.inputs.image`` (``num_channels``, ``spatial_shape``),
+    ``network_data_format.outputs.pred`` (``num_channels``) and ``medseg`` (``fundus``, ``training_fov_width``).
+    """
     data_format = metadata.get("network_data_format", {})
     image = data_format.get("inputs", {}).get("image", {})
     prediction = data_format.get("outputs", {}).get("pred", {})
-    custom = metadata.get("medseg", {})
+    facts = metadata.get("medseg", {})
     spatial_shape = image.get("spatial_shape")
-    roi = custom.get("roi_size")
-    if roi is None and spatial_shape and all(isinstance(s, int) for s in spatial_shape):
-        roi = spatial_shape
-    defaults = InferenceSettings()
     return InferenceSettings(
-        roi_size=tuple(int(r) for r in roi) if roi else None,
-        overlap=float(custom.get("overlap", defaults.overlap)),
-        sw_batch_size=custom.get("sw_batch_size", defaults.sw_batch_size),
-        mode=custom.get("mode", defaults.mode),
-        normalization=custom.get("normalization"),
-        activation=custom.get("activation"),
-        threshold=float(custom.get("threshold", defaults.threshold)),
-        preprocessing=custom.get("preprocessing", defaults.preprocessing),
-        fundus=bool(custom.get("fundus", False)),
-        training_fov_width=custom.get("training_fov_width"),
+        fundus=bool(facts.get("fundus", False)),
+        training_fov_width=facts.get("training_fov_width"),
         in_channels=image.get("num_channels"),
         out_channels=prediction.get("num_channels"),
-        spatial_dims=len(roi) if roi else None,
+        spatial_dims=len(spatial_shape) if spatial_shape else None,
+    )
+
+
+def complete_settings(network: torch.nn.Module, settings: InferenceSettings) -> InferenceSettings:
+    """``settings`` with what is still open filled in: channels and spatial dimensions from the network's
+    convolution weights (C_out, C_in, *kernel), then the window (256 in 2D, 96 in 3D) and the activation
+    (sigmoid for one output channel, softmax for more).
+
+    The first convolution gives the input channels and spatial dimensions, the last the output channels
+    (a U-Net's 1x1 output head).
+    """
+    weights = [p for p in network.parameters() if p.ndim >= 4]
+    if weights:
+        settings = replace(
+            settings,
+            in_channels=settings.in_channels or int(weights[0].shape[1]),
+            out_channels=settings.out_channels or int(weights[-1].shape[0]),
+            spatial_dims=settings.spatial_dims or weights[0].ndim - 2,
+        )
+    spatial_dims = len(settings.roi_size) if settings.roi_size else settings.spatial_dims or 2
+    if settings.spatial_dims is not None and spatial_dims != settings.spatial_dims:
+        raise ValueError(
+            f"roi_size {settings.roi_size} has {spatial_dims} sizes but the network is {settings.spatial_dims}D"
+        )
+    return replace(
+        settings,
+        roi_size=tuple(settings.roi_size or ((256, 256) if spatial_dims == 2 else (96, 96, 96))),
+        spatial_dims=spatial_dims,
+        activation=settings.activation or ("softmax" if (settings.out_channels or 1) > 1 else "sigmoid"),
     )
 
 
@@ -114,6 +159,8 @@ def match_channels(image: np.ndarray, settings: InferenceSettings, name: str) ->
     ``preprocessing="green"`` keeps channel 1 of a colour image; a grey image is repeated for a colour network;
     a colour image is converted to grey (ITU-R 601 luma) for a one-channel network. ``name`` labels errors.
     """
+    if settings.preprocessing not in ("rgb", "green"):
+        raise ValueError(f"{name}: file inference supports preprocessing rgb or green, not {settings.preprocessing!r}")
     channels, wanted = image.shape[0], settings.in_channels
     if settings.preprocessing == "green" and channels == 3:
         image, channels = image[1:2], 1
@@ -127,37 +174,10 @@ def match_channels(image: np.ndarray, settings: InferenceSettings, name: str) ->
     raise ValueError(f"{name}: the image has {channels} channels but the network expects {wanted}")
 
 
-def _load_bundle(folder: Path) -> LoadedModel:
-    configs = folder / "configs"
-    metadata_file = configs / "metadata.json"
-    if not metadata_file.is_file():
-        raise ValueError(f"{folder}: not a bundle (no configs/metadata.json)")
-    settings = settings_from_metadata(json.loads(metadata_file.read_text()))
-    weights, scripted = folder / "models" / "model.pt", folder / "models" / "model.ts"
-    config_file = _network_config(configs)
-    if config_file is None or not weights.is_file():
-        if scripted.is_file():
-            return _with_layout(torch.jit.load(str(scripted), map_location="cpu"), settings)
-        raise ValueError(f"{folder}: needs network_def in configs and models/model.pt, or models/model.ts")
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    parser["bundle_root"] = str(folder)  # configs name files relative to their bundle, not to our cwd
-    module = parser.get_parsed_content("network_def")
-    module.load_state_dict(_state_dict(weights))
-    return _with_layout(module, settings)
-
-
-def _network_config(configs: Path) -> Path | None:
-    """The first of configs/inference.*, configs/train.* that defines ``network_def``."""
-    for stem in ("inference", "train"):
-        for suffix in (".yaml", ".yml", ".json"):
-            candidate = configs / f"{stem}{suffix}"
-            if candidate.is_file() and "network_def" in ConfigParser.load_config_file(str(candidate)):
-                return candidate
-    return None
-
-
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file (``torch.load(weights_only=True)``): at its top level, or under
+    ``model``, ``network``, ``state_dict`` or ``net``. Unreadable files raise ``ValueError`` naming the file."""
+    path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors: report them all as a bad checkpoint
@@ -170,18 +190,45 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: no state dict found (expected one at the top or under {', '.join(_CHECKPOINT_KEYS)})")
 
 
-def _with_layout(network: torch.nn.Module, settings: InferenceSettings) -> LoadedModel:
-    """Fill the settings the metadata left open from the convolution weights (C_out, C_in, *kernel).
+def _load_bundle(
+    folder: Path, overlays: Sequence[str | Path], overrides: Mapping[str, Any] | None, checkpoint: Path | None
+) -> LoadedModel:
+    folder = folder.resolve()
+    metadata_file, config_file = folder / "configs" / "metadata.json", folder / "configs" / "inference.yaml"
+    for required in (metadata_file, config_file):
+        if not required.is_file():
+            raise ValueError(f"{folder}: not an inference bundle (no configs/{required.name})")
+    files = [config_file]
+    for overlay in overlays:
+        files.append(Path(overlay).resolve())
+        if not files[-1].is_file():
+            raise FileNotFoundError(f"{overlay}: no such overlay config file")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.read_meta(str(metadata_file))
+    parser.update({"bundle_root": str(folder), **dict(overrides or {})})
+    if SETTINGS_ID not in parser:
+        raise ValueError(f"{config_file}: no {SETTINGS_ID!r} id (the InferenceSettings of the bundle)")
+    # the configs share settings with %configs/train.yaml#... macros, which MONAI reads from the working directory
+    with contextlib.chdir(folder):
+        settings = parser.get_parsed_content(SETTINGS_ID)
+        described = settings_from_metadata(json.loads(metadata_file.read_text()))
+        settings = replace(
+            settings,
+            in_channels=settings.in_channels or described.in_channels,
+            out_channels=settings.out_channels or described.out_channels,
+            spatial_dims=settings.spatial_dims or described.spatial_dims,
+        )
+        weights = checkpoint or folder / "models" / "model.pt"
+        scripted = folder / "models" / "model.ts"
+        if checkpoint is None and not weights.is_file() and scripted.is_file():
+            return _loaded(torch.jit.load(str(scripted), map_location="cpu"), settings)
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: no such checkpoint (give one with --checkpoint)")
+        module = parser.get_parsed_content("network_def")
+    module.load_state_dict(read_state_dict(weights))
+    return _loaded(module, settings)
 
-    The first convolution gives the input channels and spatial dimensions, the last the output channels
-    (a U-Net's 1x1 output head).
-    """
-    weights = [p for p in network.parameters() if p.ndim >= 4]
-    if not weights:
-        return LoadedModel(network.eval(), settings)
-    known = {
-        "in_channels": settings.in_channels or int(weights[0].shape[1]),
-        "out_channels": settings.out_channels or int(weights[-1].shape[0]),
-        "spatial_dims": settings.spatial_dims or weights[0].ndim - 2,
-    }
-    return LoadedModel(network.eval(), replace(settings, **known))
+
+def _loaded(network: torch.nn.Module, settings: InferenceSettings) -> LoadedModel:
+    return LoadedModel(network.eval(), complete_settings(network, settings))

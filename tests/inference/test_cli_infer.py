@@ -129,24 +129,68 @@ def test_an_input_is_never_overwritten(checkpoint, tmp_path, capsys):
     assert (tmp_path / "a_mask.png").read_bytes() == before
 
 
-def test_bundle_folder_supplies_network_weights_and_settings(tmp_path):
-    bundle = tmp_path / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
+def make_bundle(folder: Path) -> Path:
+    """A minimal inference bundle: network and settings in configs/inference.yaml, facts in metadata.json."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
     metadata = {
-        "network_data_format": {"inputs": {"image": {"num_channels": 3, "spatial_shape": [64, 64]}},
+        "network_data_format": {"inputs": {"image": {"num_channels": 3, "spatial_shape": ["16*n", "16*n"]}},
                                 "outputs": {"pred": {"num_channels": 1}}},
-        "medseg": {"roi_size": [32, 32], "sw_batch_size": 2, "normalization": "standardize", "threshold": 0.0},
+        "medseg": {"fundus": False},
     }
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    network_def = {"_target_": "medseg.networks.UNet", **NETWORK_KWARGS}
-    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    config = {
+        "roi_size": [32, 32],
+        "threshold": 0.0,
+        "network_def": {"_target_": "medseg.networks.UNet", **NETWORK_KWARGS},
+        "inference_settings": {
+            "_target_": "medseg.inference.InferenceSettings",
+            "roi_size": "@roi_size",
+            "sw_batch_size": 2,
+            "normalization": "standardize",
+            "threshold": "@threshold",
+            "fundus": "@_meta_#medseg#fundus",
+        },
+    }
+    (folder / "configs" / "inference.yaml").write_text(json.dumps(config))  # JSON is YAML
+    return folder
+
+
+def test_bundle_folder_supplies_network_weights_and_settings(tmp_path):
+    bundle = make_bundle(tmp_path / "bundle")
     torch.save(UNet(**NETWORK_KWARGS).state_dict(), bundle / "models" / "model.pt")
     image = write_png(tmp_path / "a.png", 1)
     out = tmp_path / "out"
     assert main(["infer", str(bundle), str(image), "-o", str(out)]) == 0
-    # metadata threshold 0 keeps every pixel: no FOV masking for a non-fundus bundle
+    # the config's threshold 0 keeps every pixel: no FOV masking for a non-fundus bundle
     assert (np.asarray(Image.open(out / "a_mask.png")) == 255).all()
+
+
+def test_bundle_weights_from_checkpoint_and_settings_from_config_overlays(checkpoint, tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "bundle")  # no models/model.pt: the weights come with --checkpoint
+    image = write_png(tmp_path / "a.png", 1)
+    assert main(["infer", str(bundle), str(image), "-o", str(tmp_path / "none")]) == 1
+    assert "model.pt: no such checkpoint" in capsys.readouterr().err
+    overlay = tmp_path / "strict.yaml"
+    overlay.write_text("threshold: 1.1\n")  # above every probability: an empty mask
+    out = tmp_path / "out"
+    assert main(["infer", str(bundle), str(image), "-o", str(out), "--checkpoint", str(checkpoint),
+                 "--config", str(overlay)]) == 0
+    assert (np.asarray(Image.open(out / "a_mask.png")) == 0).all()
+    reference = tmp_path / "reference"
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(reference), "--roi", "32",
+                 "--normalization", "standardize", "--threshold", "0.5"]) == 0
+    assert main(["infer", str(bundle), str(image), "-o", str(out), "--checkpoint", str(checkpoint),
+                 "--threshold", "0.5", "--overwrite"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")),
+                                  np.asarray(Image.open(reference / "a_mask.png")))
+
+
+def test_checkpoint_and_config_options_need_a_bundle(checkpoint, tmp_path, capsys):
+    image = write_png(tmp_path / "a.png", 1)
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(tmp_path / "out"),
+                 "--checkpoint", str(checkpoint)]) == 1
+    assert "apply to a bundle folder only" in capsys.readouterr().err
 
 
 def test_unknown_pattern_and_unsupported_file_fail_by_name(checkpoint, tmp_path, capsys):

@@ -1,0 +1,245 @@
+"""Inference over files: what ``medseg infer`` and a bundle's ``configs/inference.yaml`` both run.
+
+:func:`infer_files` expands files, folders and globs, predicts each input on its own with
+:func:`~medseg.inference.predict` and writes its mask, overlay and (optionally) probabilities. A failing input
+(corrupt, unsupported, output already there) is recorded by name and the others still run; the returned
+:class:`InferenceSummary` lists what was written and what failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medseg.inference.fov import estimate_fov
+from medseg.inference.io import (
+    ImageMeta,
+    ProbabilityDtype,
+    is_supported,
+    output_paths,
+    read_image,
+    suffix_of,
+    write_mask,
+    write_overlay,
+    write_probabilities,
+)
+from medseg.inference.loading import InferenceSettings, complete_settings, match_channels
+from medseg.inference.predict import Precision, predict
+
+__all__ = ["InferenceFailed", "InferenceSummary", "expand_inputs", "infer_files"]
+
+# Inputs with more windows than this get a progress bar over their batches of windows.
+_WINDOWS_FOR_PROGRESS = 64
+
+
+class InferenceFailed(RuntimeError):
+    """Raised by :meth:`InferenceSummary.raise_for_failures`; the message names every failed input."""
+
+
+@dataclass
+class InferenceSummary:
+    """What :func:`infer_files` did: ``written`` maps each finished input to its outputs (``mask``,
+    ``overlay``, ``probabilities`` where written); ``failures`` holds one message per failed input or pattern,
+    each naming it."""
+
+    output_dir: Path
+    written: dict[Path, dict[str, Path]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{len(self.written)} input(s) written to {self.output_dir}, {len(self.failures)} failed"
+
+    def raise_for_failures(self) -> InferenceSummary:
+        """Raise :class:`InferenceFailed` naming the failed inputs, if any; else return the summary."""
+        if self.failures:
+            raise InferenceFailed("\n  ".join([f"{self}:", *self.failures]))
+        return self
+
+
+def expand_inputs(patterns: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files named, inside named folders (recursively, supported types only) or matching globs, each once,
+    and one failure message per pattern that matched nothing."""
+    files: list[Path] = []
+    failures: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_supported(p))
+        elif path.exists():
+            found = [path]  # named explicitly: an unsupported type is reported by the reader
+        else:
+            found = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+        if not found:
+            failures.append(f"{pattern}: no such file, or no supported image in it")
+        files.extend(p for p in found if p not in files)
+    return files, failures
+
+
+def infer_files(
+    network: torch.nn.Module,
+    inputs: Sequence[str | Path],
+    output_dir: str | Path,
+    settings: InferenceSettings,
+    *,
+    device: str | torch.device = "cpu",
+    precision: Precision = "float32",
+    save_prob: ProbabilityDtype | None = None,
+    overwrite: bool = False,
+    fov: Literal["auto", "none"] | str | Path | None = None,
+    scale: Literal["auto", "none"] | float = "auto",
+    slice_axis: int = 2,
+    progress: bool = True,
+) -> InferenceSummary:
+    """Predict and write the outputs of every input; one failing input does not stop the others.
+
+    Args:
+        network: the network (logits out), e.g. :attr:`LoadedModel.network <medseg.inference.LoadedModel>`.
+        inputs: image files (2D images, NIfTI volumes), folders (searched recursively) or glob patterns.
+        output_dir: folder for ``NAME_mask``, ``NAME_overlay`` (2D) and ``NAME_prob`` files
+            (:func:`~medseg.inference.output_paths`).
+        settings: window, normalisation, activation, threshold, TTA, channels and fundus facts; what is
+            still open is completed from the network (:func:`~medseg.inference.complete_settings`).
+        device: where the network runs.
+        precision: ``"float32"`` or ``"bfloat16"`` (autocast).
+        save_prob: also write probabilities, as ``"uint8"`` or ``"float16"``.
+        overwrite: replace existing outputs (an input is never overwritten, and two inputs named alike never
+            share an output).
+        fov: 2D field of view, predictions outside it are zeroed: ``"auto"`` (fundus estimate), ``"none"``,
+            or a folder of masks ``NAME.*`` / ``NAME_mask.*``; ``None``: auto for fundus models, else none.
+        scale: fundus models only: ``"auto"`` (to the training FOV width), ``"none"`` or a resampling factor.
+        slice_axis: the axis a 2D network slices a volume along.
+        progress: progress bars over the files and, for large inputs, over the windows.
+
+    Returns:
+        the :class:`InferenceSummary`; call :meth:`~InferenceSummary.raise_for_failures` to fail on failures.
+    """
+    settings = complete_settings(network, settings)
+    if scale not in ("auto", "none"):
+        if not settings.fundus:
+            raise ValueError("scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
+        try:
+            scale = float(scale)
+        except ValueError:
+            raise ValueError(f"scale must be auto, none or a number, got {scale!r}") from None
+    output_dir = Path(output_dir)
+    files, failures = expand_inputs(inputs)
+    summary = InferenceSummary(output_dir, failures=failures)
+    writer = _FileWriter(output_dir, save_prob, overwrite, {path.resolve() for path in files})
+    for path in tqdm(files, unit="file", disable=not progress or len(files) < 2, file=sys.stderr):
+        try:
+            outputs = writer.claim(path)
+            image, meta = read_image(path)
+            probabilities = _predict_file(
+                network, image, meta, settings, device, precision, fov, scale, slice_axis, progress
+            )
+            writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
+            summary.written[path] = outputs
+        except Exception as err:  # one bad input must not stop the others; it is reported by name
+            message = str(err)
+            summary.failures.append(message if str(path) in message else f"{path}: {message}")
+    return summary
+
+
+@dataclass
+class _FileWriter:
+    """Output paths and their protection: an input is never overwritten, existing outputs only with
+    ``overwrite``, and no two inputs of one run share an output."""
+
+    output_dir: Path
+    save_prob: ProbabilityDtype | None
+    overwrite: bool
+    inputs: set[Path]
+    claimed: set[Path] = field(default_factory=set)
+
+    def claim(self, path: Path) -> dict[str, Path]:
+        outputs = output_paths(path, self.output_dir, self.save_prob)
+        for output in outputs.values():
+            if output.resolve() in self.inputs:
+                raise ValueError(f"{path}: output {output} would overwrite an input")
+            if output.resolve() in self.claimed:
+                raise ValueError(f"{path}: output {output} belongs to another input of the same name in this run")
+            if output.exists() and not self.overwrite:
+                raise ValueError(f"{path}: output {output} exists (use --overwrite to replace it)")
+        self.claimed.update(output.resolve() for output in outputs.values())
+        return outputs
+
+    def write(
+        self, outputs: dict[str, Path], image: np.ndarray, meta: ImageMeta, mask: np.ndarray, probs: torch.Tensor
+    ) -> None:
+        write_mask(outputs["mask"], mask, meta)
+        if self.save_prob:
+            write_probabilities(outputs["probabilities"], probs, meta, self.save_prob)
+        if "overlay" in outputs:
+            write_overlay(outputs["overlay"], image, mask)
+
+
+def _predict_file(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    meta: ImageMeta,
+    settings: InferenceSettings,
+    device: str | torch.device,
+    precision: Precision,
+    fov: str | Path | None,
+    scale: Literal["auto", "none"] | float,
+    slice_axis: int,
+    progress: bool,
+) -> torch.Tensor:
+    """(K, *spatial) probabilities of one image read from ``meta.path``."""
+    fundus = settings.fundus and not meta.is_volume
+    # fundus models estimate their FOV unless told otherwise; any other 2D model uses one only when given
+    fov_choice = fov if fov is not None else ("auto" if fundus else "none")
+    fov_mask = None if meta.is_volume else _fov_mask(meta.path, image, str(fov_choice))
+    network_input = match_channels(image, settings, str(meta.path))
+    windows = np.prod(network_input.shape[1:]) / np.prod(settings.roi_size)
+    return predict(
+        network,
+        network_input,
+        roi_size=settings.roi_size,
+        overlap=settings.overlap,
+        sw_batch_size=settings.sw_batch_size,
+        mode=settings.mode,
+        normalization=settings.normalization or ("scale255" if image.dtype == np.uint8 else "standardize"),
+        activation=settings.activation,
+        tta=settings.tta,
+        device=device,
+        precision=precision,
+        slice_axis=slice_axis,
+        scale=scale if fundus and scale != "none" else None,
+        training_fov_width=settings.training_fov_width,
+        fov_mask=fov_mask,
+        progress=progress and windows > _WINDOWS_FOR_PROGRESS,
+    )
+
+
+def _mask(probabilities: torch.Tensor, threshold: float, meta: ImageMeta) -> np.ndarray:
+    """uint8 labels: one channel thresholded to {0, 255} for 2D images, {0, 1} for volumes; else the argmax."""
+    if probabilities.shape[0] > 1:
+        return probabilities.argmax(0).to(torch.uint8).numpy()
+    foreground = 1 if meta.is_volume else 255
+    return ((probabilities[0] >= threshold).to(torch.uint8) * foreground).numpy()
+
+
+def _fov_mask(path: Path, image: np.ndarray, fov: str) -> np.ndarray | None:
+    """The FOV to zero predictions outside: estimated, read from a mask folder, or none."""
+    if fov == "none":
+        return None
+    if fov == "auto":
+        return estimate_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0])
+    folder = Path(fov)
+    stem = path.name[: len(path.name) - len(suffix_of(path))]
+    candidates = sorted(p for name in (stem, f"{stem}_mask") for p in folder.glob(f"{name}.*") if is_supported(p))
+    if not candidates:
+        raise ValueError(f"{path}: no FOV mask {stem}.* or {stem}_mask.* in {folder}")
+    mask, _ = read_image(candidates[0])
+    if mask.shape[1:] != image.shape[1:]:
+        raise ValueError(f"{candidates[0]}: FOV mask shape {mask.shape[1:]} differs from the image's {image.shape[1:]}")
+    return mask.max(0) > 127

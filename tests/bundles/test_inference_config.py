@@ -1,0 +1,127 @@
+"""The bundles' configs/inference.yaml: settings from train.yaml (written once), the same masks as
+``medseg infer``, failures named, and MONAI's verify/export tools working on it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export
+from monai.bundle import run as run_bundle
+from PIL import Image
+
+from medseg.cli import main
+from medseg.data.synthetic import synthetic_retina
+from medseg.inference import load_model
+
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+DRIVE_BUNDLE = BUNDLES / "drive_vessel_unet"
+INFERENCE_BUNDLES = sorted(p.parents[1] for p in BUNDLES.glob("*/configs/inference.yaml"))
+# hyper-parameters live in the configs; metadata.json keeps only descriptive facts
+HYPER_PARAMETERS = {"roi_size", "sw_batch_size", "overlap", "sw_overlap", "normalization", "activation", "threshold",
+                    "tta", "preprocessing", "mode"}
+SMALL_NETWORK = {"network_features": [4, 8, 16]}
+
+
+def parsed(bundle: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.update(overrides)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory) -> tuple[Path, Path]:
+    """Weights of the DRIVE bundle's network with small features, and an overlay file that selects them."""
+    folder = tmp_path_factory.mktemp("weights")
+    overlay = folder / "small.yaml"
+    overlay.write_text(json.dumps(SMALL_NETWORK))
+    torch.manual_seed(0)
+    with contextlib.chdir(DRIVE_BUNDLE):
+        network = parsed(DRIVE_BUNDLE, **SMALL_NETWORK).get_parsed_content("network_def")
+    weights = folder / "weights.pt"
+    torch.save(network.state_dict(), weights)
+    return weights, overlay
+
+
+@pytest.fixture(scope="module")
+def fundus_image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "retina.png"
+    Image.fromarray(synthetic_retina(0, height=150, width=140)[0]).save(path)
+    return path
+
+
+@pytest.mark.parametrize("bundle", INFERENCE_BUNDLES, ids=lambda b: b.name)
+def test_inference_settings_are_the_training_ids(bundle):
+    train = ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    with contextlib.chdir(bundle):
+        settings = parsed(bundle).get_parsed_content("inference_settings")
+    assert list(settings.roi_size) == train["roi_size"]
+    assert (settings.overlap, settings.sw_batch_size, settings.tta) == (
+        train["sw_overlap"], train["sw_batch_size"], train["tta"])
+    assert settings.mode == train["sw_inferer"]["mode"]
+    assert settings.activation == train["sw_inferer"]["activation"]
+    assert settings.fundus == metadata.get("medseg", {}).get("fundus", False)
+
+
+def test_drive_metadata_holds_facts_not_hyper_parameters():
+    metadata = json.loads((DRIVE_BUNDLE / "configs" / "metadata.json").read_text())
+    assert metadata["medseg"].keys() == {"fundus", "training_fov_width"}
+    assert not HYPER_PARAMETERS & metadata["medseg"].keys()
+
+
+def test_an_overlay_changes_the_loaded_settings(small_weights, tmp_path):
+    weights, overlay = small_weights
+    roi_overlay = tmp_path / "roi.yaml"
+    roi_overlay.write_text("roi_size: [64, 48]\nsw_overlap: 0.125\n")
+    default = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights).settings
+    changed = load_model(DRIVE_BUNDLE, overlays=[overlay, roi_overlay], checkpoint=weights).settings
+    train = ConfigParser.load_config_file(str(DRIVE_BUNDLE / "configs" / "train.yaml"))
+    assert default.roi_size == tuple(train["roi_size"]) and default.overlap == train["sw_overlap"]
+    assert (changed.roi_size, changed.overlap) == ((64, 48), 0.125)
+    assert (changed.fundus, changed.training_fov_width, changed.in_channels) == (True, 540, 3)
+
+
+def test_cli_and_bundle_run_write_identical_masks(small_weights, fundus_image, tmp_path):
+    weights, overlay = small_weights
+    cli_out, bundle_out = tmp_path / "cli", tmp_path / "bundle"
+    assert main(["infer", str(DRIVE_BUNDLE), str(fundus_image), "-o", str(cli_out), "--checkpoint", str(weights),
+                 "--config", str(overlay)]) == 0
+    # as `python -m monai.bundle run --config_file configs/inference.yaml --input_files ... ` from the bundle folder
+    with contextlib.chdir(DRIVE_BUNDLE):
+        run_bundle(config_file="configs/inference.yaml", logging_file=False, input_files=[str(fundus_image)],
+                   output_dir=str(bundle_out), ckpt_path=str(weights), **SMALL_NETWORK)
+    cli_mask = np.asarray(Image.open(cli_out / "retina_mask.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(bundle_out / "retina_mask.png")), cli_mask)
+    assert 0 < (cli_mask == 255).sum() < cli_mask.size, "a fundus mask has background outside the FOV"
+
+
+def test_bundle_run_tries_every_input_then_fails_naming_the_bad_ones(small_weights, fundus_image, tmp_path):
+    weights, _ = small_weights
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with contextlib.chdir(DRIVE_BUNDLE), pytest.raises(RuntimeError) as raised:
+        run_bundle(config_file="configs/inference.yaml", logging_file=False,
+                   input_files=[str(broken), str(fundus_image)], output_dir=str(tmp_path / "out"),
+                   ckpt_path=str(weights), **SMALL_NETWORK)
+    assert str(broken) in str(raised.value.__cause__)
+    assert (tmp_path / "out" / "retina_mask.png").is_file()
+
+
+def test_traced_export_matches_the_eager_network(small_weights, tmp_path):
+    weights, overlay = small_weights
+    exported = tmp_path / "model.ts"
+    with contextlib.chdir(DRIVE_BUNDLE):
+        ckpt_export("network_def", filepath=str(exported), ckpt_file=str(weights),
+                    meta_file="configs/metadata.json", config_file="configs/inference.yaml", use_trace=True,
+                    input_shape=[1, 3, 96, 96], **SMALL_NETWORK)
+    eager = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights).network
+    windows = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(exported))(windows), eager(windows))

@@ -1,0 +1,54 @@
+"""infer_files(): the file loop shared by ``medseg infer`` and the bundles' inference.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medseg.inference import InferenceFailed, InferenceSettings, infer_files
+from medseg.networks import UNet
+
+
+@pytest.fixture
+def network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16)).eval()
+
+
+def write_png(path: Path, seed: int) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_summary_lists_outputs_and_failures_and_raises_only_when_asked(network, tmp_path):
+    good = write_png(tmp_path / "good.png", 1)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    settings = InferenceSettings(roi_size=(32, 32))
+    summary = infer_files(network, [broken, good, tmp_path / "missing.png"], tmp_path / "out", settings,
+                          progress=False)
+    assert summary.written == {good: {"mask": tmp_path / "out" / "good_mask.png",
+                                      "overlay": tmp_path / "out" / "good_overlay.png"}}
+    assert all(path.is_file() for path in summary.written[good].values())
+    assert [failure.split(":")[0] for failure in summary.failures] == [str(tmp_path / "missing.png"), str(broken)]
+    with pytest.raises(InferenceFailed, match="1 input\\(s\\) written") as raised:
+        summary.raise_for_failures()
+    assert str(broken) in str(raised.value) and "missing.png" in str(raised.value)
+
+
+def test_settings_left_open_are_completed_from_the_network(network, tmp_path):
+    image = write_png(tmp_path / "a.png", 2)
+    summary = infer_files(network, [image], tmp_path / "out", InferenceSettings(roi_size=(32, 32), threshold=0.0),
+                          progress=False)
+    assert summary.raise_for_failures() is summary
+    # sigmoid chosen for one output channel: every probability is >= 0, so threshold 0 keeps every pixel
+    assert (np.asarray(Image.open(tmp_path / "out" / "a_mask.png")) == 255).all()
+
+
+def test_a_scale_factor_needs_a_fundus_model(network, tmp_path):
+    with pytest.raises(ValueError, match="fundus models only"):
+        infer_files(network, [write_png(tmp_path / "a.png", 3)], tmp_path / "out", InferenceSettings(), scale=2.0)
