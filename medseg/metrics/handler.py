@@ -73,11 +73,13 @@ class PooledMetricHandler(Metric):
     @reinit__is_reduced
     def reset(self) -> None:
         self.metric.reset()
+        self._counts_reduced = False
 
     @reinit__is_reduced
     def update(self, output: Sequence[Any]) -> None:
         """``output`` is (pred, label, *batch_keys values), each a batch-first tensor or a list of
         channel-first tensors (one per image)."""
+        self._counts_reduced = False
         if isinstance(output[0], torch.Tensor):
             self.metric.update(*output)
             return
@@ -90,9 +92,10 @@ class PooledMetricHandler(Metric):
         self.update((pred, label, *(_take(engine.state.batch, key) for key in self.batch_keys)))
 
     def compute(self) -> dict[str, float]:
-        if not self._is_reduced:
+        # each rank scored its own images: sum the pooled counts once per epoch, so every rank reports the same
+        if not self._counts_reduced:
             self.metric.counts = idist.all_reduce(self.metric.counts)
-            self._is_reduced = True
+            self._counts_reduced = True
         return self._compute_fn()
 
     def completed(self, engine: Engine, name: str) -> None:
