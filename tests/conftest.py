@@ -34,3 +34,15 @@ def drive_root() -> Path:
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
     return _dataset("CamVid")
+
+
+@pytest.fixture(scope="session")
+def monai_meta_schema() -> Path:
+    """Offline copy of the MONAI bundle metadata schema, beside the data (``$MEDSEG_DATA_ROOT/../monai``)."""
+    path = DATA_ROOT.parent / "monai" / "meta_schema_20240725.json"
+    if not path.is_file():
+        reason = f"MONAI metadata schema not found at {path} (set MEDSEG_DATA_ROOT)"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+    return path

@@ -9,7 +9,7 @@ import sys
 from medseg import __version__
 
 # Each module registers its own sub-command(s) and sets ``func`` on the parser it adds.
-COMMAND_MODULES = ("data", "train", "evaluate", "infer", "runs", "demo")
+COMMAND_MODULES = ("data", "train", "evaluate", "infer", "runs", "demo", "bundle")
 
 
 class CLIError(Exception):

@@ -19,6 +19,7 @@ __all__ = [
     "SegmentationReport",
     "VesselReport",
     "atomic_write_text",
+    "eval_metrics_from_report",
     "second_observer_metrics",
     "write_segmentation_report",
     "write_vessel_report",
@@ -142,3 +143,26 @@ class SegmentationReport:
 
     def __call__(self, engine: Engine) -> None:
         self.report = write_segmentation_report(self.path, self.metric.metric, len(self.records), self.split)
+
+
+def eval_metrics_from_report(report: dict) -> dict[str, float]:
+    """The ``eval_metrics`` of a bundle's ``metadata.json``, from the JSON report of its evaluate.yaml on the
+    test images.
+
+    DRIVE report (:func:`write_vessel_report`): every metric at threshold 0.5 as ``test_<name>``, plus
+    ``test_f1_val_threshold``, the F1 at the threshold chosen on the validation images.
+    CamVid report (:func:`write_segmentation_report` of split ``test``): ``test_miou`` and ``test_pixel_accuracy``.
+
+    Raises:
+        ValueError: the report is neither of these (e.g. a CamVid report of the validation split).
+    """
+    if "threshold_0.5" in report and "threshold_val" in report:
+        # the threshold is a setting of the row, not a result
+        at_half = {f"test_{name}": value for name, value in report["threshold_0.5"].items() if name != "threshold"}
+        return {**at_half, "test_f1_val_threshold": report["threshold_val"]["f1"]}
+    if isinstance(report.get("test"), dict) and "miou" in report["test"]:
+        return {f"test_{name}": report["test"][name] for name in ("miou", "pixel_accuracy")}
+    raise ValueError(
+        "not a test-split evaluation report: expected 'threshold_0.5' and 'threshold_val' (DRIVE) or a 'test' "
+        f"section with 'miou' (CamVid), got keys {sorted(report)}"
+    )

@@ -1,0 +1,181 @@
+"""``medseg bundle list`` / ``medseg bundle info BUNDLE``: what the MONAI bundles are, from their files.
+
+Both read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config expression is
+evaluated, so looking at a bundle does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from medseg.cli import CLIError
+
+# the repository's bundles, beside the package (as configs/ is for medseg.engines.workflow)
+BUNDLES_ROOT = Path(__file__).resolve().parents[2] / "bundles"
+# the parts of a bundle that are shipped; eval/ and other run outputs are not
+BUNDLE_PARTS = ("configs", "models", "docs", "scripts")
+TRUST_NOTE = "trust: bundle configs run Python expressions: load bundles only from trusted sources"
+
+
+def read_metadata(bundle: Path) -> dict:
+    path = bundle / "configs" / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file ({bundle} is not a MONAI bundle)") from None
+    except json.JSONDecodeError as err:
+        raise CLIError(f"{path}: not valid JSON ({err})") from None
+
+
+def network_name(bundle: Path) -> str:
+    """Class name of ``network_def`` in train.yaml, e.g. ``"UNet"``; ``"-"`` when it has none."""
+    path = bundle / "configs" / "train.yaml"
+    try:
+        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except yaml.YAMLError as err:
+        raise CLIError(f"{path}: not valid YAML ({err})") from None
+    target = (config or {}).get("network_def", {}).get("_target_", "-")
+    return target.rsplit(".", 1)[-1]
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_value(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{name}={format_value(value)}" for name, value in metrics.items()) or "-"
+
+
+def format_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024**2 else f"{size / 1024**2:.1f} MiB"
+
+
+def bundle_files(bundle: Path) -> list[Path]:
+    """The shipped files: top-level files and everything under configs/, models/, docs/ and scripts/."""
+    files = [path for path in bundle.iterdir() if path.is_file()]
+    for part in BUNDLE_PARTS:
+        files += [path for path in (bundle / part).rglob("*") if path.is_file()]
+    return sorted(path for path in files if not path.name.startswith("."))
+
+
+def find_bundle(name_or_path: str, root: Path) -> Path:
+    """A bundle folder given as a path, or by name under ``root``."""
+    for candidate in (Path(name_or_path), root / name_or_path):
+        if (candidate / "configs" / "metadata.json").is_file():
+            return candidate.resolve()
+    names = ", ".join(path.parents[1].name for path in sorted(root.glob("*/configs/metadata.json"))) or "none"
+    raise CLIError(f"{name_or_path}: not a bundle folder, nor a bundle under {root} (bundles there: {names})")
+
+
+def port_description(name: str, port: dict) -> str:
+    """``image: 3 channels (R, G, B), spatial shape 16*n x 16*n, float32 magnitude``."""
+    channels = ", ".join(port.get("channel_def", {}).values())
+    shape = " x ".join(str(size) for size in port.get("spatial_shape", [])) or "-"
+    return (
+        f"{name}: {port.get('num_channels', '?')} channels ({channels}), spatial shape {shape}, "
+        f"{port.get('dtype', '?')} {port.get('format', '')}".rstrip()
+    )
+
+
+def licence(bundle: Path) -> str:
+    """The first paragraph of the bundle's LICENSE, on one line."""
+    path = bundle / "LICENSE"
+    if not path.is_file():
+        return "no LICENSE file"
+    first_paragraph = path.read_text().strip().split("\n\n", 1)[0]
+    return " ".join(first_paragraph.split())
+
+
+def _list(args: argparse.Namespace) -> int:
+    root = args.root.resolve()
+    bundles = sorted(path.parents[1] for path in root.glob("*/configs/metadata.json"))
+    if not bundles:
+        raise CLIError(f"{root}: no bundles (folders with configs/metadata.json)")
+    rows = []
+    for bundle in bundles:
+        meta = read_metadata(bundle)
+        rows.append([bundle.name, meta.get("version", "-"), meta.get("task", "-"), network_name(bundle),
+                     format_metrics(meta.get("eval_metrics") or {})])
+    print(format_table(["bundle", "version", "task", "network", "eval metrics"], rows))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    bundle = find_bundle(args.bundle, args.root.resolve())
+    meta = read_metadata(bundle)
+    data_format = meta.get("network_data_format", {})
+    lines = [
+        f"{bundle.name} {meta.get('version', '-')}  ({bundle})",
+        f"task: {meta.get('task', '-')}",
+        f"network: {network_name(bundle)}",
+        f"description: {meta.get('description', '-')}",
+        "changelog:",
+        *(f"  {version}: {change}" for version, change in meta.get("changelog", {}).items()),
+        f"data: {meta.get('data_source', '-')}",
+        f"intended use: {meta.get('intended_use', '-')}",
+        f"licence: {licence(bundle)}",
+        "inputs:",
+        *(f"  {port_description(name, port)}" for name, port in data_format.get("inputs", {}).items()),
+        "outputs:",
+        *(f"  {port_description(name, port)}" for name, port in data_format.get("outputs", {}).items()),
+        "eval metrics:",
+        *(f"  {name}: {format_value(value)}" for name, value in (meta.get("eval_metrics") or {}).items()),
+    ]
+    if not meta.get("eval_metrics"):
+        lines.append("  none recorded")
+    files = bundle_files(bundle)
+    lines += ["files:", *(f"  {path.relative_to(bundle)}  {format_size(path.stat().st_size)}" for path in files)]
+    if not any(path.suffix in (".pt", ".ts") for path in files):
+        lines.append("  (no weights in models/: train the bundle first)")
+    lines += [
+        "commands:",
+        f"  medseg train {bundle}",
+        f"  medseg evaluate {bundle}",
+        f"  medseg infer {bundle} IMAGES -o OUTPUT_DIR",
+        f"  cd {bundle} && python -m monai.bundle run --config_file configs/train.yaml --tracking mlflow",
+        f"  cd {bundle} && python -m monai.bundle run --config_file configs/evaluate.yaml",
+        f"  cd {bundle} && python -m monai.bundle run --config_file configs/inference.yaml --input_files \"['IMAGE']\"",
+        f"  cd {bundle} && torchrun --nproc_per_node=N -m monai.bundle run "
+        "--config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\"",
+        TRUST_NOTE,
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bundle",
+        help="list the MONAI bundles and describe one",
+        description="Describe MONAI bundles from their metadata.json and configs, without running them.",
+    )
+    commands = parser.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND", required=True)
+    root_help = f"folder holding the bundles (default: {BUNDLES_ROOT})"
+
+    listing = commands.add_parser("list", help="table of the bundles: version, task, network, eval metrics")
+    listing.add_argument("--root", type=Path, default=BUNDLES_ROOT, help=root_help)
+    listing.set_defaults(func=_list)
+
+    info = commands.add_parser(
+        "info",
+        help="one bundle's metadata, files, and the commands that run it",
+        description="Version, changelog, task, description, data source and licence, inputs and outputs, "
+        "recorded eval metrics, files with sizes, and the commands that train, evaluate and run the bundle.",
+    )
+    info.add_argument("bundle", help="bundle folder, or the name of a bundle under --root")
+    info.add_argument("--root", type=Path, default=BUNDLES_ROOT, help=root_help)
+    info.set_defaults(func=_info)

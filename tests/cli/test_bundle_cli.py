@@ -1,0 +1,105 @@
+"""``medseg bundle list`` and ``medseg bundle info``: the bundles described from their files, without running them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medseg.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = REPO_ROOT / "bundles"
+TRUST_NOTE = "bundle configs run Python expressions: load bundles only from trusted sources"
+
+
+@pytest.fixture
+def released_bundle(tmp_path) -> Path:
+    """A copy of the DRIVE U-Net bundle as released: weights in models/ and test metrics in metadata.json."""
+    bundle = tmp_path / "bundles" / "drive_vessel_unet"
+    shutil.copytree(BUNDLES / "drive_vessel_unet", bundle, ignore=shutil.ignore_patterns("eval", "models"))
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"\0" * 3 * 1024 * 1024)
+    # files outside the bundle layout (run outputs) are not part of it
+    (bundle / "eval").mkdir()
+    (bundle / "eval" / "metrics.json").write_text("{}")
+    path = bundle / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["eval_metrics"] = {"test_f1": 0.81234, "test_auc_roc": 0.97}
+    path.write_text(json.dumps(metadata))
+    return bundle
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list_is_a_table_of_every_repository_bundle():
+    done = subprocess.run([sys.executable, "-m", "medseg", "bundle", "list"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    header, _, *rows = done.stdout.splitlines()
+    assert header.split() == ["bundle", "version", "task", "network", "eval", "metrics"]
+    names = sorted(path.parents[1].name for path in BUNDLES.glob("*/configs/metadata.json"))
+    assert [row.split()[0] for row in rows] == names
+    network_column = slice(header.index("network"), header.index("eval metrics"))
+    assert {row.split()[0]: row[network_column].strip() for row in rows}["drive_vessel_u2net"] == "U2NetLite"
+
+
+def test_list_shows_recorded_eval_metrics(released_bundle, capsys):
+    code, out, _ = run_cli(capsys, "bundle", "list", "--root", str(released_bundle.parent))
+    assert code == 0
+    (row,) = out.splitlines()[2:]
+    assert row.split()[:2] == ["drive_vessel_unet", "0.1.0"]
+    assert row.split()[-3:] == ["UNet", "test_f1=0.8123,", "test_auc_roc=0.9700"]
+
+
+def test_info_summarises_metadata_files_and_commands(released_bundle, capsys):
+    code, out, _ = run_cli(capsys, "bundle", "info", "drive_vessel_unet", "--root", str(released_bundle.parent))
+    assert code == 0
+    lines = out.splitlines()
+    metadata = json.loads((released_bundle / "configs" / "metadata.json").read_text())
+    assert lines[0].startswith("drive_vessel_unet 0.1.0")
+    assert f"task: {metadata['task']}" in lines and "network: UNet" in lines
+    assert f"  0.1.0: {metadata['changelog']['0.1.0']}" in lines
+    assert f"data: {metadata['data_source']}" in lines
+    assert any(line.startswith("licence: ") and "Apache License" in line for line in lines)
+    assert "  image: 3 channels (R, G, B), spatial shape 16*n x 16*n, float32 magnitude" in lines
+    assert "  pred: 1 channels (vessel logit), spatial shape 16*n x 16*n, float32 segmentation" in lines
+    assert ["  test_f1: 0.8123", "  test_auc_roc: 0.9700"] == lines[lines.index("eval metrics:") + 1:][:2]
+    files = lines[lines.index("files:") + 1 : lines.index("commands:")]
+    assert "  models/model.pt  3.0 MiB" in files and "  configs/metadata.json" in " ".join(files)
+    assert not any("eval/" in line for line in files)
+    assert f"  medseg evaluate {released_bundle}" in lines
+    assert any("monai.bundle run --config_file configs/train.yaml" in line for line in lines)
+    assert lines[-1] == f"trust: {TRUST_NOTE}"
+
+
+def test_info_of_a_bundle_without_weights_or_metrics_says_so(tmp_path, capsys):
+    bundle = tmp_path / "camvid_unet"
+    shutil.copytree(BUNDLES / "camvid_unet", bundle, ignore=shutil.ignore_patterns("eval", "models"))
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({**metadata, "eval_metrics": {}}))
+    code, out, _ = run_cli(capsys, "bundle", "info", str(bundle))
+    assert code == 0
+    assert "eval metrics:\n  none recorded\n" in out
+    assert "  (no weights in models/: train the bundle first)\ncommands:" in out
+    assert "  pred: 11 channels (Sky, Building," in out
+
+
+def test_info_of_an_unknown_bundle_names_it_and_the_known_ones(capsys):
+    code, _, err = run_cli(capsys, "bundle", "info", "no_such_bundle")
+    assert code == 1
+    assert "no_such_bundle: not a bundle folder" in err and "drive_vessel_unet" in err
+
+
+def test_info_of_a_bundle_with_broken_metadata_names_the_file(released_bundle, capsys):
+    (released_bundle / "configs" / "metadata.json").write_text("{not json")
+    code, _, err = run_cli(capsys, "bundle", "info", str(released_bundle))
+    assert code == 1
+    assert f"{released_bundle / 'configs' / 'metadata.json'}: not valid JSON" in err
