@@ -16,6 +16,18 @@ class CLIError(Exception):
     """An error to report to the user as one line, with a non-zero exit code."""
 
 
+def add_overlay_argument(parser: argparse.ArgumentParser, onto: str) -> None:
+    """``--config OVERLAY.yaml`` (repeatable): config files merged, in order, onto ``onto``."""
+    parser.add_argument(
+        "--config",
+        dest="overlays",
+        action="append",
+        default=[],
+        metavar="OVERLAY.yaml",
+        help=f"config file merged on top of {onto} (repeatable, in order), e.g. configs/cpu_budget.yaml",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError
+from medseg.cli import CLIError, add_overlay_argument
 from medseg.inference import InferenceSettings, infer_files, load_model
 
 
@@ -30,14 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--output", "-o", required=True, type=Path, help="folder for the outputs")
     parser.add_argument("--checkpoint", type=Path, help="weights for a bundle MODEL (default: MODEL/models/model.pt)")
-    parser.add_argument(
-        "--config",
-        dest="overlays",
-        action="append",
-        default=[],
-        metavar="OVERLAY.yaml",
-        help="config file merged on top of a bundle's configs/inference.yaml (repeatable, in order)",
-    )
+    add_overlay_argument(parser, "a bundle's configs/inference.yaml")
     parser.add_argument("--network", help="network name for a checkpoint (medseg.networks.get_network)")
     parser.add_argument("--network-kwargs", type=json.loads, default={}, help="JSON keyword arguments for it")
     parser.add_argument(

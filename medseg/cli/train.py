@@ -9,21 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medseg.cli import CLIError
+from medseg.cli import CLIError, add_overlay_argument
 from medseg.engines.workflow import MLFLOW_TRACKING, parse_overrides, run_bundle_config
 from medseg.tracking import check_tracking_server, default_tracking_uri
 
 
 def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle folder, e.g. bundles/drive_vessel_unet")
-    parser.add_argument(
-        "--config",
-        dest="overlays",
-        action="append",
-        default=[],
-        metavar="OVERLAY.yaml",
-        help="config file merged on top of the bundle's (repeatable, in order), e.g. configs/cpu_budget.yaml",
-    )
+    add_overlay_argument(parser, "the bundle's config")
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from medseg.inference.predict import predict
@@ -37,11 +38,8 @@ class PredictInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         device = inputs.device
-        probs = [
-            predict(network, image.as_tensor() if hasattr(image, "as_tensor") else image, roi_size=self.roi_size,
-                    device=device, **self.predict_kwargs)
-            for image in inputs
-        ]
+        images = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # plain tensors: no meta tracking
+        probs = [predict(network, image, roi_size=self.roi_size, device=device, **self.predict_kwargs) for image in images]
         return torch.stack(probs).to(device=device, dtype=torch.float32)
 
 
