@@ -24,7 +24,7 @@ def _pooled(probability_maps: dict[str, np.ndarray], drive_root: Path) -> dict[s
     for image_id, probs in probability_maps.items():
         label = read_binary(drive_root / "test" / "1st_manual" / f"{image_id}_manual1.gif")
         mask = read_binary(drive_root / "test" / "mask" / f"{image_id}_test_mask.gif")
-        metric.update(*(torch.as_tensor(a, dtype=torch.float32)[None, None] for a in (probs, label, mask)))
+        metric.update(*(torch.tensor(a, dtype=torch.float32)[None, None] for a in (probs, label, mask)))
     return metric.compute(0.5)
 
 
