@@ -46,3 +46,23 @@ def monai_meta_schema() -> Path:
             pytest.fail(f"{reason}; CI=true requires it")
         pytest.skip(reason)
     return path
+
+
+def _vessel_samples(count: int, seed: int) -> list[dict]:
+    """``count`` tiny vessel samples: (1, 16, 16) image, label where the image exceeds 0.7, a square FOV mask."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(count):
+        image = torch.rand(1, 16, 16, generator=generator)
+        mask = torch.zeros(1, 16, 16)
+        mask[:, 2:-2, 2:-2] = 1
+        samples.append({"image": image, "label": (image > 0.7).float(), "mask": mask, "id": f"img{index}"})
+    return samples
+
+
+@pytest.fixture
+def vessel_samples():
+    """Factory of tiny in-memory vessel samples for engine and handler tests: ``vessel_samples(count, seed)``."""
+    return _vessel_samples

@@ -14,32 +14,21 @@ from medseg.engines.plots import plot_overlay
 from medseg.metrics import FOVVesselMetricHandler
 
 
-def vessel_samples(count: int, seed: int) -> list[dict]:
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for index in range(count):
-        image = torch.rand(1, 16, 16, generator=generator)
-        mask = torch.zeros(1, 16, 16)
-        mask[:, 2:-2, 2:-2] = 1
-        samples.append({"image": image, "label": (image > 0.7).float(), "mask": mask, "id": f"img{index}"})
-    return samples
-
-
-def tiny_evaluator(network: torch.nn.Module, metric: FOVVesselMetricHandler) -> SupervisedEvaluator:
+def tiny_evaluator(network: torch.nn.Module, metric: FOVVesselMetricHandler, samples: list[dict]) -> SupervisedEvaluator:
     return SupervisedEvaluator(
         device=torch.device("cpu"),
-        val_data_loader=DataLoader(vessel_samples(3, seed=1), batch_size=2),
+        val_data_loader=DataLoader(samples, batch_size=2),
         network=network,
         postprocessing=Activationsd(keys="pred", sigmoid=True),
         key_val_metric={"val_f1": metric},
     )
 
 
-def test_training_writes_curves_metrics_roc_and_overlays(tmp_path):
+def test_training_writes_curves_metrics_roc_and_overlays(tmp_path, vessel_samples):
     torch.manual_seed(0)
     network = torch.nn.Conv2d(1, 1, 3, padding=1)
     metric = FOVVesselMetricHandler(prefix="val_")
-    evaluator = tiny_evaluator(network, metric)
+    evaluator = tiny_evaluator(network, metric, vessel_samples(3, seed=1))
     artifacts = RunArtifacts(tmp_path, evaluator=evaluator, vessel_metric=metric, num_images=2)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
@@ -66,10 +55,10 @@ def test_training_writes_curves_metrics_roc_and_overlays(tmp_path):
     assert all(path.stat().st_size > 1000 for path in tmp_path.glob("*.png"))
 
 
-def test_evaluation_alone_writes_metrics_and_overlays_without_curves(tmp_path):
+def test_evaluation_alone_writes_metrics_and_overlays_without_curves(tmp_path, vessel_samples):
     network = torch.nn.Conv2d(1, 1, 3, padding=1)
     metric = FOVVesselMetricHandler(prefix="test_")
-    evaluator = tiny_evaluator(network, metric)
+    evaluator = tiny_evaluator(network, metric, vessel_samples(3, seed=1))
     RunArtifacts(tmp_path, vessel_metric=metric, num_images=5).attach(evaluator)
     evaluator.run()
     names = sorted(path.name for path in tmp_path.iterdir())

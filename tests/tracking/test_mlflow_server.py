@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,18 +90,9 @@ def server(tmp_path, monkeypatch):
     running.stop()
 
 
-def vessel_samples(count: int, seed: int) -> list[dict]:
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for index in range(count):
-        image = torch.rand(1, 16, 16, generator=generator)
-        mask = torch.zeros(1, 16, 16)
-        mask[:, 2:-2, 2:-2] = 1
-        samples.append({"image": image, "label": (image > 0.7).float(), "mask": mask, "id": f"img{index}"})
-    return samples
-
-
-def tiny_training(folder: Path, tracking_uri: str, run_name: str, max_epochs: int) -> SupervisedTrainer:
+def tiny_training(
+    folder: Path, tracking_uri: str, run_name: str, max_epochs: int, make_samples: Callable[[int, int], list[dict]]
+) -> SupervisedTrainer:
     """A MONAI trainer + evaluator wired as in a bundle: metrics, best checkpoint, artifacts, MLflow."""
     torch.manual_seed(0)
     network = torch.nn.Conv2d(1, 1, 3, padding=1)
@@ -111,7 +103,7 @@ def tiny_training(folder: Path, tracking_uri: str, run_name: str, max_epochs: in
     tracking = {"tracking_uri": tracking_uri, "experiment_name": EXPERIMENT, "run_name": run_name}
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
-        val_data_loader=DataLoader(vessel_samples(2, seed=1), batch_size=2),
+        val_data_loader=DataLoader(make_samples(2, 1), batch_size=2),
         network=network,
         postprocessing=Activationsd(keys="pred", sigmoid=True),
         key_val_metric={"val_f1": metric},
@@ -126,7 +118,7 @@ def tiny_training(folder: Path, tracking_uri: str, run_name: str, max_epochs: in
     return SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=max_epochs,
-        train_data_loader=DataLoader(vessel_samples(4, seed=0), batch_size=2),
+        train_data_loader=DataLoader(make_samples(4, 0), batch_size=2),
         network=network,
         optimizer=torch.optim.Adam(network.parameters(), lr=0.05),
         loss_function=DiceCELoss(sigmoid=True),
@@ -152,9 +144,9 @@ def find_run(client: MlflowClient, run_name: str):
     return run
 
 
-def test_training_logs_to_a_real_server_and_survives_its_death(server, tmp_path):
+def test_training_logs_to_a_real_server_and_survives_its_death(server, tmp_path, vessel_samples):
     complete = tmp_path / "complete"
-    tiny_training(complete, server.uri, "complete", max_epochs=2).run()
+    tiny_training(complete, server.uri, "complete", max_epochs=2, make_samples=vessel_samples).run()
 
     client = MlflowClient(server.uri)
     run = find_run(client, "complete")
@@ -179,7 +171,7 @@ def test_training_logs_to_a_real_server_and_survives_its_death(server, tmp_path)
 
     # the server dies after the first epoch of a second run: training goes on, tracking loss is a warning
     interrupted = tmp_path / "interrupted"
-    trainer = tiny_training(interrupted, server.uri, "interrupted", max_epochs=3)
+    trainer = tiny_training(interrupted, server.uri, "interrupted", max_epochs=3, make_samples=vessel_samples)
     trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: server.stop())
     with pytest.warns(RuntimeWarning, match="MLflow tracking lost .* Training goes on without tracking"):
         trainer.run()
