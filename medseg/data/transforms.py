@@ -79,6 +79,7 @@ def vessel_transforms(
     pos_fraction: float = 0.5,
     preprocessing: str = "rgb",
     normalization: str = "none",
+    intensity_jitter: bool = True,
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
 
@@ -86,7 +87,7 @@ def vessel_transforms(
     float32 (1, H, W) in {0, 1}. "eval" keeps whole images (with the FOV mask for masked metrics). "train"
     yields ``num_samples`` patches of ``patch_size`` per image, centred on a vessel pixel with probability
     ``pos_fraction`` and otherwise on a background pixel inside the FOV, then random flips, 90-degree rotations
-    and intensity jitter on the image.
+    and, with ``intensity_jitter``, a random gamma, scale and shift of the image intensities.
 
     ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
     ``NormalizeIntensityd``) before any patch is cut, which is what :func:`medseg.inference.predict` does with
@@ -131,10 +132,13 @@ def vessel_transforms(
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
         RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
-        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
-        RandScaleIntensityd(keys="image", prob=0.5, factors=0.1),
-        RandShiftIntensityd(keys="image", prob=0.5, offsets=0.05),
     ]
+    if intensity_jitter:
+        random += [
+            RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+            RandScaleIntensityd(keys="image", prob=0.5, factors=0.1),
+            RandShiftIntensityd(keys="image", prob=0.5, offsets=0.05),
+        ]
     return Compose(deterministic + random)
 
 

@@ -63,6 +63,16 @@ def test_patches_are_centred_on_vessel_or_fov_background(record, pos_fraction, c
         assert "label_fg_indices" not in patch
 
 
+@pytest.mark.parametrize("intensity_jitter", [False, True])
+def test_intensity_jitter_is_the_only_change_of_pixel_values(record, intensity_jitter):
+    image_values = set(vessel_transforms("eval")(record)["image"].flatten().tolist())
+    chain = vessel_transforms("train", patch_size=(32, 32), num_samples=8, intensity_jitter=intensity_jitter)
+    chain.set_random_state(seed=0)
+    # crops, flips and 90-degree rotations move pixels; only the jitter gives them values the image lacks
+    unchanged = [set(p["image"].flatten().tolist()) <= image_values for p in chain(record)]
+    assert all(unchanged) if not intensity_jitter else not all(unchanged)
+
+
 def test_cache_ends_where_randomness_begins():
     chain = vessel_transforms("train")
     first_random = chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait))

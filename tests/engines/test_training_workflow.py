@@ -39,15 +39,16 @@ class SimulatedCrash(RuntimeError):
     pass
 
 
-def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(synthetic_drive, tmp_path):
+@pytest.mark.parametrize("ema_momentum", [None, 0.3], ids=["online_weights", "ema_weights"])
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(synthetic_drive, tmp_path, ema_momentum):
     common = [str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--set", "max_epochs=4",
-              "--set", "val_interval=2"]
+              "--set", "val_interval=2", "--set", f"ema_momentum={json.dumps(ema_momentum)}"]
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     assert main(["train", *common, "--output-dir", str(tmp_path / "straight"), "--tracking-uri", uri]) == 0
 
     # the same training, killed when epoch 3 starts (after the epoch-2 checkpoint), then resumed
     interrupted = tmp_path / "interrupted"
-    overrides = {**_overrides(TINY), "max_epochs": 4, "val_interval": 2,
+    overrides = {**_overrides(TINY), "max_epochs": 4, "val_interval": 2, "ema_momentum": ema_momentum,
                  "dataset_dir": str(synthetic_drive), "output_dir": f"${str(interrupted)!r}", "tracking_uri": uri}
     workflow = bundle_workflow(BUNDLE, "train", overrides=overrides, tracking=str(MLFLOW_TRACKING))
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -79,6 +80,21 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(syntheti
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
         assert sorted(steps) == list(range(1, 4 * iterations_per_epoch + 1))
         assert run.info.status == "FINISHED"
+
+
+def test_with_ema_validation_and_the_saved_model_use_the_averaged_weights(synthetic_drive, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--set", "max_epochs=2",
+                 "--set", "val_interval=2", "--set", "ema_momentum=0.3", "--output-dir", str(out),
+                 "--tracking-uri", path_to_sqlite_uri(tmp_path / "mlflow.db")]) == 0
+    (latest,) = (out / "checkpoints").glob("latest*.pt")
+    state = _weights(latest)
+    final, best = _weights(out / "checkpoints" / "model.pt"), _weights(out / "checkpoints" / "best.pt")
+    key = next(k for k in final if k.endswith("conv.weight"))
+    # the interval checkpoint was written after the last step: it holds the final online and averaged weights
+    torch.testing.assert_close(final[key], state["ema_model"][key])
+    assert not torch.allclose(final[key], state["model"][key])
+    torch.testing.assert_close(best[key], state["ema_model"][key])  # one validation, at the end
 
 
 def test_short_training_on_real_drive_crops_learns_vessels(drive_root, tmp_path):

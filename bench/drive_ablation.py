@@ -1,0 +1,173 @@
+"""DRIVE ablation: the plain baseline, then one ingredient at a time up to medseg's preset and beyond.
+
+Every row trains `bundles/drive_vessel_unet` for the same wall-clock budget through `medseg train` (the
+baseline is the overlay `bench/drive_baseline/baseline.yaml`, the preset is `configs/cpu_budget.yaml`), then
+scores the final weights with `medseg evaluate --split test`: the 20 test images, FOV-masked and pooled,
+at threshold 0.5 and at the threshold chosen on the validation images. Rows marked "evaluation only" rescore
+another row's weights with different inference settings.
+
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/drive_ablation.py run baseline --minutes 15 --out bench/work/ablation
+    python bench/drive_ablation.py table --out bench/work/ablation > bench/results/drive_ablation.md
+
+Pin each run to one core: two runs sharing the cores slow each other down by an unpredictable factor, and the
+budget is wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = "bundles/drive_vessel_unet"
+BASELINE = "bench/drive_baseline/baseline.yaml"
+PRESET = "configs/cpu_budget.yaml"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ablation row: what it adds, the config it trains with, and (for evaluation-only rows) whose weights."""
+
+    ingredient: str
+    overlay: str
+    train_sets: tuple[str, ...] = ()
+    eval_sets: tuple[str, ...] = ()
+    weights_of: str | None = None
+    notes: str = field(default="")
+
+
+MEDSEG_UNET = ('network_def="%configs/train.yaml#network_def"', "network_features=[16,32,64,128,256]")
+ROWS: dict[str, Row] = {
+    "baseline": Row("plain MONAI baseline (BasicUNet, fp32, batch 1x16, no jitter, no TTA)", BASELINE),
+    "unet": Row("+ medseg UNet (batch norm, 1.9 M parameters)", BASELINE, MEDSEG_UNET),
+    "bf16": Row("+ bf16 autocast (more steps in the budget)", BASELINE, (*MEDSEG_UNET, "autocast_dtype=bfloat16")),
+    "mixed_batches": Row(
+        "+ batches of 4 images x 4 patches",
+        BASELINE,
+        (*MEDSEG_UNET, "autocast_dtype=bfloat16", "batch_images=4", "patches_per_image=4", "val_interval=400"),
+    ),
+    "intensity_jitter": Row(
+        "+ intensity jitter (gamma, scale, shift)", PRESET, eval_sets=("tta=false",), weights_of="preset",
+        notes="evaluation only: the preset's weights without TTA",
+    ),
+    "preset": Row("+ flip TTA = configs/cpu_budget.yaml", PRESET),
+    "ema": Row("preset + EMA of the weights (momentum 0.002)", PRESET, ("ema_momentum=0.002",)),
+    "clahe": Row("preset + CLAHE green channel instead of RGB", PRESET, ("preprocessing=clahe",)),
+    "patch128": Row("preset + 128x128 patches and windows", PRESET, ("patch_size=[128,128]", "roi_size=[128,128]")),
+}
+
+
+def medseg_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medseg", *args]
+
+
+def train_args(row: Row, minutes: float, seed: int, out: Path) -> list[str]:
+    sets = [*row.train_sets, f"time_budget_minutes={minutes:g}", f"seed={seed}"]
+    uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    return ["train", BUNDLE, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
+            "--output-dir", str(out), "--tracking-uri", uri]
+
+
+def evaluate_args(row: Row, seed: int, weights: Path, out: Path) -> list[str]:
+    sets = [*row.train_sets, *row.eval_sets, f"seed={seed}"]
+    return ["evaluate", BUNDLE, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
+            "--checkpoint", str(weights), "--split", "test", "--output-dir", str(out / "eval")]
+
+
+def shell(args: list[str]) -> str:
+    """The command as one would type it in the repository root."""
+    line = " ".join(f"'{a}'" if any(c in a for c in ' "[]{}%$@') else a for a in ["medseg", *args])
+    return line.replace(f"{REPO}/", "")
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0]} x {len(names)}" if names else platform.machine()
+
+
+def training_steps(out: Path) -> int:
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "drive_vessel_unet"]
+    (run,) = client.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
+    return max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+
+
+def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
+    row = ROWS[name]
+    out = root / f"{name}_seed{seed}"
+    result: dict = {"row": name, "ingredient": row.ingredient, "notes": row.notes, "minutes": minutes, "seed": seed}
+    if row.weights_of is None:
+        args = train_args(row, minutes, seed, out)
+        start = time.perf_counter()
+        subprocess.run(medseg_command(*args), cwd=REPO, check=True)
+        result.update(train_command=shell(args), train_wall_s=time.perf_counter() - start,
+                      steps=training_steps(out))
+        weights = out / "checkpoints" / "model.pt"
+    else:
+        source = json.loads((root / f"{row.weights_of}_seed{seed}" / "result.json").read_text())
+        result.update(train_command=f"weights of row {row.weights_of}", steps=source["steps"])
+        weights = root / f"{row.weights_of}_seed{seed}" / "checkpoints" / "model.pt"
+    args = evaluate_args(row, seed, weights, out)
+    subprocess.run(medseg_command(*args), cwd=REPO, check=True)
+    report = json.loads((out / "eval" / "metrics_test.json").read_text())
+    result.update(evaluate_command=shell(args), threshold_half=report["threshold_0.5"],
+                  threshold_val=report["threshold_val"], date=datetime.date.today().isoformat())
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table(root: Path) -> str:
+    results = [json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))]
+    order = list(ROWS)
+    results.sort(key=lambda r: (r["minutes"], order.index(r["row"]), r["seed"]))
+    lines = [
+        "| row | ingredient | budget (min) | seed | steps | F1 @0.5 | AUC-ROC | AUC-PR | Se | Sp | F1 @val thr (thr) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        half, val = r["threshold_half"], r["threshold_val"]
+        lines.append(
+            f"| {r['row']} | {r['ingredient']} | {r['minutes']:g} | {r['seed']} | {r['steps']} | {half['f1']:.4f} | "
+            f"{half['auc_roc']:.4f} | {half['auc_pr']:.4f} | {half['sensitivity']:.4f} | {half['specificity']:.4f} | "
+            f"{val['f1']:.4f} ({val['threshold']:.3f}) |"
+        )
+    commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): `{r['train_command']}` then "
+                f"`{r['evaluate_command']}`" + (f"; {r['notes']}" if r["notes"] else "") for r in results]
+    machine = f"{cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}"
+    return "\n".join([*lines, "", f"Machine: {machine}. Rows run on {sorted({r['date'] for r in results})}.", "",
+                      "Commands (run from the repository root, one core each):", "", *commands, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="train (unless evaluation only) and evaluate rows")
+    run.add_argument("rows", nargs="+", choices=list(ROWS))
+    run.add_argument("--minutes", type=float, default=50.0, help="wall-clock training budget of each row")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", type=Path, default=REPO / "bench" / "work" / "ablation")
+    show = sub.add_parser("table", help="markdown table of the finished rows")
+    show.add_argument("--out", type=Path, default=REPO / "bench" / "work" / "ablation")
+    args = parser.parse_args()
+    if args.action == "table":
+        print(table(args.out))
+        return
+    for name in args.rows:
+        result = run_row(name, args.minutes, args.seed, args.out.resolve())
+        print(json.dumps({k: result[k] for k in ("row", "steps", "threshold_half")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The DRIVE baseline overlay and the ablation rows configure what their descriptions say."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from monai.networks.nets import BasicUNet
+
+from medseg.engines.workflow import bundle_workflow, parse_overrides
+from medseg.networks import UNet
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "drive_vessel_unet"
+
+
+def _load_ablation():
+    spec = importlib.util.spec_from_file_location("drive_ablation", REPO / "bench" / "drive_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = _load_ablation()
+
+
+def _parser(config: str, row):
+    sets = [*row.train_sets, *(row.eval_sets if config == "evaluate" else ())]
+    return bundle_workflow(BUNDLE, config, overlays=[REPO / row.overlay], overrides=parse_overrides(sets)).parser
+
+
+@pytest.mark.parametrize("config", ["train", "evaluate"])
+def test_baseline_overlay_is_the_plain_monai_baseline(config):
+    parser = _parser(config, ablation.ROWS["baseline"])
+    network = parser.get_parsed_content("network_def")
+    assert type(network) is BasicUNet
+    assert sum(p.numel() for p in network.parameters()) == 1_948_417
+    assert parser.get_parsed_content("tta") is False
+    assert parser.get_parsed_content("roi_size") == [96, 96]
+    if config == "train":
+        assert parser.get_parsed_content("autocast_dtype") is None
+        assert parser.get_parsed_content("intensity_jitter") is False
+        assert parser.get_parsed_content("ema_momentum") is None
+        assert parser.get_parsed_content("time_budget_minutes") == 50
+        assert parser.get_parsed_content("batch_images") * parser.get_parsed_content("patches_per_image") == 16
+
+
+@pytest.mark.parametrize("name", [name for name, row in ablation.ROWS.items() if row.weights_of is None])
+def test_every_trained_ablation_row_builds_its_network(name):
+    row = ablation.ROWS[name]
+    for config in ("train", "evaluate"):
+        parser = _parser(config, row)
+        network = parser.get_parsed_content("network_def")
+        assert type(network) is (BasicUNet if name == "baseline" else UNet)
+        channels = 1 if parser.get_parsed_content("preprocessing") == "clahe" else 3
+        assert next(network.parameters()).shape[1] == channels
+
+
+def test_rows_that_reuse_weights_name_a_trained_row():
+    for row in ablation.ROWS.values():
+        assert row.weights_of is None or ablation.ROWS[row.weights_of].weights_of is None
