@@ -1,6 +1,7 @@
 """DRIVE ablation: the plain baseline, then one ingredient at a time up to medseg's preset and beyond.
 
-Every row trains `bundles/drive_vessel_unet` for the same wall-clock budget through `medseg train` (the
+Every row trains `bundles/drive_vessel_unet` (row `u2net_lite`: `bundles/drive_vessel_u2net`) for the same
+wall-clock budget through `medseg train` (the
 baseline is the overlay `bench/drive_baseline/baseline.yaml`, the preset is `configs/cpu_budget.yaml`), then
 scores the final weights with `medseg evaluate --split test`: the 20 test images, FOV-masked and pooled,
 at threshold 0.5 and at the threshold chosen on the validation images. Rows marked "evaluation only" rescore
@@ -44,6 +45,7 @@ class Row:
     eval_sets: tuple[str, ...] = ()
     weights_of: str | None = None
     notes: str = field(default="")
+    bundle: str = BUNDLE
 
 
 MEDSEG_UNET = ('network_def="%configs/train.yaml#network_def"', "network_features=[16,32,64,128,256]")
@@ -64,6 +66,10 @@ ROWS: dict[str, Row] = {
     "ema": Row("preset + EMA of the weights (momentum 0.002)", PRESET, ("ema_momentum=0.002",)),
     "clahe": Row("preset + CLAHE green channel instead of RGB", PRESET, ("preprocessing=clahe",)),
     "patch128": Row("preset + 128x128 patches and windows", PRESET, ("patch_size=[128,128]", "roi_size=[128,128]")),
+    "u2net_lite": Row(
+        "U²-Net-lite bundle with the preset (fused output scored)", PRESET, ("val_interval=100",),
+        bundle="bundles/drive_vessel_u2net",
+    ),
 }
 
 
@@ -74,13 +80,13 @@ def medseg_command(*args: str) -> list[str]:
 def train_args(row: Row, minutes: float, seed: int, out: Path) -> list[str]:
     sets = [*row.train_sets, f"time_budget_minutes={minutes:g}", f"seed={seed}"]
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    return ["train", BUNDLE, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
+    return ["train", row.bundle, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
             "--output-dir", str(out), "--tracking-uri", uri]
 
 
 def evaluate_args(row: Row, seed: int, weights: Path, out: Path) -> list[str]:
     sets = [*row.train_sets, *row.eval_sets, f"seed={seed}"]
-    return ["evaluate", BUNDLE, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
+    return ["evaluate", row.bundle, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
             "--checkpoint", str(weights), "--split", "test", "--output-dir", str(out / "eval")]
 
 
@@ -97,9 +103,9 @@ def cpu_name() -> str:
     return f"{names[0]} x {len(names)}" if names else platform.machine()
 
 
-def training_steps(out: Path) -> int:
+def training_steps(out: Path, bundle: str) -> int:
     client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
-    (experiment,) = [e for e in client.search_experiments() if e.name == "drive_vessel_unet"]
+    (experiment,) = [e for e in client.search_experiments() if e.name == Path(bundle).name]
     (run,) = client.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
     return max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
 
@@ -113,7 +119,7 @@ def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
         start = time.perf_counter()
         subprocess.run(medseg_command(*args), cwd=REPO, check=True)
         result.update(train_command=shell(args), train_wall_s=time.perf_counter() - start,
-                      steps=training_steps(out))
+                      steps=training_steps(out, row.bundle))
         weights = out / "checkpoints" / "model.pt"
     else:
         source = json.loads((root / f"{row.weights_of}_seed{seed}" / "result.json").read_text())

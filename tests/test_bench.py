@@ -10,10 +10,9 @@ import pytest
 from monai.networks.nets import BasicUNet
 
 from medseg.engines.workflow import bundle_workflow, parse_overrides
-from medseg.networks import UNet
+from medseg.networks import U2NetLite, UNet
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "drive_vessel_unet"
 
 
 def _load_ablation():
@@ -29,7 +28,7 @@ ablation = _load_ablation()
 
 def _parser(config: str, row):
     sets = [*row.train_sets, *(row.eval_sets if config == "evaluate" else ())]
-    return bundle_workflow(BUNDLE, config, overlays=[REPO / row.overlay], overrides=parse_overrides(sets)).parser
+    return bundle_workflow(REPO / row.bundle, config, overlays=[REPO / row.overlay], overrides=parse_overrides(sets)).parser
 
 
 @pytest.mark.parametrize("config", ["train", "evaluate"])
@@ -54,7 +53,7 @@ def test_every_trained_ablation_row_builds_its_network(name):
     for config in ("train", "evaluate"):
         parser = _parser(config, row)
         network = parser.get_parsed_content("network_def")
-        assert type(network) is (BasicUNet if name == "baseline" else UNet)
+        assert type(network) is {"baseline": BasicUNet, "u2net_lite": U2NetLite}.get(name, UNet)
         channels = 1 if parser.get_parsed_content("preprocessing") == "clahe" else 3
         assert next(network.parameters()).shape[1] == channels
 
