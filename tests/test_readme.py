@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -86,3 +87,15 @@ def test_main_command_runs_the_demo_end_to_end(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("medseg_demo").experiment_id])
     assert run.data.metrics["val_f1"] > 0.5
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"best.pt", "metrics.json", "training_curves.png"}
+
+
+def test_the_bundle_table_quotes_the_eval_metrics_of_each_metadata():
+    names = {"F1": "test_f1", "AUC-ROC": "test_auc_roc", "mIoU": "test_miou"}
+    rows = re.findall(r"^\| `bundles/(\w+)` \|.*\| ([^|]+) \|$", README, re.M)
+    assert {bundle for bundle, _ in rows} == {p.name for p in (REPO / "bundles").iterdir() if p.is_dir()}
+    for bundle, quoted in rows:
+        recorded = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+        quoted_metrics = re.findall(r"([\w-]+) (\d\.\d+)", quoted)
+        assert quoted_metrics, f"no metric quoted for {bundle}"
+        for name, value in quoted_metrics:
+            assert float(value) == pytest.approx(recorded[names[name]], abs=5e-4), (bundle, name)
