@@ -33,6 +33,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropd,
+    RandZoomd,
     ScaleIntensityRanged,
 )
 from PIL import Image
@@ -80,6 +81,7 @@ def vessel_transforms(
     preprocessing: str = "rgb",
     normalization: str = "none",
     intensity_jitter: bool = True,
+    scale_jitter: float = 0.0,
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
 
@@ -87,7 +89,9 @@ def vessel_transforms(
     float32 (1, H, W) in {0, 1}. "eval" keeps whole images (with the FOV mask for masked metrics). "train"
     yields ``num_samples`` patches of ``patch_size`` per image, centred on a vessel pixel with probability
     ``pos_fraction`` and otherwise on a background pixel inside the FOV, then random flips, 90-degree rotations
-    and, with ``intensity_jitter``, a random gamma, scale and shift of the image intensities.
+    and, with ``intensity_jitter``, a random gamma, scale and shift of the image intensities. ``scale_jitter``
+    s > 0 zooms half of the patches by a random factor in [1 / (1 + s), 1 + s] (same patch size, reflected
+    borders, labels by nearest neighbour), so that vessels are seen at widths other than DRIVE's own.
 
     ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
     ``NormalizeIntensityd``) before any patch is cut, which is what :func:`medseg.inference.predict` does with
@@ -99,6 +103,8 @@ def vessel_transforms(
     _check_choice("normalization", normalization, NORMALIZATIONS)
     if not 0.0 <= pos_fraction <= 1.0:
         raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
+    if scale_jitter < 0.0:
+        raise ValueError(f"scale_jitter must be >= 0, got {scale_jitter}")
     keys = list(VESSEL_KEYS)
     deterministic = [
         LoadImaged(keys="image", reader=pil_reader()),
@@ -133,6 +139,18 @@ def vessel_transforms(
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
         RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
     ]
+    if scale_jitter > 0.0:
+        random.append(
+            RandZoomd(
+                keys=keys,
+                prob=0.5,
+                min_zoom=1.0 / (1.0 + scale_jitter),
+                max_zoom=1.0 + scale_jitter,
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="reflect",
+                keep_size=True,
+            )
+        )
     if intensity_jitter:
         random += [
             RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),

@@ -73,6 +73,20 @@ def test_intensity_jitter_is_the_only_change_of_pixel_values(record, intensity_j
     assert all(unchanged) if not intensity_jitter else not all(unchanged)
 
 
+def test_scale_jitter_zooms_some_patches_and_keeps_labels_binary(record):
+    image_values = set(vessel_transforms("eval")(record)["image"].flatten().tolist())
+    chain = vessel_transforms("train", patch_size=(32, 32), num_samples=16, intensity_jitter=False, scale_jitter=0.5)
+    chain.set_random_state(seed=0)
+    patches = chain(record)
+    # bilinear zooming gives pixels values between the image's own; the other half keep the image's values
+    zoomed = [not set(p["image"].flatten().tolist()) <= image_values for p in patches]
+    assert any(zoomed) and not all(zoomed)
+    for patch in patches:
+        assert patch["image"].shape == (3, 32, 32) and patch["label"].shape == patch["mask"].shape == (1, 32, 32)
+        assert set(patch["label"].unique().tolist()) <= {0.0, 1.0}
+        assert set(patch["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
 def test_cache_ends_where_randomness_begins():
     chain = vessel_transforms("train")
     first_random = chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait))
@@ -97,6 +111,7 @@ def test_cached_dataset_serves_new_patches_without_rereading_files(synthetic_dri
         ({"phase": "test"}, "phase"),
         ({"preprocessing": "hsv"}, "preprocessing"),
         ({"pos_fraction": 1.5}, "pos_fraction"),
+        ({"scale_jitter": -0.1}, "scale_jitter"),
     ],
 )
 def test_invalid_options_are_rejected(kwargs, message):
