@@ -61,3 +61,8 @@ def test_every_trained_ablation_row_builds_its_network(name):
 def test_rows_that_reuse_weights_name_a_trained_row():
     for row in ablation.ROWS.values():
         assert row.weights_of is None or ablation.ROWS[row.weights_of].weights_of is None
+
+
+def test_the_loss_mix_row_halves_the_dice_term_only():
+    loss = _parser("train", ablation.ROWS["loss_mix"]).get_parsed_content("loss")
+    assert (loss.lambda_dice, loss.lambda_ce) == (0.5, 1.0)
