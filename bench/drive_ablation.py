@@ -2,9 +2,9 @@
 
 Every row trains `bundles/drive_vessel_unet` (row `u2net_lite`: `bundles/drive_vessel_u2net`) for the same
 wall-clock budget through `medseg train` (the baseline is the overlay `bench/drive_baseline/baseline.yaml`, the
-preset is `configs/cpu_budget.yaml`), then scores the final weights with `medseg evaluate --split test`: the 20 test images, FOV-masked and pooled,
-at threshold 0.5 and at the threshold chosen on the validation images. Rows marked "evaluation only" rescore
-another row's weights with different inference settings.
+preset is `configs/cpu_budget.yaml`), then scores the final weights with `medseg evaluate --split test`: the
+20 test images, FOV-masked and pooled, at threshold 0.5 and at the threshold chosen on the validation images.
+Rows marked "evaluation only" rescore another row's weights with different inference settings.
 
     OMP_NUM_THREADS=1 taskset -c 0 python bench/drive_ablation.py run baseline --minutes 15 --out bench/work/ablation
     python bench/drive_ablation.py table --out bench/work/ablation > bench/results/drive_ablation.md
