@@ -67,6 +67,11 @@ ROWS: dict[str, Row] = {
     "patch128": Row("preset + 128x128 patches and windows", PRESET, ("patch_size=[128,128]", "roi_size=[128,128]")),
     "scale_jitter": Row("preset + scale jitter (zoom 1/1.25 to 1.25)", PRESET, ("scale_jitter=0.25",)),
     "loss_mix": Row("preset + Dice weighted 0.5 against BCE 1 (dice_weight)", PRESET, ("dice_weight=0.5",)),
+    "wide": Row("preset + twice the width (features 32 to 512, 7.8 M parameters)", PRESET,
+                ("network_features=[32,64,128,256,512]",)),
+    "wide_loss_mix": Row("preset + twice the width + Dice weighted 0.5", PRESET,
+                         ("network_features=[32,64,128,256,512]", "dice_weight=0.5")),
+    "loss_bce": Row("preset + Dice weighted 0.25 against BCE 1 (dice_weight)", PRESET, ("dice_weight=0.25",)),
     "u2net_lite": Row(
         "U²-Net-lite bundle with the preset (fused output scored)", PRESET, ("val_interval=100",),
         bundle="bundles/drive_vessel_u2net",

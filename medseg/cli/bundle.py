@@ -1,24 +1,36 @@
-"""``medseg bundle list`` / ``medseg bundle info BUNDLE``: what the MONAI bundles are, from their files.
+"""``medseg bundle list`` / ``info BUNDLE``: what the MONAI bundles are, from their files; ``ship``: release weights.
 
-Both read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config expression is
-evaluated, so looking at a bundle does not run it.
+``list`` and ``info`` read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config
+expression is evaluated, so looking at a bundle does not run it. ``ship BUNDLE CHECKPOINT`` runs the bundle's
+evaluate.yaml on the test split with the new weights, and only when that succeeds replaces ``models/model.pt`` and
+the ``eval_metrics`` of metadata.json, so the recorded numbers are always those of the shipped file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import yaml
 
 from medseg.cli import CLIError
+from medseg.cli.train import add_bundle_arguments, bundle_overrides
+from medseg.engines.evaluation import eval_metrics_from_report
+from medseg.engines.workflow import run_bundle_config
+from medseg.inference import read_state_dict
 
 # the repository's bundles, beside the package (as configs/ is for medseg.engines.workflow)
 BUNDLES_ROOT = Path(__file__).resolve().parents[2] / "bundles"
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
 BUNDLE_PARTS = ("configs", "models", "docs", "scripts")
+# weights are the only binaries a bundle commits; each file stays under this size
+MAX_WEIGHTS_BYTES = 25 * 1024**2
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 TRUST_NOTE = "trust: bundle configs run Python expressions: load bundles only from trusted sources"
 
 
@@ -157,11 +169,54 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_weights(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
+    """Save ``{"model": state_dict}`` with its floating-point tensors cast to ``dtype`` (integer buffers such as
+    batch-norm counters stay as they are); loading casts them back to the network's own dtype."""
+    cast = {name: value.to(dtype) if value.is_floating_point() else value for name, value in state_dict.items()}
+    torch.save({"model": cast}, path)
+
+
+def _ship(args: argparse.Namespace) -> int:
+    bundle = args.bundle.resolve()
+    meta = read_metadata(bundle)
+    try:
+        state_dict = read_state_dict(args.checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from None
+    models = bundle / "models"
+    models.mkdir(exist_ok=True)
+    overrides = bundle_overrides(args)
+    with tempfile.TemporaryDirectory(dir=models, prefix=".ship-") as work:
+        candidate, report_path = Path(work) / "model.pt", Path(work) / "metrics_test.json"
+        write_weights(state_dict, candidate, WEIGHT_DTYPES[args.dtype])
+        size = candidate.stat().st_size
+        if size > MAX_WEIGHTS_BYTES:
+            raise CLIError(
+                f"{args.checkpoint}: {format_size(size)} as {args.dtype}, over the {format_size(MAX_WEIGHTS_BYTES)} "
+                "a bundle's weights may take" + (" (try --dtype float16)" if args.dtype == "float32" else "")
+            )
+        overrides.update(split="test", ckpt_path=str(candidate), metrics_file=str(report_path))
+        try:
+            run_bundle_config(bundle, "evaluate", overlays=args.overlays, overrides=overrides, workflow_type="eval")
+        except Exception as err:  # a network that does not match the weights, missing data, ...: ship nothing
+            raise CLIError(f"{args.checkpoint}: evaluating it with {bundle.name} failed, nothing shipped "
+                           f"({type(err).__name__}: {err})") from None
+        meta["eval_metrics"] = eval_metrics_from_report(json.loads(report_path.read_text()))
+        new_metadata = Path(work) / "metadata.json"
+        new_metadata.write_text(json.dumps(meta, indent=4) + "\n")
+        os.replace(candidate, models / "model.pt")
+        os.replace(new_metadata, bundle / "configs" / "metadata.json")
+    print(f"{models / 'model.pt'}: {format_size(size)} ({args.dtype})")
+    print("eval_metrics: " + format_metrics(meta["eval_metrics"]))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bundle",
-        help="list the MONAI bundles and describe one",
-        description="Describe MONAI bundles from their metadata.json and configs, without running them.",
+        help="list the MONAI bundles, describe one, ship new weights in one",
+        description="Describe MONAI bundles from their metadata.json and configs, without running them; ship "
+        "new weights in a bundle with their test metrics.",
     )
     commands = parser.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND", required=True)
     root_help = f"folder holding the bundles (default: {BUNDLES_ROOT})"
@@ -179,3 +234,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("bundle", help="bundle folder, or the name of a bundle under --root")
     info.add_argument("--root", type=Path, default=BUNDLES_ROOT, help=root_help)
     info.set_defaults(func=_info)
+
+    ship = commands.add_parser(
+        "ship",
+        help="put new weights in a bundle's models/model.pt and their test metrics in its metadata.json",
+        description="Evaluate CHECKPOINT with the bundle's evaluate.yaml on the test split; when that succeeds, "
+        "write the weights (cast to --dtype) to BUNDLE/models/model.pt and the metrics to the eval_metrics of "
+        "BUNDLE/configs/metadata.json. On any failure neither file changes.",
+    )
+    add_bundle_arguments(ship)
+    ship.add_argument("checkpoint", type=Path, help="weights to ship, e.g. OUTPUT_DIR/checkpoints/model.pt")
+    ship.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="float32",
+                      help="storage dtype of the weights (float16 halves the file; default: float32)")
+    ship.set_defaults(func=_ship)

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from monai.bundle import ConfigParser
 from monai.utils import path_to_sqlite_uri
 
+from medseg.cli.bundle import MAX_WEIGHTS_BYTES
 from medseg.data.synthetic import ensure_synthetic_drive
 from medseg.engines.evaluation import eval_metrics_from_report, write_segmentation_report, write_vessel_report
 from medseg.inference import read_state_dict
@@ -72,6 +73,12 @@ def config_network(bundle: Path) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def tiny_drive(tmp_path_factory) -> Path:
     return ensure_synthetic_drive(tmp_path_factory.mktemp("data") / "drive", n_training=3, n_test=1)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
+def test_shipped_weights_stay_under_the_size_limit_of_committed_binaries(bundle):
+    sizes = {path.name: path.stat().st_size for path in (bundle / "models").glob("*.pt")}
+    assert sizes and all(size < MAX_WEIGHTS_BYTES for size in sizes.values()), sizes
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)

@@ -103,3 +103,68 @@ def test_info_of_a_bundle_with_broken_metadata_names_the_file(released_bundle, c
     code, _, err = run_cli(capsys, "bundle", "info", str(released_bundle))
     assert code == 1
     assert f"{released_bundle / 'configs' / 'metadata.json'}: not valid JSON" in err
+
+
+TINY_UNET = {"network_features": [4, 8, 16], "roi_size": [64, 64], "val_images": 1, "tta": False}
+
+
+@pytest.fixture
+def shippable(tmp_path) -> tuple[Path, Path, list[str]]:
+    """A copy of the DRIVE U-Net bundle, weights of a tiny U-Net for it, and the arguments that evaluate them on
+    a synthetic DRIVE (3 training images, one of them for validation, and 2 test images)."""
+    import torch
+
+    from medseg.data.synthetic import ensure_synthetic_drive
+    from medseg.networks import UNet
+
+    bundle = tmp_path / "drive_vessel_unet"
+    shutil.copytree(BUNDLES / "drive_vessel_unet", bundle, ignore=shutil.ignore_patterns("eval"))
+    torch.manual_seed(0)
+    network = UNet(spatial_dims=2, in_channels=3, out_channels=1, features=TINY_UNET["network_features"])
+    checkpoint = tmp_path / "run" / "model.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model": network.state_dict()}, checkpoint)
+    data = ensure_synthetic_drive(tmp_path / "drive", n_training=3, n_test=2)
+    sets = [arg for key, value in TINY_UNET.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    return bundle, checkpoint, [*sets, "--data-root", str(data), "--output-dir", str(tmp_path / "out")]
+
+
+def test_ship_writes_the_weights_and_the_metrics_of_exactly_those_weights(shippable, capsys):
+    import torch
+
+    bundle, checkpoint, args = shippable
+    code, out, _ = run_cli(capsys, "bundle", "ship", str(bundle), str(checkpoint), "--dtype", "float16", *args)
+    assert code == 0
+    shipped = torch.load(bundle / "models" / "model.pt", weights_only=True)["model"]
+    original = torch.load(checkpoint, weights_only=True)["model"]
+    assert shipped.keys() == original.keys()
+    for name, value in original.items():
+        assert shipped[name].dtype == (torch.float16 if value.is_floating_point() else value.dtype), name
+    recorded = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    assert set(recorded) >= {"test_f1", "test_auc_roc", "test_f1_val_threshold"}
+    # `medseg evaluate` of the shipped file prints the numbers that were recorded
+    code, out, _ = run_cli(capsys, "evaluate", str(bundle), *args)
+    assert code == 0
+    report = json.loads(Path(out.strip().splitlines()[-1].removeprefix("metrics written to ")).read_text())
+    assert report["threshold_0.5"]["f1"] == pytest.approx(recorded["test_f1"], abs=1e-6)
+    assert report["threshold_0.5"]["auc_roc"] == pytest.approx(recorded["test_auc_roc"], abs=1e-6)
+    assert not list((bundle / "models").glob(".ship-*"))
+
+
+def test_ship_of_weights_that_do_not_fit_the_network_changes_nothing(shippable, capsys):
+    bundle, checkpoint, args = shippable
+    before = {path: path.read_bytes() for path in (bundle / "models" / "model.pt", bundle / "configs" / "metadata.json")}
+    wide = [arg if arg != "network_features=[4, 8, 16]" else "network_features=[8, 16, 32]" for arg in args]
+    code, _, err = run_cli(capsys, "bundle", "ship", str(bundle), str(checkpoint), *wide)
+    assert code != 0
+    assert str(checkpoint) in err and "nothing shipped" in err
+    assert {path: path.read_bytes() for path in before} == before
+    assert not list((bundle / "models").glob(".ship-*"))
+
+
+def test_ship_refuses_a_checkpoint_without_weights(shippable, tmp_path, capsys):
+    bundle, _, args = shippable
+    not_weights = tmp_path / "notes.pt"
+    not_weights.write_text("not a checkpoint")
+    code, _, err = run_cli(capsys, "bundle", "ship", str(bundle), str(not_weights), *args)
+    assert code != 0 and str(not_weights) in err
