@@ -48,6 +48,8 @@ class Row:
 
 
 MEDSEG_UNET = ('network_def="%configs/train.yaml#network_def"', "network_features=[16,32,64,128,256]")
+# the preset until 2026-11-30 (features 16 to 256, Dice and BCE weighted equally): the rows screened on it pin it
+FLIP_TTA = ("network_features=[16,32,64,128,256]", "dice_weight=1.0")
 ROWS: dict[str, Row] = {
     "baseline": Row("plain MONAI baseline (BasicUNet, fp32, batch 1x16, no jitter, no TTA)", BASELINE),
     "unet": Row("+ medseg UNet (batch norm, 1.9 M parameters)", BASELINE, MEDSEG_UNET),
@@ -58,20 +60,20 @@ ROWS: dict[str, Row] = {
         (*MEDSEG_UNET, "autocast_dtype=bfloat16", "batch_images=4", "patches_per_image=4", "val_interval=400"),
     ),
     "intensity_jitter": Row(
-        "+ intensity jitter (gamma, scale, shift)", PRESET, eval_sets=("tta=false",), weights_of="preset",
-        notes="evaluation only: the preset's weights without TTA",
+        "+ intensity jitter (gamma, scale, shift)", PRESET, FLIP_TTA, eval_sets=("tta=false",), weights_of="flip_tta",
+        notes="evaluation only: the flip_tta weights without TTA",
     ),
-    "preset": Row("+ flip TTA = configs/cpu_budget.yaml", PRESET),
-    "ema": Row("preset + EMA of the weights (momentum 0.002)", PRESET, ("ema_momentum=0.002",)),
-    "clahe": Row("preset + CLAHE green channel instead of RGB", PRESET, ("preprocessing=clahe",)),
-    "patch128": Row("preset + 128x128 patches and windows", PRESET, ("patch_size=[128,128]", "roi_size=[128,128]")),
-    "scale_jitter": Row("preset + scale jitter (zoom 1/1.25 to 1.25)", PRESET, ("scale_jitter=0.25",)),
-    "loss_mix": Row("preset + Dice weighted 0.5 against BCE 1 (dice_weight)", PRESET, ("dice_weight=0.5",)),
-    "wide": Row("preset + twice the width (features 32 to 512, 7.8 M parameters)", PRESET,
-                ("network_features=[32,64,128,256,512]",)),
-    "wide_loss_mix": Row("preset + twice the width + Dice weighted 0.5", PRESET,
-                         ("network_features=[32,64,128,256,512]", "dice_weight=0.5")),
-    "loss_bce": Row("preset + Dice weighted 0.25 against BCE 1 (dice_weight)", PRESET, ("dice_weight=0.25",)),
+    "flip_tta": Row("+ flip TTA (the preset until 2026-11-30)", PRESET, FLIP_TTA),
+    "ema": Row("flip_tta + EMA of the weights (momentum 0.002)", PRESET, (*FLIP_TTA, "ema_momentum=0.002")),
+    "clahe": Row("flip_tta + CLAHE green channel instead of RGB", PRESET, (*FLIP_TTA, "preprocessing=clahe")),
+    "patch128": Row("flip_tta + 128x128 patches and windows", PRESET,
+                    (*FLIP_TTA, "patch_size=[128,128]", "roi_size=[128,128]")),
+    "scale_jitter": Row("flip_tta + scale jitter (zoom 1/1.25 to 1.25)", PRESET, (*FLIP_TTA, "scale_jitter=0.25")),
+    "loss_mix": Row("flip_tta + Dice weighted 0.5 against BCE 1 (dice_weight)", PRESET, (*FLIP_TTA, "dice_weight=0.5")),
+    "loss_bce": Row("flip_tta + Dice weighted 0.25 against BCE 1", PRESET, (*FLIP_TTA, "dice_weight=0.25")),
+    "wide": Row("flip_tta + twice the width (features 32 to 512, 7.8 M parameters)", PRESET,
+                (*FLIP_TTA, "network_features=[32,64,128,256,512]")),
+    "preset": Row("+ twice the width and Dice weighted 0.5 = configs/cpu_budget.yaml", PRESET),
     "u2net_lite": Row(
         "U²-Net-lite bundle with the preset (fused output scored)", PRESET, ("val_interval=100",),
         bundle="bundles/drive_vessel_u2net",
@@ -140,6 +142,20 @@ def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
     return result
 
 
+def row_commands(result: dict, root: Path) -> str:
+    """The row's commands as the current row definitions and configs write them (rows screened on an earlier
+    preset pin its values, so they reproduce that run)."""
+    name, seed = result["row"], result["seed"]
+    row, out = ROWS[name], root / f"{name}_seed{seed}"
+    if row.weights_of is None:
+        train = f"`{shell(train_args(row, result['minutes'], seed, out))}`"
+        weights = out / "checkpoints" / "model.pt"
+    else:
+        train = f"weights of row `{row.weights_of}`"
+        weights = root / f"{row.weights_of}_seed{seed}" / "checkpoints" / "model.pt"
+    return f"{train} then `{shell(evaluate_args(row, seed, weights, out))}`"
+
+
 def table(root: Path) -> str:
     results = [json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))]
     order = list(ROWS)
@@ -151,12 +167,12 @@ def table(root: Path) -> str:
     for r in results:
         half, val = r["threshold_half"], r["threshold_val"]
         lines.append(
-            f"| {r['row']} | {r['ingredient']} | {r['minutes']:g} | {r['seed']} | {r['steps']} | {half['f1']:.4f} | "
+            f"| {r['row']} | {ROWS[r['row']].ingredient} | {r['minutes']:g} | {r['seed']} | {r['steps']} | {half['f1']:.4f} | "
             f"{half['auc_roc']:.4f} | {half['auc_pr']:.4f} | {half['sensitivity']:.4f} | {half['specificity']:.4f} | "
             f"{val['f1']:.4f} ({val['threshold']:.3f}) |"
         )
-    commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): `{r['train_command']}` then "
-                f"`{r['evaluate_command']}`" + (f"; {r['notes']}" if r["notes"] else "") for r in results]
+    commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): {row_commands(r, root)}"
+                + (f"; {ROWS[r['row']].notes}" if ROWS[r["row"]].notes else "") for r in results]
     machine = f"{cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}"
     return "\n".join([*lines, "", f"Machine: {machine}. Rows run on {sorted({r['date'] for r in results})}.", "",
                       "Commands (run from the repository root, one core each):", "", *commands, ""])

@@ -17,6 +17,7 @@ import torch
 
 from medseg.cli import CLIError, add_overlay_argument
 from medseg.inference import InferenceSettings, infer_files, load_model
+from medseg.inference.predict import TTA_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,8 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--tta",
-        action=argparse.BooleanOptionalAction,
-        help="average over flips along each spatial axis (default: the bundle's tta, else off)",
+        nargs="?",
+        const="flips",
+        choices=TTA_MODES,
+        help="test-time augmentation: flips (average over the flips along each spatial axis; the default of a bare "
+        "--tta), dihedral (2D: the 8 rotations and reflections) or none (default: the bundle's tta, else none)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")

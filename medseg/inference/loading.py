@@ -49,7 +49,7 @@ class InferenceSettings:
     normalization: str | None = None  # None: scale255 for 8-bit images, standardize otherwise
     activation: str | None = None  # None: sigmoid for one output channel, softmax for more
     threshold: float = 0.5
-    tta: bool = False
+    tta: bool | str = False  # as predict(): False / True, or "none" / "flips" / "dihedral"
     preprocessing: str = "rgb"
     fundus: bool = False
     training_fov_width: float | None = None

@@ -36,6 +36,8 @@ Normalization = Literal["scale255", "standardize", "standardize_channelwise", "m
 NORMALIZATIONS: tuple[str, ...] = ("scale255", "standardize", "standardize_channelwise", "minmax", "none")
 Activation = Literal["sigmoid", "softmax", "none"]
 Precision = Literal["float32", "bfloat16"]
+TestTimeAugmentation = bool | Literal["none", "flips", "dihedral"]
+TTA_MODES = ("none", "flips", "dihedral")
 
 # A fundus photograph whose FOV is within 10% of the training width is left at its own scale: resampling it
 # would blur vessels for no gain (DRIVE's own FOV widths are 535-541 pixels against a median of 540).
@@ -71,7 +73,7 @@ def predict(
     mode: Literal["gaussian", "constant"] = "gaussian",
     normalization: Normalization | Callable[[torch.Tensor], torch.Tensor] = "standardize",
     activation: Activation = "sigmoid",
-    tta: bool = False,
+    tta: TestTimeAugmentation = False,
     device: str | torch.device = "cpu",
     precision: Precision = "float32",
     slice_axis: int = -1,
@@ -100,7 +102,9 @@ def predict(
             ``"minmax"`` (to [0, 1], as MONAI's ScaleIntensity), ``"none"``; or a callable applied to each
             float window batch (N, C, *roi) on ``device``.
         activation: ``"sigmoid"`` (independent channels), ``"softmax"`` (over channels) or ``"none"``.
-        tta: average the probabilities of the window and of its flips along each spatial axis.
+        tta: test-time augmentation, probabilities averaged over views of each window: ``True`` or ``"flips"``,
+            the window and its flip along each spatial axis (1 + D views); ``"dihedral"`` (2D), the 8 rotations
+            and reflections (flips of the window and of its transpose); ``False`` or ``"none"``, the window only.
         device: where the network runs; the image, stitching and result stay on the CPU.
         precision: ``"bfloat16"`` runs the network under autocast (faster on CPUs with AMX or AVX512-BF16
             and on GPUs, probabilities differ by about 1e-2).
@@ -185,7 +189,7 @@ class _WindowPredictor:
 
     Called as ``predictor(placeholder_windows, coords)``; ``coords`` holds one ``[batch, channel, *spatial]``
     list of slices per window. Windows are converted to float and normalised on ``device``; with TTA the
-    flipped copies ride in the same forward pass and are flipped back before averaging.
+    augmented copies (flipped, transposed) ride in the same forward pass and are mapped back before averaging.
     """
 
     def __init__(
@@ -194,7 +198,7 @@ class _WindowPredictor:
         image: torch.Tensor,
         normalize: Callable[[torch.Tensor], torch.Tensor],
         activation: Activation,
-        tta: bool,
+        tta: TestTimeAugmentation,
         network_dims: int,
         device: torch.device,
         precision: Precision,
@@ -209,8 +213,7 @@ class _WindowPredictor:
         self.image = image
         self.normalize = normalize
         self.activation = activation
-        spatial_axes = range(2, 2 + network_dims)
-        self.flips: list[tuple[int, ...]] = [()] + ([(axis,) for axis in spatial_axes] if tta else [])
+        self.views = _tta_views(tta, network_dims)
         self.device = device
         self.precision = precision
         self.sliced = sliced
@@ -221,19 +224,57 @@ class _WindowPredictor:
         windows = self.normalize(windows.to(self.device, torch.float32))
         if self.sliced:
             windows = windows.squeeze(-1)
-        probs = self._flip_averaged_probabilities(windows)
+        probs = self._view_averaged_probabilities(windows)
         return probs.unsqueeze(-1) if self.sliced else probs
 
-    def _flip_averaged_probabilities(self, windows: torch.Tensor) -> torch.Tensor:
-        batch = torch.cat([windows.flip(axes) if axes else windows for axes in self.flips])
+    def _view_averaged_probabilities(self, windows: torch.Tensor) -> torch.Tensor:
+        views = [_view(windows, transpose, flips) for transpose, flips in self.views]
+        # views of one shape share a forward pass (a transposed non-square window has another shape)
+        by_shape: dict[torch.Size, list[int]] = {}
+        for i, view in enumerate(views):
+            by_shape.setdefault(view.shape, []).append(i)
+        probs: list[torch.Tensor] = [torch.empty(0)] * len(views)
+        for indices in by_shape.values():
+            chunks = self._probabilities(torch.cat([views[i] for i in indices])).chunk(len(indices))
+            for i, chunk in zip(indices, chunks):
+                probs[i] = chunk
+        return torch.stack([_unview(p, transpose, flips) for p, (transpose, flips) in zip(probs, self.views)]).mean(0)
+
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             logits = self.network(batch)
         if isinstance(logits, (list, tuple)):
             logits = logits[0]
-        probs = _activate(logits.float(), self.activation)
-        flipped = probs.chunk(len(self.flips))
-        return torch.stack([p.flip(axes) if axes else p for p, axes in zip(flipped, self.flips)]).mean(0)
+        return _activate(logits.float(), self.activation)
+
+
+View = tuple[bool, tuple[int, ...]]  # (swap the two spatial axes first?, then flip these axes)
+
+
+def _tta_views(tta: TestTimeAugmentation, network_dims: int) -> list[View]:
+    mode = ("flips" if tta else "none") if isinstance(tta, bool) else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be a bool or one of {', '.join(TTA_MODES)}, got {tta!r}")
+    spatial_axes = tuple(range(2, 2 + network_dims))
+    if mode == "none":
+        return [(False, ())]
+    if mode == "flips":
+        return [(False, ()), *((False, (axis,)) for axis in spatial_axes)]
+    if network_dims != 2:
+        raise ValueError(f"tta='dihedral' needs a 2D network, got a {network_dims}D roi_size")
+    flip_sets = [(), (2,), (3,), (2, 3)]
+    return [(transpose, flips) for transpose in (False, True) for flips in flip_sets]
+
+
+def _view(windows: torch.Tensor, transpose: bool, flips: tuple[int, ...]) -> torch.Tensor:
+    windows = windows.transpose(2, 3) if transpose else windows
+    return windows.flip(flips) if flips else windows
+
+
+def _unview(probs: torch.Tensor, transpose: bool, flips: tuple[int, ...]) -> torch.Tensor:
+    probs = probs.flip(flips) if flips else probs
+    return probs.transpose(2, 3) if transpose else probs
 
 
 def _activate(logits: torch.Tensor, activation: Activation) -> torch.Tensor:

@@ -176,7 +176,7 @@ def test_evaluate_reproduces_the_eval_metrics_of_metadata(bundle, tmp_path, requ
         pytest.fail(
             f"{bundle.name}: a released bundle ships models/model.pt and records its test metrics in "
             f"configs/metadata.json eval_metrics (weights present: {weights.is_file()}, eval_metrics: {recorded!r}); "
-            "fill eval_metrics with medseg.engines.evaluation.eval_metrics_from_report(<evaluate metrics.json>)"
+            "ship weights with `medseg bundle ship BUNDLE CHECKPOINT`, which records both"
         )
     data = request.getfixturevalue("drive_root" if uses_drive(bundle) else "camvid_root")
     metrics_file = tmp_path / "metrics.json"

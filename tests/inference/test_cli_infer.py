@@ -13,6 +13,7 @@ from PIL import Image
 
 from medseg.cli import main
 from medseg.inference import estimate_fov
+from medseg.inference.predict import TTA_MODES
 from medseg.networks import UNet
 
 NETWORK_KWARGS = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": [4, 8, 16]}
@@ -221,3 +222,24 @@ def test_two_inputs_with_one_name_do_not_share_an_output(checkpoint, tmp_path, c
     args = [*checkpoint_args(checkpoint), str(tmp_path / "first"), str(tmp_path / "second")]
     assert main(["infer", *args, "-o", str(tmp_path / "out"), "--overwrite"]) == 1
     assert f"{tmp_path / 'second' / 'a.png'}: output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("tta", "mode"), [([], "none"), (["--tta"], "flips"), (["--tta", "dihedral"], "dihedral"), (["--tta", "none"], "none")]
+)
+def test_tta_option_names_the_views_a_bare_flag_meaning_flips(tmp_path, tta, mode):
+    from medseg.inference import predict, read_image
+
+    torch.manual_seed(0)
+    network = UNet(**NETWORK_KWARGS).eval()
+    with torch.no_grad():  # sharper logits, so that the views' averages differ by far more than float16 rounding
+        [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(50)
+    checkpoint = tmp_path / "sharp.pt"
+    torch.save({"network": network.state_dict()}, checkpoint)
+    image = write_png(tmp_path / "a.png", 3, size=(64, 64))
+    out = tmp_path / "out"
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(out), "--save-prob", "float16", *tta]) == 0
+    written = torch.from_numpy(np.load(out / "a_prob.npy").astype(np.float32))
+    pixels = read_image(image)[0]
+    by_mode = {m: predict(network, pixels, roi_size=(64, 64), tta=m, normalization="scale255") for m in TTA_MODES}
+    assert {m for m, probs in by_mode.items() if torch.allclose(written, probs, atol=1e-3, rtol=0)} == {mode}

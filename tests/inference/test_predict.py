@@ -58,6 +58,31 @@ def test_tta_equals_mean_of_flipped_predictions(net2d, image):
     )
 
 
+def test_dihedral_tta_equals_mean_over_the_8_rotations_and_reflections(net2d, image):
+    window = image[:, :32, :48]  # not square: transposed views are windows of 48x32
+    predictions = []
+    for k in range(4):
+        for mirrored in (False, True):
+            view = np.rot90(window[:, :, ::-1] if mirrored else window, k, axes=(1, 2)).copy()
+            prob = predict(net2d, view, roi_size=view.shape[1:])
+            prob = torch.rot90(prob, -k, dims=(1, 2))
+            predictions.append(prob.flip(2) if mirrored else prob)
+    torch.testing.assert_close(
+        predict(net2d, window, roi_size=(32, 48), tta="dihedral"), torch.stack(predictions).mean(0), atol=1e-5, rtol=0
+    )
+
+
+def test_flips_is_the_named_form_of_tta_true_and_unknown_modes_are_refused(net2d, image):
+    torch.testing.assert_close(predict(net2d, image, roi_size=(32, 32), tta="flips"),
+                               predict(net2d, image, roi_size=(32, 32), tta=True))
+    torch.testing.assert_close(predict(net2d, image, roi_size=(32, 32), tta="none"), predict(net2d, image, roi_size=(32, 32)))
+    with pytest.raises(ValueError, match="tta must be"):
+        predict(net2d, image, roi_size=(32, 32), tta="rotations")
+    net3d = UNet(spatial_dims=3, in_channels=1, out_channels=1, features=(2, 4)).eval()
+    with pytest.raises(ValueError, match="2D network"):
+        predict(net3d, np.zeros((1, 8, 8, 8), np.float32), roi_size=(8, 8, 8), tta="dihedral")
+
+
 @pytest.mark.parametrize("slice_axis", [0, 2])
 def test_2d_network_over_a_volume_slice_by_slice(slice_axis):
     torch.manual_seed(0)
