@@ -74,6 +74,8 @@ ROWS: dict[str, Row] = {
     "wide": Row("flip_tta + twice the width (features 32 to 512, 7.8 M parameters)", PRESET,
                 (*FLIP_TTA, "network_features=[32,64,128,256,512]")),
     "preset": Row("+ twice the width and Dice weighted 0.5 = configs/cpu_budget.yaml", PRESET),
+    "dihedral_tta": Row("preset + dihedral TTA (8 views instead of 3)", PRESET, eval_sets=("tta=dihedral",),
+                        weights_of="preset", notes="evaluation only: the preset's weights with dihedral TTA"),
     "u2net_lite": Row(
         "U²-Net-lite bundle with the preset (fused output scored)", PRESET, ("val_interval=100",),
         bundle="bundles/drive_vessel_u2net",

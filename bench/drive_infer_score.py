@@ -46,6 +46,10 @@ def score_infer_outputs(bundle: Path, drive: Path, threshold: float) -> tuple[di
     return metric.compute(threshold), seconds
 
 
+def cells(metrics: dict[str, float]) -> str:
+    return " | ".join(f"{metrics[m]:.4f}" for m in METRICS)
+
+
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/drive_vessel_unet"))
@@ -65,8 +69,8 @@ def main_bench() -> None:
         "",
         f"| scored from | {' | '.join(METRICS)} |",
         f"|---|{'---:|' * len(METRICS)}",
-        f"| `medseg infer --save-prob float16` | {' | '.join(f'{scored[m]:.4f}' for m in METRICS)} |",
-        f"| `medseg evaluate` (metadata.json) | {' | '.join(f'{recorded[f'test_{m}']:.4f}' for m in METRICS)} |",
+        f"| `medseg infer --save-prob float16` | {cells(scored)} |",
+        f"| `medseg evaluate` (metadata.json) | {cells({m: recorded['test_' + m] for m in METRICS})} |",
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

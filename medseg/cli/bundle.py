@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from medseg.cli import CLIError
-from medseg.cli.train import add_bundle_arguments, bundle_overrides
+from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
 from medseg.inference import read_state_dict
@@ -170,10 +170,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def write_weights(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
-    """Save ``{"model": state_dict}`` with its floating-point tensors cast to ``dtype`` (integer buffers such as
-    batch-norm counters stay as they are); loading casts them back to the network's own dtype."""
-    cast = {name: value.to(dtype) if value.is_floating_point() else value for name, value in state_dict.items()}
-    torch.save({"model": cast}, path)
+    """Save ``state_dict`` as a plain state dict, as the bundles' trainers save ``model.pt`` and as MONAI's
+    ``ckpt_export`` reads it, with its floating-point tensors cast to ``dtype`` (integer buffers such as batch-norm
+    counters stay as they are); loading casts them back to the network's own dtype."""
+    torch.save({name: value.to(dtype) if value.is_floating_point() else value for name, value in state_dict.items()}, path)
 
 
 def _ship(args: argparse.Namespace) -> int:
@@ -187,7 +187,8 @@ def _ship(args: argparse.Namespace) -> int:
     models.mkdir(exist_ok=True)
     overrides = bundle_overrides(args)
     with tempfile.TemporaryDirectory(dir=models, prefix=".ship-") as work:
-        candidate, report_path = Path(work) / "model.pt", Path(work) / "metrics_test.json"
+        candidate, report_path = Path(work) / "model.pt", output_dir(args) / "metrics_test.json"
+        report_path.parent.mkdir(parents=True, exist_ok=True)
         write_weights(state_dict, candidate, WEIGHT_DTYPES[args.dtype])
         size = candidate.stat().st_size
         if size > MAX_WEIGHTS_BYTES:
@@ -208,6 +209,7 @@ def _ship(args: argparse.Namespace) -> int:
         os.replace(new_metadata, bundle / "configs" / "metadata.json")
     print(f"{models / 'model.pt'}: {format_size(size)} ({args.dtype})")
     print("eval_metrics: " + format_metrics(meta["eval_metrics"]))
+    print(f"evaluation report: {report_path}")
     return 0
 
 

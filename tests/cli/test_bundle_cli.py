@@ -30,6 +30,7 @@ def released_bundle(tmp_path) -> Path:
     path = bundle / "configs" / "metadata.json"
     metadata = json.loads(path.read_text())
     metadata["eval_metrics"] = {"test_f1": 0.81234, "test_auc_roc": 0.97}
+    metadata["version"], metadata["changelog"] = "1.2.0", {"1.2.0": "Wider network.", "1.0.0": "First release."}
     path.write_text(json.dumps(metadata))
     return bundle
 
@@ -55,7 +56,7 @@ def test_list_shows_recorded_eval_metrics(released_bundle, capsys):
     code, out, _ = run_cli(capsys, "bundle", "list", "--root", str(released_bundle.parent))
     assert code == 0
     (row,) = out.splitlines()[2:]
-    assert row.split()[:2] == ["drive_vessel_unet", "0.1.0"]
+    assert row.split()[:2] == ["drive_vessel_unet", "1.2.0"]
     assert row.split()[-3:] == ["UNet", "test_f1=0.8123,", "test_auc_roc=0.9700"]
 
 
@@ -64,9 +65,9 @@ def test_info_summarises_metadata_files_and_commands(released_bundle, capsys):
     assert code == 0
     lines = out.splitlines()
     metadata = json.loads((released_bundle / "configs" / "metadata.json").read_text())
-    assert lines[0].startswith("drive_vessel_unet 0.1.0")
+    assert lines[0].startswith("drive_vessel_unet 1.2.0")
     assert f"task: {metadata['task']}" in lines and "network: UNet" in lines
-    assert f"  0.1.0: {metadata['changelog']['0.1.0']}" in lines
+    assert lines.index("  1.2.0: Wider network.") + 1 == lines.index("  1.0.0: First release.")
     assert f"data: {metadata['data_source']}" in lines
     assert any(line.startswith("licence: ") and "Apache License" in line for line in lines)
     assert "  image: 3 channels (R, G, B), spatial shape 16*n x 16*n, float32 magnitude" in lines
@@ -135,13 +136,16 @@ def test_ship_writes_the_weights_and_the_metrics_of_exactly_those_weights(shippa
     bundle, checkpoint, args = shippable
     code, out, _ = run_cli(capsys, "bundle", "ship", str(bundle), str(checkpoint), "--dtype", "float16", *args)
     assert code == 0
-    shipped = torch.load(bundle / "models" / "model.pt", weights_only=True)["model"]
+    shipped = torch.load(bundle / "models" / "model.pt", weights_only=True)  # a plain state dict, as trainers save
     original = torch.load(checkpoint, weights_only=True)["model"]
     assert shipped.keys() == original.keys()
     for name, value in original.items():
         assert shipped[name].dtype == (torch.float16 if value.is_floating_point() else value.dtype), name
     recorded = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
     assert set(recorded) >= {"test_f1", "test_auc_roc", "test_f1_val_threshold"}
+    kept_report = Path(args[args.index("--output-dir") + 1]) / "metrics_test.json"
+    assert json.loads(kept_report.read_text())["threshold_0.5"]["f1"] == recorded["test_f1"]
+    assert f"evaluation report: {kept_report}" in out
     # `medseg evaluate` of the shipped file prints the numbers that were recorded
     code, out, _ = run_cli(capsys, "evaluate", str(bundle), *args)
     assert code == 0
