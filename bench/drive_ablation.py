@@ -4,13 +4,15 @@ Every row trains `bundles/drive_vessel_unet` (row `u2net_lite`: `bundles/drive_v
 wall-clock budget through `medseg train` (the baseline is the overlay `bench/drive_baseline/baseline.yaml`, the
 preset is `configs/cpu_budget.yaml`), then scores the final weights with `medseg evaluate --split test`: the
 20 test images, FOV-masked and pooled, at threshold 0.5 and at the threshold chosen on the validation images.
-Rows marked "evaluation only" rescore another row's weights with different inference settings.
+Rows marked "evaluation only" rescore another row's weights with different inference settings. An ensemble row
+is one `medseg train` of a bundle whose `ensemble_members` is 2: it trains the members at the same time, one per
+core (member k with seed S + 10 k, all on the validation split of seed S), and the row scores their ensemble.
 
     OMP_NUM_THREADS=1 taskset -c 0 python bench/drive_ablation.py run baseline --minutes 15 --out bench/work/ablation
     python bench/drive_ablation.py table --out bench/work/ablation > bench/results/drive_ablation.md
 
-Pin each run to one core: two runs sharing the cores slow each other down by an unpredictable factor, and the
-budget is wall-clock time.
+Pin each single-network run to one core (an ensemble row takes them all): two runs sharing the cores slow each
+other down by an unpredictable factor, and the budget is wall-clock time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Row:
     weights_of: str | None = None
     notes: str = field(default="")
     bundle: str = BUNDLE
+    members: int = 1
 
 
 MEDSEG_UNET = ('network_def="%configs/train.yaml#network_def"', "network_features=[16,32,64,128,256]")
@@ -73,9 +76,13 @@ ROWS: dict[str, Row] = {
     "loss_bce": Row("flip_tta + Dice weighted 0.25 against BCE 1", PRESET, (*FLIP_TTA, "dice_weight=0.25")),
     "wide": Row("flip_tta + twice the width (features 32 to 512, 7.8 M parameters)", PRESET,
                 (*FLIP_TTA, "network_features=[32,64,128,256,512]")),
-    "preset": Row("+ twice the width and Dice weighted 0.5 = configs/cpu_budget.yaml", PRESET),
-    "dihedral_tta": Row("preset + dihedral TTA (8 views instead of 3)", PRESET, eval_sets=("tta=dihedral",),
-                        weights_of="preset", notes="evaluation only: the preset's weights with dihedral TTA"),
+    "wide_loss_mix": Row("+ twice the width and Dice weighted 0.5 (the preset of version 0.2.0)", PRESET,
+                         ("network_features=[32,64,128,256,512]",)),
+    "dihedral_tta": Row("wide_loss_mix + dihedral TTA (8 views instead of 3)", PRESET,
+                        ("network_features=[32,64,128,256,512]",), eval_sets=("tta=dihedral",),
+                        weights_of="wide_loss_mix", notes="evaluation only: the wide_loss_mix weights with dihedral TTA"),
+    "preset": Row("+ Dice weighted 0.5, two networks at the classic width trained at once, their ensemble "
+                  "= configs/cpu_budget.yaml", PRESET, members=2),
     "u2net_lite": Row(
         "U²-Net-lite bundle with the preset (fused output scored)", PRESET, ("val_interval=100",),
         bundle="bundles/drive_vessel_u2net",
@@ -87,17 +94,25 @@ def medseg_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "medseg", *args]
 
 
+def member_dirs(row: Row, out: Path) -> list[Path]:
+    """Where the row's networks are trained: the row's folder, or one folder per ensemble member in it."""
+    return [out] if row.members == 1 else [out / f"member{k}" for k in range(row.members)]
+
+
 def train_args(row: Row, minutes: float, seed: int, out: Path) -> list[str]:
-    sets = [*row.train_sets, f"time_budget_minutes={minutes:g}", f"seed={seed}"]
+    # the DRIVE U-Net preset is an ensemble: rows of one network on it say so
+    members = [f"ensemble_members={row.members}"] if row.overlay == PRESET and row.bundle == BUNDLE else []
+    sets = [*row.train_sets, *members, f"time_budget_minutes={minutes:g}", f"seed={seed}"]
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
     return ["train", row.bundle, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
             "--output-dir", str(out), "--tracking-uri", uri]
 
 
-def evaluate_args(row: Row, seed: int, weights: Path, out: Path) -> list[str]:
+def evaluate_args(row: Row, seed: int, weights: list[Path], out: Path) -> list[str]:
     sets = [*row.train_sets, *row.eval_sets, f"seed={seed}"]
     return ["evaluate", row.bundle, "--config", row.overlay, *(a for s in sets for a in ("--set", s)),
-            "--checkpoint", str(weights), "--split", "test", "--output-dir", str(out / "eval")]
+            *(a for w in weights for a in ("--checkpoint", str(w))), "--split", "test",
+            "--output-dir", str(out / "eval")]
 
 
 def shell(args: list[str]) -> str:
@@ -113,11 +128,14 @@ def cpu_name() -> str:
     return f"{names[0]} x {len(names)}" if names else platform.machine()
 
 
-def training_steps(out: Path, bundle: str) -> int:
+def training_steps(out: Path, bundle: str, networks: int) -> list[int]:
+    """Steps of the row's last training, per network (ensemble members by run name, i.e. member0 first)."""
     client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
     (experiment,) = [e for e in client.search_experiments() if e.name == Path(bundle).name]
-    (run,) = client.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
-    return max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    runs = client.search_runs([experiment.experiment_id], max_results=networks,
+                              order_by=["attributes.start_time DESC"])
+    return [max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+            for run in sorted(runs, key=lambda run: run.info.run_name)]
 
 
 def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
@@ -128,13 +146,15 @@ def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
         args = train_args(row, minutes, seed, out)
         start = time.perf_counter()
         subprocess.run(medseg_command(*args), cwd=REPO, check=True)
+        counts = training_steps(out, row.bundle, row.members)
         result.update(train_command=shell(args), train_wall_s=time.perf_counter() - start,
-                      steps=training_steps(out, row.bundle))
-        weights = out / "checkpoints" / "model.pt"
+                      steps=counts[0] if row.members == 1 else counts)
+        weights = [member / "checkpoints" / "model.pt" for member in member_dirs(row, out)]
     else:
         source = json.loads((root / f"{row.weights_of}_seed{seed}" / "result.json").read_text())
         result.update(train_command=f"weights of row {row.weights_of}", steps=source["steps"])
-        weights = root / f"{row.weights_of}_seed{seed}" / "checkpoints" / "model.pt"
+        weights = [member / "checkpoints" / "model.pt"
+                   for member in member_dirs(ROWS[row.weights_of], root / f"{row.weights_of}_seed{seed}")]
     args = evaluate_args(row, seed, weights, out)
     subprocess.run(medseg_command(*args), cwd=REPO, check=True)
     report = json.loads((out / "eval" / "metrics_test.json").read_text())
@@ -151,11 +171,19 @@ def row_commands(result: dict, root: Path) -> str:
     row, out = ROWS[name], root / f"{name}_seed{seed}"
     if row.weights_of is None:
         train = f"`{shell(train_args(row, result['minutes'], seed, out))}`"
-        weights = out / "checkpoints" / "model.pt"
+        weights = [member / "checkpoints" / "model.pt" for member in member_dirs(row, out)]
     else:
         train = f"weights of row `{row.weights_of}`"
-        weights = root / f"{row.weights_of}_seed{seed}" / "checkpoints" / "model.pt"
+        source = ROWS[row.weights_of]
+        weights = [member / "checkpoints" / "model.pt"
+                   for member in member_dirs(source, root / f"{row.weights_of}_seed{seed}")]
     return f"{train} then `{shell(evaluate_args(row, seed, weights, out))}`"
+
+
+def steps(result: dict) -> str:
+    """Training steps of the row's network, or of each ensemble member."""
+    counts = result["steps"] if isinstance(result["steps"], list) else [result["steps"]]
+    return " + ".join(f"{count:,}" for count in counts)
 
 
 def table(root: Path) -> str:
@@ -169,7 +197,7 @@ def table(root: Path) -> str:
     for r in results:
         half, val = r["threshold_half"], r["threshold_val"]
         lines.append(
-            f"| {r['row']} | {ROWS[r['row']].ingredient} | {r['minutes']:g} | {r['seed']} | {r['steps']} | {half['f1']:.4f} | "
+            f"| {r['row']} | {ROWS[r['row']].ingredient} | {r['minutes']:g} | {r['seed']} | {steps(r)} | {half['f1']:.4f} | "
             f"{half['auc_roc']:.4f} | {half['auc_pr']:.4f} | {half['sensitivity']:.4f} | {half['specificity']:.4f} | "
             f"{val['f1']:.4f} ({val['threshold']:.3f}) |"
         )
@@ -177,7 +205,7 @@ def table(root: Path) -> str:
                 + (f"; {ROWS[r['row']].notes}" if ROWS[r["row"]].notes else "") for r in results]
     machine = f"{cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}"
     return "\n".join([*lines, "", f"Machine: {machine}. Rows run on {sorted({r['date'] for r in results})}.", "",
-                      "Commands (run from the repository root, one core each):", "", *commands, ""])
+                      "Commands (run from the repository root, one core per network):", "", *commands, ""])
 
 
 def main() -> None:

@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drive_scoring import pooled_test_metrics
 from medseg.cli import main
-from medseg.data import read_binary
-from medseg.metrics import FOVVesselMetrics
 
 METRICS = ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity", "accuracy")
 
 
 def score_infer_outputs(bundle: Path, drive: Path, threshold: float) -> tuple[dict[str, float], float]:
-    metric = FOVVesselMetrics()
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         code = main(["infer", str(bundle), str(drive / "test" / "images"), "--fov", str(drive / "test" / "mask"),
@@ -37,13 +35,9 @@ def score_infer_outputs(bundle: Path, drive: Path, threshold: float) -> tuple[di
         seconds = time.perf_counter() - start
         if code != 0:
             raise SystemExit(f"medseg infer {bundle} failed")
-        for image in sorted((drive / "test" / "images").glob("*_test.tif")):
-            image_id = image.name.split("_")[0]
-            prob = np.load(Path(out) / f"{image_id}_test_prob.npy").astype(np.float32)
-            label = read_binary(drive / "test" / "1st_manual" / f"{image_id}_manual1.gif")
-            mask = read_binary(drive / "test" / "mask" / f"{image_id}_test_mask.gif")
-            metric.update(*(torch.tensor(a, dtype=torch.float32).reshape(1, 1, *label.shape) for a in (prob, label, mask)))
-    return metric.compute(threshold), seconds
+        ids = [image.name.split("_")[0] for image in sorted((drive / "test" / "images").glob("*_test.tif"))]
+        probabilities = {i: np.load(Path(out) / f"{i}_test_prob.npy").astype(np.float32) for i in ids}
+    return pooled_test_metrics(probabilities, drive, threshold), seconds
 
 
 def cells(metrics: dict[str, float]) -> str:

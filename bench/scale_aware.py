@@ -20,18 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from drive_scoring import pooled_test_metrics
 from medseg.cli import main
-from medseg.data import read_binary
-from medseg.metrics import FOVVesselMetrics
-
-
-def pooled(probs: dict[str, np.ndarray], drive: Path) -> dict[str, float]:
-    metric = FOVVesselMetrics()
-    for image_id, p in probs.items():
-        label = read_binary(drive / "test" / "1st_manual" / f"{image_id}_manual1.gif")
-        mask = read_binary(drive / "test" / "mask" / f"{image_id}_test_mask.gif")
-        metric.update(*(torch.tensor(a, dtype=torch.float32)[None, None] for a in (p, label, mask)))
-    return metric.compute(0.5)
 
 
 def run(bundle: Path, images: Path, masks: Path, out: Path, scale: str, ids: list[str]) -> tuple[dict, float]:
@@ -63,7 +53,7 @@ def main_bench() -> None:
         for i in ids:
             (native_dir / f"{i}_test.tif").symlink_to((args.drive / "test" / "images" / f"{i}_test.tif").resolve())
         probs, seconds = run(args.bundle, native_dir, args.drive / "test" / "mask", tmp / "out_native", "auto", ids)
-        reference = pooled(probs, args.drive)
+        reference = pooled_test_metrics(probs, args.drive)
         rows.append(("1 (native 565x584)", "-", reference, seconds))
         for factor in (2, 4):
             images, masks = tmp / f"x{factor}_images", tmp / f"x{factor}_masks"
@@ -76,7 +66,7 @@ def main_bench() -> None:
                 mask.resize(size, Image.NEAREST).save(masks / f"{i}_test_mask.png")
             for scale in ("auto", "none"):
                 probs, seconds = run(args.bundle, images, masks, tmp / f"out_x{factor}_{scale}", scale, ids)
-                rows.append((f"{factor} ({565 * factor}x{584 * factor})", scale, pooled(probs, args.drive), seconds))
+                rows.append((f"{factor} ({565 * factor}x{584 * factor})", scale, pooled_test_metrics(probs, args.drive), seconds))
     lines = [
         "# Scale-aware fundus inference",
         "",

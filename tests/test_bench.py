@@ -10,7 +10,7 @@ import pytest
 from monai.networks.nets import BasicUNet
 
 from medseg.engines.workflow import bundle_workflow, parse_overrides
-from medseg.networks import U2NetLite, UNet
+from medseg.networks import Ensemble, U2NetLite, UNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,9 @@ ablation = _load_ablation()
 
 
 def _parser(config: str, row):
-    sets = [*row.train_sets, *(row.eval_sets if config == "evaluate" else ())]
+    # as the runner's commands give it: `medseg evaluate` sets ensemble_members from the checkpoints it is given
+    members = [f"ensemble_members={row.members}"] if row.bundle == ablation.BUNDLE else []
+    sets = [*row.train_sets, *members, *(row.eval_sets if config == "evaluate" else ())]
     return bundle_workflow(REPO / row.bundle, config, overlays=[REPO / row.overlay], overrides=parse_overrides(sets)).parser
 
 
@@ -53,6 +55,9 @@ def test_every_trained_ablation_row_builds_its_network(name):
     for config in ("train", "evaluate"):
         parser = _parser(config, row)
         network = parser.get_parsed_content("network_def")
+        if config == "evaluate" and row.members > 1:
+            assert type(network) is Ensemble and len(network.members) == row.members
+            network = network.members[0]
         assert type(network) is {"baseline": BasicUNet, "u2net_lite": U2NetLite}.get(name, UNet)
         channels = 1 if parser.get_parsed_content("preprocessing") == "clahe" else 3
         assert next(network.parameters()).shape[1] == channels

@@ -2,8 +2,9 @@
 
 ``list`` and ``info`` read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config
 expression is evaluated, so looking at a bundle does not run it. ``ship BUNDLE CHECKPOINT`` runs the bundle's
-evaluate.yaml on the test split with the new weights, and only when that succeeds replaces ``models/model.pt`` and
-the ``eval_metrics`` of metadata.json, so the recorded numbers are always those of the shipped file.
+evaluate.yaml on the test split with the new weights (several checkpoints: the ensemble of their networks), and only
+when that succeeds replaces ``models/model.pt`` and the ``eval_metrics`` of metadata.json, so the recorded numbers are
+always those of the shipped file.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 import yaml
 
 from medseg.cli import CLIError
+from medseg.cli.evaluate import read_weights
 from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
-from medseg.inference import read_state_dict
+from medseg.networks import ensemble_size
 
 # the repository's bundles, beside the package (as configs/ is for medseg.engines.workflow)
 BUNDLES_ROOT = Path(__file__).resolve().parents[2] / "bundles"
@@ -45,14 +47,16 @@ def read_metadata(bundle: Path) -> dict:
 
 
 def network_name(bundle: Path) -> str:
-    """Class name of ``network_def`` in train.yaml, e.g. ``"UNet"``; ``"-"`` when it has none."""
+    """Class name of ``network_def`` in train.yaml, e.g. ``"UNet"``, followed by ``" xN"`` for a bundle that ships an
+    ensemble of N of them; ``"-"`` when it has none."""
     path = bundle / "configs" / "train.yaml"
     try:
-        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        config = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
     except yaml.YAMLError as err:
         raise CLIError(f"{path}: not valid YAML ({err})") from None
-    target = (config or {}).get("network_def", {}).get("_target_", "-")
-    return target.rsplit(".", 1)[-1]
+    name = config.get("network_def", {}).get("_target_", "-").rsplit(".", 1)[-1]
+    members = config.get("ensemble_members", 1)
+    return f"{name} x{members}" if isinstance(members, int) and members > 1 else name
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -179,10 +183,8 @@ def write_weights(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.
 def _ship(args: argparse.Namespace) -> int:
     bundle = args.bundle.resolve()
     meta = read_metadata(bundle)
-    try:
-        state_dict = read_state_dict(args.checkpoint)
-    except (ValueError, FileNotFoundError) as err:
-        raise CLIError(str(err)) from None
+    state_dict = read_weights(args.checkpoints)
+    shipped = ", ".join(map(str, args.checkpoints))
     models = bundle / "models"
     models.mkdir(exist_ok=True)
     overrides = bundle_overrides(args)
@@ -193,15 +195,17 @@ def _ship(args: argparse.Namespace) -> int:
         size = candidate.stat().st_size
         if size > MAX_WEIGHTS_BYTES:
             raise CLIError(
-                f"{args.checkpoint}: {format_size(size)} as {args.dtype}, over the {format_size(MAX_WEIGHTS_BYTES)} "
+                f"{shipped}: {format_size(size)} as {args.dtype}, over the {format_size(MAX_WEIGHTS_BYTES)} "
                 "a bundle's weights may take" + (" (try --dtype float16)" if args.dtype == "float32" else "")
             )
+        # ensemble_members stays the bundle's own: the shipped file must load into the network the bundle builds
         overrides.update(split="test", ckpt_path=str(candidate), metrics_file=str(report_path))
         try:
             run_bundle_config(bundle, "evaluate", overlays=args.overlays, overrides=overrides, workflow_type="eval")
         except Exception as err:  # a network that does not match the weights, missing data, ...: ship nothing
-            raise CLIError(f"{args.checkpoint}: evaluating it with {bundle.name} failed, nothing shipped "
-                           f"({type(err).__name__}: {err})") from None
+            members = ensemble_size(state_dict)
+            raise CLIError(f"{shipped} ({members} network{'s' if members > 1 else ''}): evaluating it with "
+                           f"{bundle.name} failed, nothing shipped ({type(err).__name__}: {err})") from None
         meta["eval_metrics"] = eval_metrics_from_report(json.loads(report_path.read_text()))
         new_metadata = Path(work) / "metadata.json"
         new_metadata.write_text(json.dumps(meta, indent=4) + "\n")
@@ -240,12 +244,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ship = commands.add_parser(
         "ship",
         help="put new weights in a bundle's models/model.pt and their test metrics in its metadata.json",
-        description="Evaluate CHECKPOINT with the bundle's evaluate.yaml on the test split; when that succeeds, "
-        "write the weights (cast to --dtype) to BUNDLE/models/model.pt and the metrics to the eval_metrics of "
+        description="Evaluate CHECKPOINT with the bundle's evaluate.yaml on the test split (several checkpoints: "
+        "the ensemble of their networks, for a bundle whose ensemble_members says so); when that succeeds, write "
+        "the weights (cast to --dtype) to BUNDLE/models/model.pt and the metrics to the eval_metrics of "
         "BUNDLE/configs/metadata.json. On any failure neither file changes.",
     )
     add_bundle_arguments(ship)
-    ship.add_argument("checkpoint", type=Path, help="weights to ship, e.g. OUTPUT_DIR/checkpoints/model.pt")
+    ship.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT",
+                      help="weights to ship, e.g. OUTPUT_DIR/checkpoints/model.pt; one per member of an ensemble")
     ship.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="float32",
                       help="storage dtype of the weights (float16 halves the file; default: float32)")
     ship.set_defaults(func=_ship)

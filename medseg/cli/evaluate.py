@@ -1,14 +1,25 @@
-"""``medseg evaluate BUNDLE``: run the bundle's ``configs/evaluate.yaml`` and print its metrics table."""
+"""``medseg evaluate BUNDLE``: run the bundle's ``configs/evaluate.yaml`` and print its metrics table.
+
+``--checkpoint`` given more than once evaluates the ensemble of those networks, as ``medseg bundle ship`` would
+ship it: with ``--checkpoint`` the bundle's ``ensemble_members`` follows the weights given; without it, the bundle's
+own ``models/model.pt`` is evaluated as the bundle builds it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from medseg.cli import CLIError
-from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
+from medseg.cli.train import add_bundle_arguments, bundle_overrides, check_ensemble_support, output_dir
 from medseg.engines.workflow import run_bundle_config
+from medseg.inference import read_state_dict
+from medseg.networks import IncompatibleMember, ensemble_size, ensemble_state_dict
 
 
 def format_metrics(report: dict) -> str:
@@ -27,19 +38,38 @@ def format_metrics(report: dict) -> str:
     return "\n".join(lines + scalars)
 
 
+def read_weights(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """The weights in ``checkpoints``: one file's state dict, or the ensemble of several files' networks."""
+    state_dicts = []
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file():
+            raise CLIError(f"{checkpoint}: no such checkpoint")
+        try:
+            state_dicts.append(read_state_dict(checkpoint))
+        except ValueError as err:  # names the file
+            raise CLIError(str(err)) from None
+    try:
+        return ensemble_state_dict(state_dicts)
+    except IncompatibleMember as err:
+        raise CLIError(f"{checkpoints[err.member]}: {err}") from None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     overrides = bundle_overrides(args)
-    overrides["split"] = args.split
-    if args.checkpoint is not None:
-        if not args.checkpoint.is_file():
-            raise CLIError(f"{args.checkpoint}: no such checkpoint")
-        overrides["ckpt_path"] = str(args.checkpoint.resolve())
     metrics_file = output_dir(args) / f"metrics_{args.split}.json"
-    overrides["metrics_file"] = str(metrics_file)
-    try:
-        run_bundle_config(args.bundle, "evaluate", overlays=args.overlays, overrides=overrides, workflow_type="eval")
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
+    overrides.update(split=args.split, metrics_file=str(metrics_file))
+    with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
+        if args.checkpoints:
+            weights = read_weights(args.checkpoints)
+            check_ensemble_support(args.bundle, ensemble_size(weights))
+            # the network the bundle builds follows the weights: one network, or the ensemble they hold
+            overrides.update(ensemble_members=ensemble_size(weights), ckpt_path=str(Path(work) / "model.pt"))
+            torch.save(weights, overrides["ckpt_path"])
+        try:
+            run_bundle_config(args.bundle, "evaluate", overlays=args.overlays, overrides=overrides,
+                              workflow_type="eval")
+        except FileNotFoundError as err:
+            raise CLIError(str(err)) from None
     print(format_metrics(json.loads(metrics_file.read_text())))
     print(f"metrics written to {metrics_file}")
     return 0
@@ -53,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metrics as the bundle's protocol defines them; prints the table and writes it as JSON.",
     )
     add_bundle_arguments(parser)
-    parser.add_argument("--checkpoint", type=Path, help="weights to evaluate (default: BUNDLE/models/model.pt)")
+    parser.add_argument(
+        "--checkpoint", dest="checkpoints", type=Path, action="append", default=[],
+        help="weights to evaluate (default: BUNDLE/models/model.pt); repeat it to evaluate the ensemble of the "
+        "networks, each trained by its own run",
+    )
     parser.add_argument("--split", choices=("val", "test"), default="test", help="which images (default: test)")
     parser.set_defaults(func=_evaluate)

@@ -1,17 +1,45 @@
 """``medseg train BUNDLE``: run the bundle's ``configs/train.yaml`` with MLflow tracking.
 
 The same workflow as ``python -m monai.bundle run --config_file configs/train.yaml --tracking mlflow`` from the
-bundle folder: this command only makes paths absolute and fills in the tracking store.
+bundle folder: this command makes paths absolute and fills in the tracking store.
+
+A bundle that ships an ensemble (``ensemble_members`` N > 1 in its train.yaml) needs N trained networks, which
+MONAI's runner cannot start: for it this command runs N of the workflows above, one per member, each as
+``--set ensemble_members=1``. Member k trains with seed ``seed + 10 k`` on the validation split of ``seed``
+(``split_seed``) into ``OUTPUT_DIR/member<k>``, its own MLflow run. On CPU the members train at the same time,
+each pinned to its own share of the cores, so a preset's budget is wall-clock time on the whole machine; with a
+GPU or fewer cores than members they train one after another, each taking the whole budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from monai.bundle import ConfigParser
 
 from medseg.cli import CLIError, add_overlay_argument
-from medseg.engines.workflow import MLFLOW_TRACKING, parse_overrides, run_bundle_config
-from medseg.tracking import check_tracking_server, default_tracking_uri
+from medseg.engines.workflow import (
+    MLFLOW_TRACKING,
+    bundle_config_files,
+    parse_overrides,
+    run_bundle_config,
+    working_directory,
+)
+from medseg.tracking import check_tracking_server, default_tracking_uri, prepare_tracking_store
+
+# member k of an ensemble trains with seed + MEMBER_SEED_STEP * k, so the members of the ensembles of seeds 0..9
+# never share an initialisation
+MEMBER_SEED_STEP = 10
 
 
 def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +78,141 @@ def bundle_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def train_setting(args: argparse.Namespace, key: str, default: Any) -> Any:
+    """A setting of the bundle's train.yaml as the overlays and ``--set`` leave it, read without building the
+    workflow."""
+    parser = ConfigParser()
+    try:
+        parser.read_config(bundle_config_files(args.bundle, "train", args.overlays))
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
+    parser.update(bundle_overrides(args))
+    with working_directory(args.bundle.resolve()):  # where the bundle's %macros resolve
+        return parser.get_parsed_content(key, default=default)
+
+
+def check_ensemble_support(bundle: Path, members: int) -> None:
+    """Fail unless ``bundle`` can build an ensemble of ``members`` networks: one whose train.yaml has an
+    ``ensemble_members`` id, which its evaluate and inference configs follow."""
+    own = bundle.resolve() / "configs" / "train.yaml"
+    if members > 1 and "ensemble_members" not in (yaml.safe_load(own.read_text()) or {}):
+        raise CLIError(f"{own}: no ensemble_members; {bundle} builds one network, not an ensemble of {members}")
+
+
+def ensemble_members(args: argparse.Namespace) -> int:
+    """How many networks the training makes: the bundle's ``ensemble_members`` (after overlays and ``--set``),
+    1 for a bundle whose configs build a single network."""
+    members = train_setting(args, "ensemble_members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise CLIError(f"ensemble_members must be a whole number >= 1, got {members!r}")
+    check_ensemble_support(args.bundle, members)
+    return members
+
+
+def passed_arguments(args: argparse.Namespace) -> list[str]:
+    """The bundle arguments this command was given (overlays, ``--set``, ``--data-root``), paths made absolute."""
+    passed = [arg for overlay in args.overlays for arg in ("--config", str(Path(overlay).resolve()))]
+    passed += [arg for pair in args.overrides for arg in ("--set", pair)]
+    return passed + (["--data-root", str(args.data_root.resolve())] if args.data_root is not None else [])
+
+
+def core_shares(members: int) -> list[set[int]] | None:
+    """One set of CPU cores per member, or ``None`` when the members should train one after another (a GPU,
+    fewer cores than members, or no way to pin a process to cores)."""
+    if torch.cuda.is_available() or not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < members:
+        return None
+    return [set(cores[k::members]) for k in range(members)]
+
+
+def member_plan(folder: Path, resume: bool) -> str:
+    """``"train"``, ``"resume"`` or ``"done"`` for the member trained in ``folder``."""
+    if not resume:
+        return "train"
+    checkpoints = folder / "checkpoints"
+    if (checkpoints / "model.pt").is_file():
+        return "done"  # the final weights are written once, when the member's training has ended
+    if any(checkpoints.glob("latest_*=*.pt")):
+        return "resume"
+    raise CLIError(f"{folder}: no checkpoint of ensemble member {folder.name} to resume from (an output folder of "
+                   "a single network resumes with --set ensemble_members=1)")
+
+
+def start_member(command: list[str], log: Path, cores: set[int] | None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if cores is not None:
+        # one thread per core of the member's share: more would compete with the other members
+        env["OMP_NUM_THREADS"] = str(len(cores))
+    with log.open("a" if "--resume" in command else "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if cores is not None:
+        os.sched_setaffinity(process.pid, cores)
+    return process
+
+
+def wait_for_members(runs: dict[int, subprocess.Popen], logs: list[Path]) -> None:
+    """Wait until every member has ended; on the first failure stop the others and fail naming its log. The
+    members never outlive this process, which a SIGTERM ends as an interrupt does."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        while runs:
+            for k, run in list(runs.items()):
+                code = run.poll()
+                if code is None:
+                    continue
+                del runs[k]
+                if code != 0:
+                    raise CLIError(f"training failed: member {k} (exit code {code}, see {logs[k]})")
+            time.sleep(1.0)
+    finally:
+        for run in runs.values():
+            run.terminate()
+        for run in runs.values():
+            run.wait()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train_ensemble(args: argparse.Namespace, members: int, tracking_uri: str) -> int:
+    seed = train_setting(args, "seed", 0)
+    split_seed = train_setting(args, "split_seed", seed)
+    folders = [output_dir(args) / f"member{k}" for k in range(members)]
+    plans = [member_plan(folder, args.resume) for folder in folders]
+    shares = core_shares(members)
+    prepare_tracking_store(tracking_uri)
+    logs, runs = [folder / "train.log" for folder in folders], {}
+    for k, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        where = f"on cores {sorted(shares[k])}" if shares else "in turn (each with the whole budget)"
+        print(f"member {k}: seed {seed + MEMBER_SEED_STEP * k}, {plans[k]}, {where}, log {logs[k]}", flush=True)
+    for k, folder in enumerate(folders):
+        if plans[k] == "done":
+            continue
+        command = [sys.executable, "-m", "medseg", "train", str(args.bundle.resolve()), *passed_arguments(args),
+                   "--set", "ensemble_members=1", "--set", f"seed={seed + MEMBER_SEED_STEP * k}",
+                   "--set", f"split_seed={split_seed}", "--output-dir", str(folder), "--tracking-uri", tracking_uri]
+        runs[k] = start_member(command + (["--resume"] if plans[k] == "resume" else []), logs[k],
+                               shares[k] if shares else None)
+        if shares is None:
+            wait_for_members({k: runs.pop(k)}, logs)
+    wait_for_members(runs, logs)
+    weights = [str(folder / "checkpoints" / "model.pt") for folder in folders]
+    again = passed_arguments(args)
+    checkpoints = [arg for weight in weights for arg in ("--checkpoint", weight)]
+    print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, *checkpoints]))
+    print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *weights, *again]))
+    print(f"review the runs: mlflow ui --backend-store-uri {tracking_uri}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     overrides = bundle_overrides(args)
     tracking_uri = args.tracking_uri or default_tracking_uri()
     check_tracking_server(tracking_uri)
+    members = ensemble_members(args)
+    if members > 1:
+        return train_ensemble(args, members, tracking_uri)
     overrides["tracking_uri"] = tracking_uri
     if args.resume:
         overrides["resume"] = True

@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigWorkflow
 
-__all__ = ["MLFLOW_TRACKING", "bundle_config_files", "bundle_workflow", "parse_overrides", "run_bundle_config"]
+__all__ = [
+    "MLFLOW_TRACKING", "bundle_config_files", "bundle_workflow", "parse_overrides", "run_bundle_config",
+    "working_directory",
+]
 
 # medseg's MLflow settings for MONAI's ``tracking`` argument; bundles and configs/ live beside the package in
 # the repository, so the CLI reads them from there
@@ -27,6 +30,7 @@ MLFLOW_TRACKING = Path(__file__).resolve().parents[2] / "configs" / "mlflow_trac
 
 @contextlib.contextmanager
 def working_directory(path: Path) -> Iterator[None]:
+    """Run the block from ``path``, where a bundle's ``%configs/...`` macros resolve."""
     previous = Path.cwd()
     os.chdir(path)
     try:

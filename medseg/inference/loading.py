@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from medseg.networks import ensemble_size, get_network
+
 __all__ = [
     "InferenceSettings",
     "LoadedModel",
@@ -97,8 +99,6 @@ def load_model(
         return _loaded(torch.jit.load(str(path), map_location="cpu"), InferenceSettings())
     if network is None:
         raise ValueError(f"{path}: a checkpoint needs --network NAME (and --network-kwargs for its arguments)")
-    from medseg.networks import get_network  # imported here: only this path needs the networks package
-
     module = get_network(network, **(network_kwargs or {}))
     module.load_state_dict(read_state_dict(path))
     return _loaded(module, InferenceSettings())
@@ -225,8 +225,17 @@ def _load_bundle(
             return _loaded(torch.jit.load(str(scripted), map_location="cpu"), settings)
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no such checkpoint (give one with --checkpoint)")
+        state_dict = read_state_dict(weights)
+        members = ensemble_size(state_dict)
+        if "ensemble_members" in parser:  # a bundle that ships an ensemble also runs one network's weights
+            parser["ensemble_members"] = members
+        elif members > 1:
+            raise ValueError(f"{weights}: the weights of an ensemble of {members} networks; {folder} builds one")
         module = parser.get_parsed_content("network_def")
-    module.load_state_dict(read_state_dict(weights))
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as err:  # names, shapes: torch lists every mismatch
+        raise ValueError(f"{weights}: these weights do not fit the network of {folder} ({err})") from None
     return _loaded(module, settings)
 
 

@@ -228,17 +228,14 @@ class _WindowPredictor:
         return probs.unsqueeze(-1) if self.sliced else probs
 
     def _view_averaged_probabilities(self, windows: torch.Tensor) -> torch.Tensor:
-        views = [_view(windows, transpose, flips) for transpose, flips in self.views]
-        # views of one shape share a forward pass (a transposed non-square window has another shape)
-        by_shape: dict[torch.Size, list[int]] = {}
-        for i, view in enumerate(views):
-            by_shape.setdefault(view.shape, []).append(i)
-        probs: list[torch.Tensor] = [torch.empty(0)] * len(views)
-        for indices in by_shape.values():
-            chunks = self._probabilities(torch.cat([views[i] for i in indices])).chunk(len(indices))
-            for i, chunk in zip(indices, chunks):
-                probs[i] = chunk
-        return torch.stack([_unview(p, transpose, flips) for p, (transpose, flips) in zip(probs, self.views)]).mean(0)
+        total = torch.zeros(())
+        # the views of one transpose flag have one shape (a transposed non-square window has another): one forward
+        for transpose in dict.fromkeys(transpose for transpose, _ in self.views):
+            flip_sets = [flips for swapped, flips in self.views if swapped == transpose]
+            batch = torch.cat([_view(windows, transpose, flips) for flips in flip_sets])
+            for flips, probs in zip(flip_sets, self._probabilities(batch).chunk(len(flip_sets))):
+                total = total + _unview(probs, transpose, flips)
+        return total / len(self.views)
 
     def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.contiguous(memory_format=self.memory_format)

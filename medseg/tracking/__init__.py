@@ -28,6 +28,7 @@ __all__ = [
     "TrackingServerError",
     "check_tracking_server",
     "default_tracking_uri",
+    "prepare_tracking_store",
     "run_tags",
     "resumable_run_name",
     "runs_table",
@@ -45,6 +46,12 @@ class TrackingServerError(RuntimeError):
 def default_tracking_uri() -> str:
     """``sqlite:///<cwd>/mlflow.db``: an embedded store needing no server."""
     return path_to_sqlite_uri(os.path.join(os.getcwd(), "mlflow.db"))
+
+
+def prepare_tracking_store(uri: str) -> None:
+    """Create the tracking store behind ``uri`` unless it exists (for a new SQLite file: its schema), so that runs
+    started at the same time only add to it; each creating it would race."""
+    MlflowClient(uri).search_experiments(max_results=1)
 
 
 def _git_commit() -> str:
@@ -168,14 +175,16 @@ def runs_table(
 def resumable_run_name(output_dir: str | os.PathLike, resume: bool = False) -> str:
     """The MLflow run name of the training that writes to ``output_dir``.
 
-    A new training gets a new timestamped name, recorded in ``<output_dir>/mlflow_run_name.txt``; a resumed
-    one reuses the recorded name, so MONAI's ``MLFlowHandler`` picks up the unfinished run it left and the
-    resumed epochs are logged to the same MLflow run.
+    A new training gets a new name, ``run_<start time>_<output folder name>``, recorded in
+    ``<output_dir>/mlflow_run_name.txt``; a resumed one reuses the recorded name, so MONAI's ``MLFlowHandler`` picks
+    up the unfinished run it left and the resumed epochs are logged to the same MLflow run. The folder name keeps
+    trainings started in the same second apart (the members of an ensemble), since the handler would otherwise
+    join them into one run.
     """
     record = Path(output_dir) / "mlflow_run_name.txt"
     if resume and record.is_file():
         return record.read_text().strip()
-    name = "run_" + time.strftime("%Y%m%d_%H%M%S")
+    name = f"run_{time.strftime('%Y%m%d_%H%M%S')}_{Path(output_dir).resolve().name}"
     record.parent.mkdir(parents=True, exist_ok=True)
     temporary = record.with_name(f".{record.name}.{os.getpid()}")
     temporary.write_text(name + "\n")

@@ -57,7 +57,7 @@ def test_list_shows_recorded_eval_metrics(released_bundle, capsys):
     assert code == 0
     (row,) = out.splitlines()[2:]
     assert row.split()[:2] == ["drive_vessel_unet", "1.2.0"]
-    assert row.split()[-3:] == ["UNet", "test_f1=0.8123,", "test_auc_roc=0.9700"]
+    assert row.split()[-4:] == ["UNet", "x2", "test_f1=0.8123,", "test_auc_roc=0.9700"]  # an ensemble of two U-Nets
 
 
 def test_info_summarises_metadata_files_and_commands(released_bundle, capsys):
@@ -66,7 +66,7 @@ def test_info_summarises_metadata_files_and_commands(released_bundle, capsys):
     lines = out.splitlines()
     metadata = json.loads((released_bundle / "configs" / "metadata.json").read_text())
     assert lines[0].startswith("drive_vessel_unet 1.2.0")
-    assert f"task: {metadata['task']}" in lines and "network: UNet" in lines
+    assert f"task: {metadata['task']}" in lines and "network: UNet x2" in lines
     assert lines.index("  1.2.0: Wider network.") + 1 == lines.index("  1.0.0: First release.")
     assert f"data: {metadata['data_source']}" in lines
     assert any(line.startswith("licence: ") and "Apache License" in line for line in lines)
@@ -106,25 +106,31 @@ def test_info_of_a_bundle_with_broken_metadata_names_the_file(released_bundle, c
     assert f"{released_bundle / 'configs' / 'metadata.json'}: not valid JSON" in err
 
 
-TINY_UNET = {"network_features": [4, 8, 16], "roi_size": [64, 64], "val_images": 1, "tta": False}
+TINY_UNET = {"network_features": [4, 8, 16], "roi_size": [64, 64], "val_images": 1, "tta": False, "ensemble_members": 1}
+
+
+def tiny_unet_checkpoint(path: Path, seed: int) -> Path:
+    """Weights of a tiny U-Net for the DRIVE bundle, as ``medseg train`` saves them (under ``model``)."""
+    import torch
+
+    from medseg.networks import UNet
+
+    torch.manual_seed(seed)
+    network = UNet(spatial_dims=2, in_channels=3, out_channels=1, features=TINY_UNET["network_features"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": network.state_dict()}, path)
+    return path
 
 
 @pytest.fixture
 def shippable(tmp_path) -> tuple[Path, Path, list[str]]:
-    """A copy of the DRIVE U-Net bundle, weights of a tiny U-Net for it, and the arguments that evaluate them on
-    a synthetic DRIVE (3 training images, one of them for validation, and 2 test images)."""
-    import torch
-
+    """A copy of the DRIVE U-Net bundle set to one network, weights of a tiny U-Net for it, and the arguments that
+    evaluate them on a synthetic DRIVE (3 training images, one of them for validation, and 2 test images)."""
     from medseg.data.synthetic import ensure_synthetic_drive
-    from medseg.networks import UNet
 
     bundle = tmp_path / "drive_vessel_unet"
     shutil.copytree(BUNDLES / "drive_vessel_unet", bundle, ignore=shutil.ignore_patterns("eval"))
-    torch.manual_seed(0)
-    network = UNet(spatial_dims=2, in_channels=3, out_channels=1, features=TINY_UNET["network_features"])
-    checkpoint = tmp_path / "run" / "model.pt"
-    checkpoint.parent.mkdir()
-    torch.save({"model": network.state_dict()}, checkpoint)
+    checkpoint = tiny_unet_checkpoint(tmp_path / "run" / "model.pt", seed=0)
     data = ensure_synthetic_drive(tmp_path / "drive", n_training=3, n_test=2)
     sets = [arg for key, value in TINY_UNET.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     return bundle, checkpoint, [*sets, "--data-root", str(data), "--output-dir", str(tmp_path / "out")]
@@ -172,3 +178,56 @@ def test_ship_refuses_a_checkpoint_without_weights(shippable, tmp_path, capsys):
     not_weights.write_text("not a checkpoint")
     code, _, err = run_cli(capsys, "bundle", "ship", str(bundle), str(not_weights), *args)
     assert code != 0 and str(not_weights) in err
+
+
+def test_ship_of_several_checkpoints_puts_their_ensemble_in_one_file(shippable, tmp_path, capsys):
+    import torch
+
+    from medseg.networks import ensemble_state_dict
+
+    bundle, first, args = shippable
+    second = tiny_unet_checkpoint(tmp_path / "run2" / "model.pt", seed=1)
+    ensemble = [*args, "--set", "ensemble_members=2"]
+    code, _, err = run_cli(capsys, "bundle", "ship", str(bundle), str(first), str(second), *ensemble)
+    assert code == 0, err
+    shipped = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    members = [torch.load(path, weights_only=True)["model"] for path in (first, second)]
+    expected = ensemble_state_dict(members)
+    assert shipped.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(shipped[name], value, msg=name)
+    recorded = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    # the two training outputs evaluated as an ensemble score what was recorded for the shipped file
+    code, out, _ = run_cli(capsys, "evaluate", str(bundle), *args, "--checkpoint", str(first), "--checkpoint",
+                           str(second))
+    assert code == 0
+    report = json.loads(Path(out.strip().splitlines()[-1].removeprefix("metrics written to ")).read_text())
+    assert report["threshold_0.5"]["auc_roc"] == pytest.approx(recorded["test_auc_roc"], abs=1e-6)
+    # and the shipped ensemble scores differently from either member alone
+    code, out, _ = run_cli(capsys, "evaluate", str(bundle), *args, "--checkpoint", str(first))
+    single = json.loads(Path(out.strip().splitlines()[-1].removeprefix("metrics written to ")).read_text())
+    assert single["threshold_0.5"]["auc_roc"] != pytest.approx(recorded["test_auc_roc"], abs=1e-6)
+
+
+def test_ship_of_one_network_into_an_ensemble_bundle_changes_nothing(shippable, capsys):
+    bundle, checkpoint, args = shippable
+    before = {path: path.read_bytes() for path in (bundle / "models" / "model.pt", bundle / "configs" / "metadata.json")}
+    code, _, err = run_cli(capsys, "bundle", "ship", str(bundle), str(checkpoint), *args, "--set", "ensemble_members=2")
+    assert code != 0
+    assert f"{checkpoint} (1 network)" in err and "nothing shipped" in err
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_evaluate_names_the_checkpoint_that_is_not_a_copy_of_the_first_network(shippable, tmp_path, capsys):
+    import torch
+
+    from medseg.networks import UNet
+
+    bundle, first, args = shippable
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    torch.save(UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(8, 16, 32)).state_dict(), other)
+    code, _, err = run_cli(capsys, "evaluate", str(bundle), *args, "--checkpoint", str(first), "--checkpoint",
+                           str(other))
+    assert code == 1
+    assert f"{other}: not the same network as the first member's weights" in err

@@ -17,8 +17,10 @@ from medseg.engines.workflow import MLFLOW_TRACKING, bundle_workflow
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "drive_vessel_unet"
+# one tiny network (the bundle itself ships an ensemble of two)
 TINY = ["--set", "network_features=[4,8,16]", "--set", "patch_size=[32,32]", "--set", "roi_size=[64,64]",
-        "--set", "val_images=1", "--set", "batch_images=2", "--set", "patches_per_image=2"]
+        "--set", "val_images=1", "--set", "batch_images=2", "--set", "patches_per_image=2",
+        "--set", "ensemble_members=1"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def test_short_training_on_real_drive_crops_learns_vessels(drive_root, tmp_path)
             "--tracking-uri", uri, "--set", "network_features=[8,16,32,64]", "--set", "patch_size=[64,64]",
             "--set", "max_epochs=60", "--set", "val_interval=30", "--set", "val_images=2",
             "--set", "batch_images=4", "--set", "patches_per_image=4", "--set", "autocast_dtype=bfloat16",
-            "--set", "learning_rate=0.003"]
+            "--set", "learning_rate=0.003", "--set", "ensemble_members=1"]
     assert main(argv) == 0
 
     client = MlflowClient(uri)
@@ -140,3 +142,33 @@ def test_monai_bundle_run_trains_like_medseg_train(synthetic_drive, tmp_path):
         torch.testing.assert_close(monai_run[key], cli[key], msg=key)
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("drive_vessel_unet").experiment_id])
     assert len(runs) == 2 and all("val_f1" in run.data.metrics for run in runs)
+
+
+def test_an_ensemble_bundle_trains_its_members_at_once_with_their_own_seeds_on_one_split(synthetic_drive, tmp_path):
+    out, uri = tmp_path / "ensemble", path_to_sqlite_uri(tmp_path / "mlflow.db")
+    assert main(["train", str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--set", "ensemble_members=2",
+                 "--set", "max_epochs=1", "--set", "val_interval=1", "--set", "seed=3", "--output-dir", str(out),
+                 "--tracking-uri", uri]) == 0
+    first, second = (_weights(out / f"member{k}" / "checkpoints" / "model.pt") for k in range(2))
+    assert first.keys() == second.keys()
+    assert any(not torch.equal(first[key], second[key]) for key in first)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("drive_vessel_unet").experiment_id])
+    assert sorted((run.data.params["seed"], run.data.params["split_seed"]) for run in runs) == [("13", "3"), ("3", "3")]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    # the members' outputs evaluate as one network
+    assert main(["evaluate", str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--split", "val",
+                 "--checkpoint", str(out / "member0" / "checkpoints" / "model.pt"),
+                 "--checkpoint", str(out / "member1" / "checkpoints" / "model.pt"),
+                 "--output-dir", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics_val.json").read_text())["images"] == 1
+
+
+def test_a_failing_member_fails_the_ensemble_training_naming_its_log(synthetic_drive, tmp_path, capsys):
+    out = tmp_path / "ensemble"
+    code = main(["train", str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--set", "ensemble_members=2",
+                 "--set", "max_epochs=1", "--set", "learning_rate=-1.0", "--output-dir", str(out),
+                 "--tracking-uri", path_to_sqlite_uri(tmp_path / "mlflow.db")])
+    assert code == 1
+    assert "training failed: member 0" in capsys.readouterr().err
+    assert (out / "member0" / "train.log").read_text()
