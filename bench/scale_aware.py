@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import tempfile
 import time
@@ -45,6 +46,7 @@ def main_bench() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale_aware.md"))
     args = parser.parse_args()
     ids = [f"{i:02d}" for i in range(1, args.images + 1)]
+    version = json.loads((args.bundle / "configs" / "metadata.json").read_text())["version"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -74,7 +76,8 @@ def main_bench() -> None:
         f"- Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}",
         f"- Command: `python bench/scale_aware.py --bundle {args.bundle} --drive {args.drive} --images {args.images}`",
-        f"- Weights: `{args.bundle}/models/model.pt`; DRIVE test images {ids[0]}-{ids[-1]} upscaled (bilinear, masks "
+        f"- Weights: `{args.bundle}/models/model.pt` of bundle version {version}; DRIVE test images {ids[0]}-{ids[-1]} "
+        "upscaled (bilinear, masks "
         "nearest), probabilities resized back to 565x584, FOV-pooled metrics at threshold 0.5 against 1st_manual.",
         "",
         "| upscale | --scale | F1 | AUC-ROC | Se | Sp | dF1 vs native | dAUC vs native | wall s |",
