@@ -49,7 +49,8 @@ def test_two_process_training_writes_one_checkpoint_set_and_one_mlflow_run(tmp_p
     # saved without DDP's "module." prefix: the weights load into the plain network of evaluate/inference
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
-    parser.update({"network_features": TINY["network_features"]})
+    # torchrun trains one network: one member of the bundle's ensemble
+    parser.update({"network_features": TINY["network_features"], "ensemble_members": 1})
     with contextlib.chdir(BUNDLE):
         network = parser.get_parsed_content("network_def")
     network.load_state_dict(read_state_dict(output / "checkpoints" / "model.pt"))
