@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -170,5 +171,8 @@ def test_a_failing_member_fails_the_ensemble_training_naming_its_log(synthetic_d
                  "--set", "max_epochs=1", "--set", "learning_rate=-1.0", "--output-dir", str(out),
                  "--tracking-uri", path_to_sqlite_uri(tmp_path / "mlflow.db")])
     assert code == 1
-    assert "training failed: member 0" in capsys.readouterr().err
-    assert (out / "member0" / "train.log").read_text()
+    # both members fail; the first to end is reported, with its log, and the other is stopped
+    failed = re.search(r"training failed: member (\d) \(exit code \d+, see (\S+)\)", capsys.readouterr().err)
+    assert failed, "no failed member reported"
+    assert Path(failed.group(2)) == out / f"member{failed.group(1)}" / "train.log"
+    assert "Invalid learning rate" in Path(failed.group(2)).read_text()
