@@ -10,6 +10,9 @@ What it lacks, added here:
 
 - ``tags`` set on the run when it starts (see ``medseg.tracking.run_tags``);
 - attaching only on rank 0 under DDP (MONAI's bundle settings do this with ``_disabled_``);
+- two trainings that start at once (an ensemble's members) may both find no experiment and both create it; the
+  loser's ``RESOURCE_ALREADY_EXISTS`` is retried by MONAI only when the error message names that code, which the
+  SQL store's message does not, so here the loser looks the experiment up again;
 - an MLflow failure (server gone, disk full) would raise inside the ignite event and stop training; here it
   is reported once as a ``RuntimeWarning`` and tracking stops for this handler while training goes on. The
   first failed request is retried by the MLflow client (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7 with
@@ -29,6 +32,7 @@ from ignite import distributed as idist
 from ignite.engine import Engine
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from monai.handlers import MLFlowHandler
 
 __all__ = ["TrackingHandler"]
@@ -68,6 +72,14 @@ class TrackingHandler(MLFlowHandler):
             )
             logger.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _set_experiment(self) -> None:
+        try:
+            super()._set_experiment()
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            super()._set_experiment()  # created meanwhile by another training: found this time
 
     def _start_and_tag(self, engine: Engine) -> None:
         super().start(engine)

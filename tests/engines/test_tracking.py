@@ -1,0 +1,36 @@
+"""``TrackingHandler`` on an embedded SQLite store: what MONAI's ``MLFlowHandler`` lacks."""
+
+import warnings
+
+from ignite.engine import Engine
+from mlflow import MlflowClient
+from monai.utils import path_to_sqlite_uri
+
+from medseg.engines import TrackingHandler
+
+
+def test_a_training_that_loses_the_race_to_create_the_experiment_logs_to_the_winners_experiment(tmp_path):
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    handler = TrackingHandler(tracking_uri=uri, experiment_name="race", run_name="second",
+                              experiment_param={"seed": 13}, iteration_log=False, close_on_complete=True)
+    lookup = handler.client.get_experiment_by_name
+
+    def lookup_while_another_training_creates_it(name):
+        found = lookup(name)
+        MlflowClient(uri).create_experiment(name)  # the other training, between this lookup and our create
+        handler.client.get_experiment_by_name = lookup
+        return found
+
+    handler.client.get_experiment_by_name = lookup_while_another_training_creates_it
+    engine = Engine(lambda engine, batch: None)
+    handler.attach(engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a lost tracking warns
+        engine.run([0], max_epochs=1)
+
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "race"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert not handler.tracking_lost
+    assert run.info.run_name == "second" and run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "13"
