@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
+from medseg.cli.train import member_folder
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "bundles/drive_vessel_unet"
 BASELINE = "bench/drive_baseline/baseline.yaml"
@@ -96,7 +98,7 @@ def medseg_command(*args: str) -> list[str]:
 
 def member_dirs(row: Row, out: Path) -> list[Path]:
     """Where the row's networks are trained: the row's folder, or one folder per ensemble member in it."""
-    return [out] if row.members == 1 else [out / f"member{k}" for k in range(row.members)]
+    return [out] if row.members == 1 else [member_folder(out, k) for k in range(row.members)]
 
 
 def train_args(row: Row, minutes: float, seed: int, out: Path) -> list[str]:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drive_scoring import pooled_test_metrics
 from medseg.cli import main
+from medseg.data import drive_records
+from medseg.engines import pooled_vessel_metrics
 
 METRICS = ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity", "accuracy")
 
@@ -37,7 +38,7 @@ def score_infer_outputs(bundle: Path, drive: Path, threshold: float) -> tuple[di
             raise SystemExit(f"medseg infer {bundle} failed")
         ids = [image.name.split("_")[0] for image in sorted((drive / "test" / "images").glob("*_test.tif"))]
         probabilities = {i: np.load(Path(out) / f"{i}_test_prob.npy").astype(np.float32) for i in ids}
-    return pooled_test_metrics(probabilities, drive, threshold), seconds
+    return pooled_vessel_metrics(probabilities, drive_records(drive, "test"), threshold), seconds
 
 
 def cells(metrics: dict[str, float]) -> str:

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from drive_scoring import pooled_test_metrics
 from medseg.cli import main
+from medseg.data import drive_records
+from medseg.engines import pooled_vessel_metrics
 
 
 def run(bundle: Path, images: Path, masks: Path, out: Path, scale: str, ids: list[str]) -> tuple[dict, float]:
@@ -45,6 +46,7 @@ def main_bench() -> None:
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale_aware.md"))
     args = parser.parse_args()
+    test_records = drive_records(args.drive, "test")
     ids = [f"{i:02d}" for i in range(1, args.images + 1)]
     version = json.loads((args.bundle / "configs" / "metadata.json").read_text())["version"]
     rows = []
@@ -55,7 +57,7 @@ def main_bench() -> None:
         for i in ids:
             (native_dir / f"{i}_test.tif").symlink_to((args.drive / "test" / "images" / f"{i}_test.tif").resolve())
         probs, seconds = run(args.bundle, native_dir, args.drive / "test" / "mask", tmp / "out_native", "auto", ids)
-        reference = pooled_test_metrics(probs, args.drive)
+        reference = pooled_vessel_metrics(probs, test_records)
         rows.append(("1 (native 565x584)", "-", reference, seconds))
         for factor in (2, 4):
             images, masks = tmp / f"x{factor}_images", tmp / f"x{factor}_masks"
@@ -68,7 +70,7 @@ def main_bench() -> None:
                 mask.resize(size, Image.NEAREST).save(masks / f"{i}_test_mask.png")
             for scale in ("auto", "none"):
                 probs, seconds = run(args.bundle, images, masks, tmp / f"out_x{factor}_{scale}", scale, ids)
-                rows.append((f"{factor} ({565 * factor}x{584 * factor})", scale, pooled_test_metrics(probs, args.drive), seconds))
+                rows.append((f"{factor} ({565 * factor}x{584 * factor})", scale, pooled_vessel_metrics(probs, test_records), seconds))
     lines = [
         "# Scale-aware fundus inference",
         "",

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
 
 from medseg.cli import CLIError
-from medseg.cli.train import add_bundle_arguments, bundle_overrides, check_ensemble_support, output_dir
-from medseg.engines.workflow import run_bundle_config
-from medseg.inference import read_state_dict
-from medseg.networks import IncompatibleMember, ensemble_size, ensemble_state_dict
+from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
+from medseg.engines.workflow import bundle_config_files, run_bundle_config
+from medseg.inference import ensemble_override, read_state_dict
+from medseg.networks import IncompatibleMember, ensemble_state_dict
 
 
 def format_metrics(report: dict) -> str:
@@ -61,9 +62,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
         if args.checkpoints:
             weights = read_weights(args.checkpoints)
-            check_ensemble_support(args.bundle, ensemble_size(weights))
             # the network the bundle builds follows the weights: one network, or the ensemble they hold
-            overrides.update(ensemble_members=ensemble_size(weights), ckpt_path=str(Path(work) / "model.pt"))
+            try:
+                config = ConfigParser.load_config_files(bundle_config_files(args.bundle, "evaluate", args.overlays))
+                overrides.update(ensemble_override(config, weights, ", ".join(map(str, args.checkpoints)),
+                                                   args.bundle.resolve()))
+            except (FileNotFoundError, ValueError) as err:
+                raise CLIError(str(err)) from None
+            overrides["ckpt_path"] = str(Path(work) / "model.pt")
             torch.save(weights, overrides["ckpt_path"])
         try:
             run_bundle_config(args.bundle, "evaluate", overlays=args.overlays, overrides=overrides,

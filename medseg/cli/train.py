@@ -20,8 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -78,17 +78,17 @@ def bundle_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def train_setting(args: argparse.Namespace, key: str, default: Any) -> Any:
-    """A setting of the bundle's train.yaml as the overlays and ``--set`` leave it, read without building the
-    workflow."""
-    parser = ConfigParser()
-    try:
-        parser.read_config(bundle_config_files(args.bundle, "train", args.overlays))
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
-    parser.update(bundle_overrides(args))
-    with working_directory(args.bundle.resolve()):  # where the bundle's %macros resolve
-        return parser.get_parsed_content(key, default=default)
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """How many networks ``medseg train`` makes, and the seeds member k trains with: ``seed + 10 k`` on the
+    validation split of ``split_seed``."""
+
+    members: int
+    seed: int
+    split_seed: int
+
+    def member_seed(self, k: int) -> int:
+        return self.seed + MEMBER_SEED_STEP * k
 
 
 def check_ensemble_support(bundle: Path, members: int) -> None:
@@ -99,14 +99,24 @@ def check_ensemble_support(bundle: Path, members: int) -> None:
         raise CLIError(f"{own}: no ensemble_members; {bundle} builds one network, not an ensemble of {members}")
 
 
-def ensemble_members(args: argparse.Namespace) -> int:
-    """How many networks the training makes: the bundle's ``ensemble_members`` (after overlays and ``--set``),
-    1 for a bundle whose configs build a single network."""
-    members = train_setting(args, "ensemble_members", 1)
+def ensemble_plan(args: argparse.Namespace) -> EnsemblePlan:
+    """The bundle's ``ensemble_members`` (1 for a bundle whose configs build a single network), ``seed`` and
+    ``split_seed`` (default: ``seed``) as the overlays and ``--set`` leave its train.yaml, read without building
+    the workflow."""
+    parser = ConfigParser()
+    try:
+        parser.read_config(bundle_config_files(args.bundle, "train", args.overlays))
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
+    parser.update(bundle_overrides(args))
+    with working_directory(args.bundle.resolve()):  # where the bundle's %macros resolve
+        members = parser.get_parsed_content("ensemble_members", default=1)
+        seed = parser.get_parsed_content("seed", default=0)
+        split_seed = parser.get_parsed_content("split_seed", default=seed)
     if not isinstance(members, int) or isinstance(members, bool) or members < 1:
         raise CLIError(f"ensemble_members must be a whole number >= 1, got {members!r}")
     check_ensemble_support(args.bundle, members)
-    return members
+    return EnsemblePlan(members, seed, split_seed)
 
 
 def passed_arguments(args: argparse.Namespace) -> list[str]:
@@ -125,6 +135,11 @@ def core_shares(members: int) -> list[set[int]] | None:
     if len(cores) < members:
         return None
     return [set(cores[k::members]) for k in range(members)]
+
+
+def member_folder(output: Path, k: int) -> Path:
+    """The folder member ``k`` of an ensemble trained into ``output`` writes to."""
+    return output / f"member{k}"
 
 
 def member_plan(folder: Path, resume: bool) -> str:
@@ -174,24 +189,22 @@ def wait_for_members(runs: dict[int, subprocess.Popen], logs: list[Path]) -> Non
         signal.signal(signal.SIGTERM, previous)
 
 
-def train_ensemble(args: argparse.Namespace, members: int, tracking_uri: str) -> int:
-    seed = train_setting(args, "seed", 0)
-    split_seed = train_setting(args, "split_seed", seed)
-    folders = [output_dir(args) / f"member{k}" for k in range(members)]
+def train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: str) -> int:
+    folders = [member_folder(output_dir(args), k) for k in range(plan.members)]
     plans = [member_plan(folder, args.resume) for folder in folders]
-    shares = core_shares(members)
+    shares = core_shares(plan.members)
     prepare_tracking_store(tracking_uri)
     logs, runs = [folder / "train.log" for folder in folders], {}
     for k, folder in enumerate(folders):
         folder.mkdir(parents=True, exist_ok=True)
         where = f"on cores {sorted(shares[k])}" if shares else "in turn (each with the whole budget)"
-        print(f"member {k}: seed {seed + MEMBER_SEED_STEP * k}, {plans[k]}, {where}, log {logs[k]}", flush=True)
+        print(f"member {k}: seed {plan.member_seed(k)}, {plans[k]}, {where}, log {logs[k]}", flush=True)
     for k, folder in enumerate(folders):
         if plans[k] == "done":
             continue
         command = [sys.executable, "-m", "medseg", "train", str(args.bundle.resolve()), *passed_arguments(args),
-                   "--set", "ensemble_members=1", "--set", f"seed={seed + MEMBER_SEED_STEP * k}",
-                   "--set", f"split_seed={split_seed}", "--output-dir", str(folder), "--tracking-uri", tracking_uri]
+                   "--set", "ensemble_members=1", "--set", f"seed={plan.member_seed(k)}",
+                   "--set", f"split_seed={plan.split_seed}", "--output-dir", str(folder), "--tracking-uri", tracking_uri]
         runs[k] = start_member(command + (["--resume"] if plans[k] == "resume" else []), logs[k],
                                shares[k] if shares else None)
         if shares is None:
@@ -210,9 +223,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = bundle_overrides(args)
     tracking_uri = args.tracking_uri or default_tracking_uri()
     check_tracking_server(tracking_uri)
-    members = ensemble_members(args)
-    if members > 1:
-        return train_ensemble(args, members, tracking_uri)
+    plan = ensemble_plan(args)
+    if plan.members > 1:
+        return train_ensemble(args, plan, tracking_uri)
     overrides["tracking_uri"] = tracking_uri
     if args.resume:
         overrides["resume"] = True

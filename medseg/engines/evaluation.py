@@ -6,9 +6,10 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
@@ -20,6 +21,7 @@ __all__ = [
     "VesselReport",
     "atomic_write_text",
     "eval_metrics_from_report",
+    "pooled_vessel_metrics",
     "second_observer_metrics",
     "write_segmentation_report",
     "write_vessel_report",
@@ -41,6 +43,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def pooled_vessel_metrics(
+    probabilities: Mapping[str, np.ndarray], records: Sequence[dict], threshold: float = 0.5
+) -> dict[str, float]:
+    """FOV-pooled vessel metrics of ``{record id: probabilities}`` against the records' ``label`` inside their
+    ``mask`` (DRIVE records, :func:`medseg.data.drive_records`), every FOV pixel of those images pooled.
+
+    Each probability map has the label's pixels, as (H, W) or (1, H, W); a map of another size raises
+    ``ValueError`` naming the record and its label file.
+    """
+    by_id = {record["id"]: record for record in records}
+    metric = FOVVesselMetrics()
+    for image_id, probs in probabilities.items():
+        record = by_id[image_id]
+        label, mask = read_binary(record["label"]), read_binary(record["mask"])
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.size != label.size:
+            raise ValueError(f"{image_id}: probabilities of shape {probs.shape}, but {record['label']} is {label.shape}")
+        metric.update(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).reshape(1, 1, *label.shape))
+                        for a in (probs, label, mask)))
+    return metric.compute(threshold)
+
+
 def second_observer_metrics(records: Sequence[dict]) -> dict[str, float] | None:
     """Pooled FOV metrics of the second observer (``label2``) against the first (``label``), or None.
 
@@ -48,11 +72,7 @@ def second_observer_metrics(records: Sequence[dict]) -> dict[str, float] | None:
     """
     if not records or any("label2" not in r for r in records):
         return None
-    metric = FOVVesselMetrics()
-    for record in records:
-        as_batch = [torch.as_tensor(read_binary(record[key]))[None, None].float() for key in ("label2", "label", "mask")]
-        metric.update(*as_batch)
-    values = metric.compute(0.5)
+    values = pooled_vessel_metrics({r["id"]: read_binary(r["label2"]) for r in records}, records)
     # a binary segmentation has no ranking of pixels, so its curves (AUCs) mean nothing
     return {k: v for k, v in values.items() if not k.startswith("auc")}
 

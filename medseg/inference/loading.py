@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ __all__ = [
     "InferenceSettings",
     "LoadedModel",
     "complete_settings",
+    "ensemble_override",
     "load_model",
     "match_channels",
     "read_state_dict",
@@ -190,6 +191,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: no state dict found (expected one at the top or under {', '.join(_CHECKPOINT_KEYS)})")
 
 
+def ensemble_override(
+    config: Container[str], state_dict: Mapping[str, torch.Tensor], weights: str, bundle: Path
+) -> dict[str, int]:
+    """The override under which ``bundle``'s ``config`` builds the network whose weights are ``state_dict``.
+
+    A bundle that ships an ensemble (its config has an ``ensemble_members`` id) builds as many members as the
+    weights hold, one trained network's as well as the shipped ensemble's: ``{"ensemble_members": N}``. A bundle
+    that builds one network needs no override for one network's weights and raises ``ValueError`` naming
+    ``weights`` (the file or files they come from) for an ensemble's.
+    """
+    members = ensemble_size(state_dict)
+    if "ensemble_members" in config:
+        return {"ensemble_members": members}
+    if members > 1:
+        raise ValueError(f"{weights}: the weights of an ensemble of {members} networks; {bundle} builds one network")
+    return {}
+
+
 def _load_bundle(
     folder: Path, overlays: Sequence[str | Path], overrides: Mapping[str, Any] | None, checkpoint: Path | None
 ) -> LoadedModel:
@@ -226,11 +245,7 @@ def _load_bundle(
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no such checkpoint (give one with --checkpoint)")
         state_dict = read_state_dict(weights)
-        members = ensemble_size(state_dict)
-        if "ensemble_members" in parser:  # a bundle that ships an ensemble also runs one network's weights
-            parser["ensemble_members"] = members
-        elif members > 1:
-            raise ValueError(f"{weights}: the weights of an ensemble of {members} networks; {folder} builds one")
+        parser.update(ensemble_override(parser, state_dict, str(weights), folder))
         module = parser.get_parsed_content("network_def")
     try:
         module.load_state_dict(state_dict)

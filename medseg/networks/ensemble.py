@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,7 @@ def ensemble_of(network: nn.Module, members: int) -> nn.Module:
     return Ensemble([copy.deepcopy(network) for _ in range(members)])
 
 
-def ensemble_size(state_dict: dict[str, torch.Tensor]) -> int:
+def ensemble_size(state_dict: Mapping[str, torch.Tensor]) -> int:
     """How many members the weights ``state_dict`` hold: those of an :class:`Ensemble` (every key under
     ``members.<k>.``) or 1, the weights of a single network."""
     if not state_dict or not all(_MEMBER_KEY.match(name) for name in state_dict):

@@ -231,3 +231,13 @@ def test_evaluate_names_the_checkpoint_that_is_not_a_copy_of_the_first_network(s
                            str(other))
     assert code == 1
     assert f"{other}: not the same network as the first member's weights" in err
+
+
+def test_evaluate_of_an_ensemble_with_a_bundle_that_builds_one_network_names_the_checkpoints(tmp_path, capsys):
+    u2net = BUNDLES / "drive_vessel_u2net"
+    first, second = (tiny_unet_checkpoint(tmp_path / f"run{k}" / "model.pt", seed=k) for k in range(2))
+    code, _, err = run_cli(capsys, "evaluate", str(u2net), "--checkpoint", str(first), "--checkpoint", str(second),
+                           "--output-dir", str(tmp_path / "out"))
+    assert code == 1
+    assert f"{first}, {second}: the weights of an ensemble of 2 networks; {u2net} builds one network" in err
+    assert not (tmp_path / "out").exists()

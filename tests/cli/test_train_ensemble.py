@@ -18,8 +18,15 @@ def parsed(*argv: str):
 
 
 def test_the_drive_unet_bundle_trains_two_members_and_a_set_makes_it_one():
-    assert train_cli.ensemble_members(parsed(str(DRIVE_UNET))) == 2
-    assert train_cli.ensemble_members(parsed(str(DRIVE_UNET), "--set", "ensemble_members=1")) == 1
+    assert train_cli.ensemble_plan(parsed(str(DRIVE_UNET))).members == 2
+    assert train_cli.ensemble_plan(parsed(str(DRIVE_UNET), "--set", "ensemble_members=1")).members == 1
+
+
+def test_members_train_with_their_own_seeds_on_the_split_of_the_ensembles_seed():
+    plan = train_cli.ensemble_plan(parsed(str(DRIVE_UNET), "--set", "seed=3"))
+    assert (plan.seed, plan.split_seed, [plan.member_seed(k) for k in range(plan.members)]) == (3, 3, [3, 13])
+    plan = train_cli.ensemble_plan(parsed(str(DRIVE_UNET), "--set", "seed=3", "--set", "split_seed=0"))
+    assert (plan.split_seed, plan.member_seed(1)) == (0, 13)
 
 
 def test_a_bundle_that_builds_one_network_refuses_an_ensemble(capsys):
@@ -31,7 +38,7 @@ def test_a_bundle_that_builds_one_network_refuses_an_ensemble(capsys):
 @pytest.mark.parametrize("value", ["0", "1.5", "two"])
 def test_the_number_of_members_is_a_whole_number_of_at_least_one(value):
     with pytest.raises(CLIError, match="ensemble_members must be a whole number"):
-        train_cli.ensemble_members(parsed(str(DRIVE_UNET), "--set", f"ensemble_members={value}"))
+        train_cli.ensemble_plan(parsed(str(DRIVE_UNET), "--set", f"ensemble_members={value}"))
 
 
 def test_members_share_the_cores_or_train_in_turn(monkeypatch):

@@ -14,7 +14,7 @@ from PIL import Image
 from medseg.cli import main
 from medseg.inference import estimate_fov
 from medseg.inference.predict import TTA_MODES
-from medseg.networks import UNet
+from medseg.networks import UNet, ensemble_state_dict
 
 NETWORK_KWARGS = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": [4, 8, 16]}
 
@@ -185,6 +185,20 @@ def test_bundle_weights_from_checkpoint_and_settings_from_config_overlays(checkp
                  "--threshold", "0.5", "--overwrite"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")),
                                   np.asarray(Image.open(reference / "a_mask.png")))
+
+
+def test_an_ensembles_weights_in_a_bundle_that_builds_one_network_fail_naming_the_file(tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "bundle")
+    members = [UNet(**NETWORK_KWARGS).state_dict() for _ in range(2)]
+    ensemble = tmp_path / "ensemble.pt"
+    torch.save(ensemble_state_dict(members), ensemble)
+    image = write_png(tmp_path / "a.png", 1)
+    out = tmp_path / "out"
+    assert main(["infer", str(bundle), str(image), "-o", str(out), "--checkpoint", str(ensemble)]) == 1
+    assert f"{ensemble}: the weights of an ensemble of 2 networks; {bundle} builds one network" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
 
 
 def test_checkpoint_and_config_options_need_a_bundle(checkpoint, tmp_path, capsys):

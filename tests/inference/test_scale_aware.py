@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medseg.cli import main
-from medseg.data import read_binary
-from medseg.metrics import FOVVesselMetrics
+from medseg.data import drive_records
+from medseg.engines import pooled_vessel_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "drive_vessel_unet"
@@ -20,12 +19,7 @@ IDS = ("01", "02", "03", "04", "05")
 
 
 def _pooled(probability_maps: dict[str, np.ndarray], drive_root: Path) -> dict[str, float]:
-    metric = FOVVesselMetrics()
-    for image_id, probs in probability_maps.items():
-        label = read_binary(drive_root / "test" / "1st_manual" / f"{image_id}_manual1.gif")
-        mask = read_binary(drive_root / "test" / "mask" / f"{image_id}_test_mask.gif")
-        metric.update(*(torch.tensor(a, dtype=torch.float32)[None, None] for a in (probs, label, mask)))
-    return metric.compute(0.5)
+    return pooled_vessel_metrics(probability_maps, drive_records(drive_root, "test"))
 
 
 def _infer(images: Path, masks: Path, out: Path, scale: str) -> dict[str, np.ndarray]:
