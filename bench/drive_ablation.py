@@ -85,6 +85,8 @@ ROWS: dict[str, Row] = {
                         weights_of="wide_loss_mix", notes="evaluation only: the wide_loss_mix weights with dihedral TTA"),
     "preset": Row("+ Dice weighted 0.5, two networks at the classic width trained at once, their ensemble "
                   "= configs/cpu_budget.yaml", PRESET, members=2),
+    "acquisition_jitter": Row("preset + acquisition jitter (blur and sensor noise on some patches)", PRESET,
+                              ("acquisition_jitter=true",), members=2),
     "u2net_lite": Row(
         "U²-Net-lite bundle with the preset (fused output scored)", PRESET, ("val_interval=100",),
         bundle="bundles/drive_vessel_u2net",

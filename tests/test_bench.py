@@ -1,4 +1,5 @@
-"""The DRIVE baseline overlay and the ablation rows configure what their descriptions say."""
+"""The DRIVE baseline overlay, the ablation rows and the acquisition-shift conditions do what their descriptions
+say."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from medseg.networks import Ensemble, U2NetLite, UNet
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_ablation():
-    spec = importlib.util.spec_from_file_location("drive_ablation", REPO / "bench" / "drive_ablation.py")
+def _load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-ablation = _load_ablation()
+ablation = _load_bench("drive_ablation")
+acquisition_shift = _load_bench("acquisition_shift")
 
 
 def _parser(config: str, row):
@@ -71,3 +73,16 @@ def test_rows_that_reuse_weights_name_a_trained_row():
 def test_the_loss_mix_row_halves_the_dice_term_only():
     loss = _parser("train", ablation.ROWS["loss_mix"]).get_parsed_content("loss")
     assert (loss.lambda_dice, loss.lambda_ce) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("name", list(acquisition_shift.CONDITIONS))
+def test_each_acquisition_condition_alters_a_photograph_keeping_its_size(name):
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    photograph = Image.fromarray(generator.integers(20, 236, size=(48, 40, 3), dtype=np.uint8))
+    altered = acquisition_shift.CONDITIONS[name][1](photograph)
+    assert (altered.size, altered.mode) == (photograph.size, "RGB")
+    changed = np.abs(np.asarray(altered, dtype=np.int16) - np.asarray(photograph, dtype=np.int16)).mean()
+    assert changed == 0 if name == "unaltered" else changed > 1

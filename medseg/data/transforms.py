@@ -29,6 +29,8 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -44,6 +46,9 @@ PREPROCESSING = ("rgb", "green", "clahe")
 NORMALIZATIONS = ("none", "standardize")
 VESSEL_KEYS = ("image", "label", "mask")
 FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
+# the largest noise std of acquisition jitter, per normalization: about 6 grey levels of 255 either way (a fundus
+# photograph's intensities spread about 0.25 of the [0, 1] range)
+ACQUISITION_NOISE_STD = {"standardize": 0.1, "none": 0.025}
 
 
 def to_greyscale(image: Image.Image) -> Image.Image:
@@ -82,6 +87,7 @@ def vessel_transforms(
     normalization: str = "none",
     intensity_jitter: bool = True,
     scale_jitter: float = 0.0,
+    acquisition_jitter: bool = False,
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
 
@@ -92,6 +98,9 @@ def vessel_transforms(
     and, with ``intensity_jitter``, a random gamma, scale and shift of the image intensities. ``scale_jitter``
     s > 0 zooms half of the patches by a random factor in [1 / (1 + s), 1 + s] (same patch size, reflected
     borders, labels by nearest neighbour), so that vessels are seen at widths other than DRIVE's own.
+    ``acquisition_jitter`` blurs a fifth of the image patches (Gaussian, sigma 0.25 to 1 pixel: focus) and adds
+    Gaussian noise to half of them (std up to about 6 grey levels, 0.1 of a standardised image's spread: a sensor),
+    as cameras other than DRIVE's do; labels stay as drawn.
 
     ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
     ``NormalizeIntensityd``) before any patch is cut, which is what :func:`medseg.inference.predict` does with
@@ -156,6 +165,11 @@ def vessel_transforms(
             RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
             RandScaleIntensityd(keys="image", prob=0.5, factors=0.1),
             RandShiftIntensityd(keys="image", prob=0.5, offsets=0.05),
+        ]
+    if acquisition_jitter:
+        random += [
+            RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            RandGaussianNoised(keys="image", prob=0.5, std=ACQUISITION_NOISE_STD[normalization]),
         ]
     return Compose(deterministic + random)
 

@@ -87,6 +87,22 @@ def test_scale_jitter_zooms_some_patches_and_keeps_labels_binary(record):
         assert set(patch["mask"].unique().tolist()) <= {0.0, 1.0}
 
 
+def test_acquisition_jitter_blurs_or_noises_some_image_patches_and_leaves_labels_as_drawn(record):
+    def patches(acquisition_jitter: bool) -> list[dict]:
+        chain = vessel_transforms("train", patch_size=(32, 32), num_samples=16, normalization="standardize",
+                                  intensity_jitter=False, acquisition_jitter=acquisition_jitter)
+        chain.set_random_state(seed=0)  # the same crops, flips and rotations either way
+        return chain(record)
+
+    plain, altered = patches(False), patches(True)
+    changed = [not torch.equal(a["image"], p["image"]) for a, p in zip(altered, plain)]
+    assert any(changed) and not all(changed)
+    for a, p in zip(altered, plain):
+        assert torch.equal(a["label"], p["label"]) and torch.equal(a["mask"], p["mask"])
+        # blur and zero-mean noise move intensities about, not the patch's brightness
+        assert abs(float(a["image"].mean() - p["image"].mean())) < 0.05
+
+
 def test_cache_ends_where_randomness_begins():
     chain = vessel_transforms("train")
     first_random = chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait))

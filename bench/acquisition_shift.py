@@ -1,0 +1,158 @@
+"""The shipped DRIVE weights on DRIVE test images changed the way other cameras and their settings change them.
+
+Each condition alters the 20 DRIVE test photographs (exposure, contrast, colour balance, focus, compression,
+sensor noise) and runs them through `medseg infer` with the bundle's own settings; the probability maps are
+pooled inside the FOV masks against 1st_manual and compared with the unaltered images scored in the same run.
+It measures how far the weights rely on DRIVE's own look; resolution is covered by `bench/scale_aware.py`.
+
+    python bench/acquisition_shift.py --bundle bundles/drive_vessel_unet --drive ../shared/data/DRIVE \
+        --out bench/results/acquisition_shift.md
+
+`--checkpoint FILE [FILE ...]` scores other weights with the bundle's settings (several files: their ensemble).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from medseg.cli import main
+from medseg.data import drive_records
+from medseg.engines import pooled_vessel_metrics
+from medseg.inference import read_state_dict
+from medseg.networks import ensemble_state_dict
+
+
+def gamma(value: float) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        return Image.fromarray((255 * (np.asarray(image) / 255.0) ** value).round().astype(np.uint8))
+    return apply
+
+
+def contrast(factor: float) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        pixels = np.asarray(image, dtype=np.float32)
+        return Image.fromarray(np.clip(pixels.mean() + factor * (pixels - pixels.mean()), 0, 255).round().astype(np.uint8))
+    return apply
+
+
+def colour_balance(gains: tuple[float, float, float]) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        pixels = np.asarray(image, dtype=np.float32) * np.asarray(gains, dtype=np.float32)
+        return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+    return apply
+
+
+def blur(radius: float) -> Callable[[Image.Image], Image.Image]:
+    return lambda image: image.filter(ImageFilter.GaussianBlur(radius))
+
+
+def jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return apply
+
+
+def noise(sigma: float, seed: int = 0) -> Callable[[Image.Image], Image.Image]:
+    generator = np.random.default_rng(seed)
+
+    def apply(image: Image.Image) -> Image.Image:
+        pixels = np.asarray(image, dtype=np.float32) + generator.normal(0.0, sigma, size=np.asarray(image).shape)
+        return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+    return apply
+
+
+CONDITIONS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
+    "unaltered": ("DRIVE's own images", lambda image: image),
+    "darker": ("gamma 1.8 (under-exposed)", gamma(1.8)),
+    "brighter": ("gamma 0.55 (over-exposed)", gamma(0.55)),
+    "low_contrast": ("contrast x0.5 about the mean", contrast(0.5)),
+    "colour_cast": ("channel gains R 1.15, G 0.9, B 0.7", colour_balance((1.15, 0.9, 0.7))),
+    "defocus": ("Gaussian blur, radius 1 pixel", blur(1.0)),
+    "jpeg_q90": ("JPEG quality 90 (a camera's usual setting)", jpeg(90)),
+    "jpeg_q75": ("JPEG quality 75", jpeg(75)),
+    "jpeg_q40": ("JPEG quality 40 (heavy compression)", jpeg(40)),
+    "sensor_noise": ("Gaussian noise, sigma 6 grey levels", noise(6.0)),
+}
+METRICS = ("f1", "auc_roc", "sensitivity", "specificity")
+
+
+def score(bundle: Path, weights: list[str], images: Path, masks: Path, out: Path,
+          records: list[dict]) -> tuple[dict[str, float], float]:
+    start = time.perf_counter()
+    if main(["infer", str(bundle), str(images), "--output", str(out), "--fov", str(masks), "--save-prob", "float16",
+             *weights]):
+        raise SystemExit(f"medseg infer failed for {images}")
+    seconds = time.perf_counter() - start
+    probabilities = {r["id"]: np.load(out / f"{r['id']}_test_prob.npy").astype(np.float32) for r in records}
+    return pooled_vessel_metrics(probabilities, records), seconds
+
+
+def main_bench() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("bundles/drive_vessel_unet"))
+    parser.add_argument("--drive", type=Path, default=Path("../shared/data/DRIVE"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/acquisition_shift.md"))
+    parser.add_argument("--checkpoint", type=Path, nargs="+", default=[],
+                        help="other weights scored beside the bundle's models/model.pt (several: their ensemble)")
+    args = parser.parse_args()
+    records = drive_records(args.drive, "test")
+    command = f"python bench/acquisition_shift.py --bundle {args.bundle} --drive {args.drive}"
+    weights = {f"`{args.bundle}/models/model.pt`": []}
+    rows: dict[tuple[str, str], tuple[dict[str, float], float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint:
+            command += " --checkpoint " + " ".join(map(str, args.checkpoint))
+            joined = Path(tmp) / "weights.pt"
+            torch.save(ensemble_state_dict([read_state_dict(path) for path in args.checkpoint]), joined)
+            weights[" + ".join(f"`{path}`" for path in args.checkpoint)] = ["--checkpoint", str(joined)]
+        for name, (_, alter) in CONDITIONS.items():
+            images = Path(tmp) / name
+            images.mkdir()
+            for record in records:
+                alter(Image.open(record["image"]).convert("RGB")).save(images / f"{record['id']}_test.png")
+            for k, (label, option) in enumerate(weights.items()):
+                out = Path(tmp) / f"{name}_out{k}"
+                rows[name, label] = score(args.bundle, option, images, args.drive / "test" / "mask", out, records)
+                print(name, label, {m: round(rows[name, label][0][m], 4) for m in METRICS}, flush=True)
+    lines = [
+        "# DRIVE test images altered as other cameras alter them",
+        "",
+        f"- Date: {datetime.date.today()}. Machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}.",
+        f"- Command: `{command}`",
+        f"- The {len(records)} test images through `medseg infer` with the bundle's inference settings, FOV-pooled "
+        "against 1st_manual, threshold 0.5. Deltas are against the unaltered images, same weights, same run.",
+    ]
+    for label in weights:
+        reference = rows["unaltered", label][0]
+        lines += [
+            "",
+            f"Weights: {label}",
+            "",
+            "| condition | change | " + " | ".join(METRICS) + " | ΔF1 | ΔAUC-ROC | infer s |",
+            "|---|---|" + "---:|" * (len(METRICS) + 3),
+        ]
+        for name, (change, _) in CONDITIONS.items():
+            metrics, seconds = rows[name, label]
+            cells = " | ".join(f"{metrics[m]:.4f}" for m in METRICS)
+            delta_f1, delta_auc = metrics["f1"] - reference["f1"], metrics["auc_roc"] - reference["auc_roc"]
+            lines.append(f"| {name} | {change} | {cells} | {delta_f1:+.4f} | {delta_auc:+.4f} | {seconds:.0f} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main_bench()
