@@ -27,10 +27,9 @@ import torch
 from PIL import Image, ImageFilter
 
 from medseg.cli import main
+from medseg.cli.evaluate import read_weights
 from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
-from medseg.inference import read_state_dict
-from medseg.networks import ensemble_state_dict
 
 
 def gamma(value: float) -> Callable[[Image.Image], Image.Image]:
@@ -116,7 +115,7 @@ def main_bench() -> None:
         if args.checkpoint:
             command += " --checkpoint " + " ".join(map(str, args.checkpoint))
             joined = Path(tmp) / "weights.pt"
-            torch.save(ensemble_state_dict([read_state_dict(path) for path in args.checkpoint]), joined)
+            torch.save(read_weights(args.checkpoint), joined)
             weights[" + ".join(f"`{path}`" for path in args.checkpoint)] = ["--checkpoint", str(joined)]
         for name, (_, alter) in CONDITIONS.items():
             images = Path(tmp) / name
