@@ -8,6 +8,10 @@ Rows marked "evaluation only" rescore another row's weights with different infer
 is one `medseg train` of a bundle whose `ensemble_members` is 2: it trains the members at the same time, one per
 core (member k with seed S + 10 k, all on the validation split of seed S), and the row scores their ensemble.
 
+Its rows are scored on the test images, and the recipes of versions 0.2.0 and 0.3.0 were chosen by this table:
+it is a record of how the preset came about, not a place to compare candidates. Compare new candidates on
+validation data with `bench/camera_transfer.py`, which scores test images only for rows already chosen.
+
     OMP_NUM_THREADS=1 taskset -c 0 python bench/drive_ablation.py run baseline --minutes 15 --out bench/work/ablation
     python bench/drive_ablation.py table --out bench/work/ablation > bench/results/drive_ablation.md
 

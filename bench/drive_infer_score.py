@@ -1,9 +1,11 @@
 """The shipped DRIVE weights scored through `medseg infer --save-prob`, beside the numbers `medseg evaluate` recorded.
 
-Runs `medseg infer BUNDLE DRIVE/test/images --fov DRIVE/test/mask --save-prob float16` (the bundle's own settings:
-window, overlap, TTA, scale), pools every pixel inside the 20 FOV masks against `1st_manual`, and compares the
-result with the `eval_metrics` of the bundle's metadata.json (written by `medseg bundle ship`, which runs
-`medseg evaluate`). The probabilities pass through float16 files here, so the two agree to about 1e-4.
+Runs what `medseg infer BUNDLE DRIVE/test/images --save-prob` runs (`medseg.inference.infer_files` with the
+bundle's own settings: window, overlap, TTA, scale), twice: with its defaults (the automatic FOV estimate, 16-bit
+probability PNGs) and with DRIVE's own FOV masks given and float16 files (`--fov DRIVE/test/mask --save-prob
+float16`). Each run's files are read back, every pixel inside the 20 DRIVE FOV masks pooled against `1st_manual`,
+and compared with the `eval_metrics` of the bundle's metadata.json (written by `medseg bundle ship`, which runs
+`medseg evaluate`).
 
     python bench/drive_infer_score.py --bundle bundles/drive_vessel_unet --out bench/results/drive_infer_score.md
 """
@@ -21,23 +23,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.cli import main
+from PIL import Image
+
 from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
+from medseg.inference import DEFAULT_PROBABILITY_DTYPE, infer_files, load_model
 
 METRICS = ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity", "accuracy")
 
 
-def score_infer_outputs(bundle: Path, drive: Path, threshold: float) -> tuple[dict[str, float], float]:
+def read_probabilities(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path).astype(np.float32)
+    stored = np.asarray(Image.open(path))
+    return stored.astype(np.float32) / (65535 if stored.dtype == np.uint16 else 255)
+
+
+def score_infer_outputs(
+    bundle: Path, drive: Path, threshold: float, fov: str | None, save_prob: str
+) -> tuple[dict[str, float], float]:
+    model = load_model(bundle)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        code = main(["infer", str(bundle), str(drive / "test" / "images"), "--fov", str(drive / "test" / "mask"),
-                     "--output", out, "--save-prob", "float16"])
+        summary = infer_files(model.network, [drive / "test" / "images"], out, model.settings, fov=fov,
+                              save_prob=save_prob, progress=False).raise_for_failures()
         seconds = time.perf_counter() - start
-        if code != 0:
-            raise SystemExit(f"medseg infer {bundle} failed")
-        ids = [image.name.split("_")[0] for image in sorted((drive / "test" / "images").glob("*_test.tif"))]
-        probabilities = {i: np.load(Path(out) / f"{i}_test_prob.npy").astype(np.float32) for i in ids}
+        probabilities = {path.name.split("_")[0]: read_probabilities(outputs["probabilities"])
+                         for path, outputs in summary.written.items()}
     return pooled_vessel_metrics(probabilities, drive_records(drive, "test"), threshold), seconds
 
 
@@ -52,19 +64,22 @@ def main_bench() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/drive_infer_score.md"))
     args = parser.parse_args()
     recorded = json.loads((args.bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
-    scored, seconds = score_infer_outputs(args.bundle, args.drive, threshold=0.5)
+    defaults, seconds = score_infer_outputs(args.bundle, args.drive, 0.5, None, DEFAULT_PROBABILITY_DTYPE)
+    masks_given, _ = score_infer_outputs(args.bundle, args.drive, 0.5, str(args.drive / "test" / "mask"), "float16")
     lines = [
         "# DRIVE test set scored through `medseg infer --save-prob`",
         "",
         f"- Date: {datetime.date.today()}. Machine: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; infer took {seconds:.0f} s.",
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; infer with its defaults took "
+        f"{seconds:.0f} s.",
         f"- Command: `python bench/drive_infer_score.py --bundle {args.bundle} --drive {args.drive}`",
         f"- Weights: `{args.bundle}/models/model.pt`; the 20 test images, FOV-pooled against 1st_manual, threshold 0.5.",
         "- `medseg evaluate`: the `eval_metrics` recorded in the bundle's metadata.json by `medseg bundle ship`.",
         "",
         f"| scored from | {' | '.join(METRICS)} |",
         f"|---|{'---:|' * len(METRICS)}",
-        f"| `medseg infer --save-prob float16` | {cells(scored)} |",
+        f"| `medseg infer --save-prob` (defaults: automatic FOV, {DEFAULT_PROBABILITY_DTYPE} PNG) | {cells(defaults)} |",
+        f"| `medseg infer --fov DRIVE/test/mask --save-prob float16` | {cells(masks_given)} |",
         f"| `medseg evaluate` (metadata.json) | {cells({m: recorded['test_' + m] for m in METRICS})} |",
     ]
     args.out.write_text("\n".join(lines) + "\n")

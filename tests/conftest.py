@@ -7,9 +7,12 @@ Outside CI a missing dataset skips the tests that need it, with the reason; in C
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+from medseg.data.synthetic import write_synthetic_drive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")).resolve()
@@ -29,6 +32,11 @@ def _dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def drive_root() -> Path:
     return _dataset("DRIVE")
+
+
+@pytest.fixture(scope="session")
+def les_av_root() -> Path:
+    return _dataset("LES-AV")
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +74,15 @@ def _vessel_samples(count: int, seed: int) -> list[dict]:
 def vessel_samples():
     """Factory of tiny in-memory vessel samples for engine and handler tests: ``vessel_samples(count, seed)``."""
     return _vessel_samples
+
+
+@pytest.fixture(scope="session")
+def synthetic_drive_template(tmp_path_factory) -> Path:
+    """A DRIVE-layout folder with 2 training (ids 02, 03) and 1 test (id 01) synthetic retinas; do not modify."""
+    return write_synthetic_drive(tmp_path_factory.mktemp("template") / "drive", n_training=2, n_test=1, seed=3)
+
+
+@pytest.fixture
+def synthetic_drive(synthetic_drive_template, tmp_path) -> Path:
+    """A private, modifiable copy of the synthetic DRIVE folder."""
+    return Path(shutil.copytree(synthetic_drive_template, tmp_path / "drive"))

@@ -206,7 +206,10 @@ def _ship(args: argparse.Namespace) -> int:
             members = ensemble_size(state_dict)
             raise CLIError(f"{shipped} ({members} network{'s' if members > 1 else ''}): evaluating it with "
                            f"{bundle.name} failed, nothing shipped ({type(err).__name__}: {err})") from None
-        meta["eval_metrics"] = eval_metrics_from_report(json.loads(report_path.read_text()))
+        report = json.loads(report_path.read_text())
+        meta["eval_metrics"] = eval_metrics_from_report(report)
+        if "threshold_val" in report:  # what medseg evaluate --images scores these weights at beside 0.5
+            meta.setdefault("medseg", {})["validation_threshold"] = report["threshold_val"]["threshold"]
         new_metadata = Path(work) / "metadata.json"
         new_metadata.write_text(json.dumps(meta, indent=4) + "\n")
         os.replace(candidate, models / "model.pt")

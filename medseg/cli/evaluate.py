@@ -1,4 +1,6 @@
-"""``medseg evaluate BUNDLE``: run the bundle's ``configs/evaluate.yaml`` and print its metrics table.
+"""``medseg evaluate BUNDLE``: run the bundle's ``configs/evaluate.yaml`` and print its metrics table, or, with
+``--images DIR --labels DIR [--masks DIR]``, score any labelled vessel dataset through the inference path of
+``medseg infer`` (:func:`medseg.engines.evaluate_vessel_folder`).
 
 ``--checkpoint`` given more than once evaluates the ensemble of those networks, as ``medseg bundle ship`` would
 ship it: with ``--checkpoint`` the bundle's ``ensemble_members`` follows the weights given; without it, the bundle's
@@ -18,8 +20,10 @@ from monai.bundle import ConfigParser
 
 from medseg.cli import CLIError
 from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
+from medseg.data import DatasetError, vessel_folder_records
+from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.engines.workflow import bundle_config_files, run_bundle_config
-from medseg.inference import ensemble_override, read_state_dict
+from medseg.inference import ensemble_override, load_model, read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_state_dict
 
 
@@ -55,7 +59,34 @@ def read_weights(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:
         raise CLIError(f"{checkpoints[err.member]}: {err}") from None
 
 
+def _evaluate_folder(args: argparse.Namespace) -> int:
+    if args.labels is None:
+        raise CLIError("--images needs --labels (and optionally --masks)")
+    metrics_file = output_dir(args) / f"metrics_{args.images.resolve().name}.json"
+    with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
+        checkpoint = None
+        if args.checkpoints:
+            checkpoint = Path(work) / "model.pt"
+            torch.save(read_weights(args.checkpoints), checkpoint)
+        try:
+            records = vessel_folder_records(args.images, args.labels, args.masks)
+            model = load_model(args.bundle, overlays=args.overlays, overrides=bundle_overrides(args),
+                               checkpoint=checkpoint)
+            report = evaluate_vessel_folder(model, records, metrics_file, label_positive=args.label_positive,
+                                            device=args.device, precision=args.precision)
+        except (DatasetError, FileNotFoundError, ValueError) as err:
+            raise CLIError(str(err)) from None
+    print(format_metrics({key: value for key, value in report.items() if key != "per_image"}))
+    width = max(len(name) for name in report["per_image"])
+    print("\nper-image F1 at 0.5\n" + "\n".join(f"{name.ljust(width)}  {f1:.4f}"
+                                                 for name, f1 in report["per_image"].items()))
+    print(f"metrics written to {metrics_file}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.images is not None:
+        return _evaluate_folder(args)
     overrides = bundle_overrides(args)
     metrics_file = output_dir(args) / f"metrics_{args.split}.json"
     overrides.update(split=args.split, metrics_file=str(metrics_file))
@@ -95,4 +126,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "networks, each trained by its own run",
     )
     parser.add_argument("--split", choices=("val", "test"), default="test", help="which images (default: test)")
+    folders = parser.add_argument_group(
+        "any labelled vessel dataset",
+        "score the bundle on DIR of photographs through the inference path of medseg infer (--scale auto), the "
+        "FOV given by --masks or estimated; files pair by stem (NAME.* in each folder, masks also NAME_mask.*)",
+    )
+    folders.add_argument("--images", type=Path, metavar="DIR", help="photographs (replaces --split)")
+    folders.add_argument("--labels", type=Path, metavar="DIR", help="vessel labels: binary, or see --label-positive")
+    folders.add_argument("--masks", type=Path, metavar="DIR", help="FOV masks (default: the automatic estimate)")
+    folders.add_argument(
+        "--label-positive", type=int, nargs="+", metavar="V",
+        help="the labels are index maps and these stored values are vessel (LES-AV's vessel/: 1 2 3 4)",
+    )
+    folders.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    folders.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.set_defaults(func=_evaluate)

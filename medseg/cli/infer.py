@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from medseg.cli import CLIError, add_overlay_argument
-from medseg.inference import InferenceSettings, infer_files, load_model
+from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, infer_files, load_model
 from medseg.inference.predict import TTA_MODES
 
 
@@ -59,9 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save-prob",
         nargs="?",
-        const="uint8",
-        choices=("uint8", "float16"),
-        help="also write probabilities: uint8 (PNG / scaled NIfTI) or float16 (.npy; float32 NIfTI)",
+        const=DEFAULT_PROBABILITY_DTYPE,
+        choices=("uint16", "uint8", "float16"),
+        help=f"also write probabilities: uint16 or uint8 (PNG / scaled NIfTI) or float16 (.npy; float32 NIfTI); "
+        f"default {DEFAULT_PROBABILITY_DTYPE}, which keeps the metrics of the probabilities in memory",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--slice-axis", type=int, default=2, help="axis a 2D network slices a volume along")

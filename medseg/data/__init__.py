@@ -11,6 +11,16 @@ import importlib
 from medseg.data.camvid import CLASS_NAMES, IGNORE_INDEX, PALETTE, camvid_records, class_frequencies, validate_camvid
 from medseg.data.drive import drive_records, read_binary, split_validation, validate_drive
 from medseg.data.files import DatasetError
+from medseg.data.vessel_folders import (
+    LABEL_POSITIVE,
+    LES_AV_LABEL_POSITIVE,
+    les_av_records,
+    multi_camera_records,
+    read_vessel_label,
+    validate_les_av,
+    validate_vessel_records,
+    vessel_folder_records,
+)
 from medseg.data.synthetic import (
     synthetic_retina,
     synthetic_volume,
@@ -21,18 +31,26 @@ from medseg.data.synthetic import (
 __all__ = [
     "CLASS_NAMES",
     "IGNORE_INDEX",
+    "LABEL_POSITIVE",
+    "LES_AV_LABEL_POSITIVE",
     "PALETTE",
     "DatasetError",
     "camvid_records",
     "camvid_transforms",
     "class_frequencies",
     "drive_records",
+    "les_av_records",
+    "multi_camera_records",
     "read_binary",
+    "read_vessel_label",
     "split_validation",
     "synthetic_retina",
     "synthetic_volume",
     "validate_camvid",
     "validate_drive",
+    "validate_les_av",
+    "validate_vessel_records",
+    "vessel_folder_records",
     "cached_dataset",
     "pil_reader",
     "vessel_transforms",

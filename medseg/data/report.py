@@ -21,8 +21,9 @@ from medseg.data.camvid import (
 from medseg.data.drive import drive_records, read_binary, validate_drive, validate_drive_sample
 from medseg.data.files import read_pixels
 from medseg.data.synthetic import ensure_synthetic_drive
+from medseg.data.vessel_folders import validate_les_av
 
-DATASETS = ("drive", "camvid", "synthetic")
+DATASETS = ("drive", "les-av", "camvid", "synthetic")
 VESSEL_COLOUR = np.array([0, 255, 80], dtype=np.uint8)
 FOV_COLOUR = np.array([255, 255, 0], dtype=np.uint8)
 
@@ -75,6 +76,24 @@ def _drive_table(root: Path, title: str) -> str:
     return f"{title} {root}: {len(stats)} samples, every file valid\n" + format_table(header, rows)
 
 
+def _les_av_table(root: Path) -> str:
+    stats = validate_les_av(root)
+    rows = [
+        [
+            split,
+            len(split_stats),
+            _sizes(split_stats),
+            "{" + ",".join(map(str, sorted({v for s in split_stats for v in s.label_values}))) + "}",
+            _percent_range([s.vessel_fraction for s in split_stats]),
+            _percent_range([s.fov_fraction for s in split_stats]),
+        ]
+        for split, split_stats in stats.items()
+    ]
+    header = ["split", "images", "size HxW", "label values (vessel: > 0)", "vessel % mean (min-max)", "FOV %"]
+    total = sum(len(split_stats) for split_stats in stats.values())
+    return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows)
+
+
 def _camvid_table(root: Path) -> str:
     stats = validate_camvid(root)
     splits = ("train", "val", "test")
@@ -105,6 +124,8 @@ def run_check(dataset: str, root: str | Path | None) -> str:
     root = resolve_root(dataset, root)
     if dataset == "camvid":
         return _camvid_table(root)
+    if dataset == "les-av":
+        return _les_av_table(root)
     return _drive_table(root, "DRIVE" if dataset == "drive" else "Synthetic DRIVE-layout")
 
 

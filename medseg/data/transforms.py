@@ -12,6 +12,7 @@ Arrays are channel-first with spatial axes (H, W): the PIL reader is built with 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureChannelFirstd,
     FgBgToIndicesd,
+    Lambda,
     Lambdad,
     LoadImaged,
     NormalizeIntensityd,
@@ -39,16 +41,18 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 from PIL import Image
+
+from medseg.data.vessel_folders import LABEL_POSITIVE
 from skimage.exposure import equalize_adapthist
 
 PHASES = ("train", "eval")
 PREPROCESSING = ("rgb", "green", "clahe")
-NORMALIZATIONS = ("none", "standardize")
+NORMALIZATIONS = ("none", "standardize", "standardize_fov")
 VESSEL_KEYS = ("image", "label", "mask")
 FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
 # the largest noise std of acquisition jitter, per normalization: about 6 grey levels of 255 either way (a fundus
 # photograph's intensities spread about 0.25 of the [0, 1] range)
-ACQUISITION_NOISE_STD = {"standardize": 0.1, "none": 0.025}
+ACQUISITION_NOISE_STD = {"standardize": 0.1, "standardize_fov": 0.1, "none": 0.025}
 
 
 def to_greyscale(image: Image.Image) -> Image.Image:
@@ -73,6 +77,54 @@ def clahe_green(image: torch.Tensor) -> torch.Tensor:
     return green
 
 
+def standardize_inside_fov(record: dict) -> dict:
+    """Standardise each channel of ``record["image"]`` (C, H, W) with the mean and spread of its pixels inside
+    ``record["mask"]`` (1, H, W), and set the pixels outside to 0.
+
+    The black surround of a fundus photograph covers 20 to 40 percent of the frame depending on the camera: left
+    in the statistics, it shifts every retina pixel by a camera-dependent amount. :func:`medseg.inference.predict`
+    does the same with ``normalization="standardize_fov"`` and the (given or estimated) FOV.
+    """
+    image, inside = record["image"], record["mask"][0] > 0.5
+    if not bool(inside.any()):
+        raise ValueError(f"{record.get('mask_path', 'the FOV mask')}: the FOV mask is empty")
+    pixels = image[:, inside]
+    mean, std = pixels.mean(1), pixels.std(1).clamp(min=1e-6)
+    standardized = (image - mean[:, None, None]) / std[:, None, None]
+    record["image"] = standardized * inside.to(image.dtype)
+    return record
+
+
+def binarize_vessel_label(record: dict) -> dict:
+    """``record["label"]`` (1, H, W) as {0, 1}: the values in ``record["label_positive"]`` (popped, so batches
+    do not carry it) for an index map, else greyscale >= 128 as DRIVE's binary files."""
+    label, positive = record["label"], record.pop(LABEL_POSITIVE, None)
+    vessel = torch.isin(label, torch.as_tensor(positive, dtype=label.dtype)) if positive else label >= 128
+    record["label"] = vessel.to(torch.float32)
+    return record
+
+
+def resample_to_fov_width(record: dict, fov_width: float, tolerance: float = 0.1) -> dict:
+    """Resample ``record``'s image, label and mask (C, H, W) so that the FOV mask is ``fov_width`` pixels wide,
+    as ``medseg infer --scale auto`` brings a photograph to its network's training scale; a FOV within
+    ``1 ± tolerance`` of it is left as it is. The image is resampled bilinearly (anti-aliased when shrinking),
+    label and mask bilinearly then thresholded at 0.5."""
+    columns = torch.nonzero(record["mask"][0].amax(0) > 0.5)
+    if not len(columns):
+        raise ValueError(f"{record.get('mask_path', 'the FOV mask')}: the FOV mask is empty")
+    factor = fov_width / float(columns[-1] - columns[0] + 1)
+    if abs(factor - 1.0) <= tolerance:
+        return record
+    size = [round(side * factor) for side in record["image"].shape[1:]]
+    for key in VESSEL_KEYS:
+        values = torch.nn.functional.interpolate(
+            torch.as_tensor(record[key])[None].float(), size=size, mode="bilinear", align_corners=False,
+            antialias=factor < 1,
+        )[0]
+        record[key] = values if key == "image" else (values >= 0.5).float()
+    return record
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
@@ -88,6 +140,7 @@ def vessel_transforms(
     intensity_jitter: bool = True,
     scale_jitter: float = 0.0,
     acquisition_jitter: bool = False,
+    fov_width: float | None = None,
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
 
@@ -102,8 +155,13 @@ def vessel_transforms(
     Gaussian noise to half of them (std up to about 6 grey levels, 0.1 of a standardised image's spread: a sensor),
     as cameras other than DRIVE's do; labels stay as drawn.
 
+    Records may come from several cameras: a record's ``label_positive`` names the vessel values of an index-map
+    label (LES-AV's), and ``fov_width`` brings every image to that FOV width first
+    (:func:`resample_to_fov_width`), the scale ``medseg infer --scale auto`` gives photographs at inference.
+
     ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
-    ``NormalizeIntensityd``) before any patch is cut, which is what :func:`medseg.inference.predict` does with
+    ``NormalizeIntensityd``) before any patch is cut (``"standardize_fov"``: each channel with the statistics of
+    its pixels inside the FOV mask, the outside set to 0, :func:`standardize_inside_fov`), which is what :func:`medseg.inference.predict` does with
     ``normalization="standardize"``: train with it, and evaluate on "eval" images left in [0, 1] through
     ``predict`` (or a ``PredictInferer``), so training and inference see the same intensities.
     """
@@ -120,14 +178,19 @@ def vessel_transforms(
         LoadImaged(keys=["label", "mask"], reader=pil_reader(greyscale=True)),
         EnsureChannelFirstd(keys=keys),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
-        AsDiscreted(keys=["label", "mask"], threshold=128),  # greyscale > 127, as the DRIVE validation does
+        AsDiscreted(keys="mask", threshold=128),  # greyscale > 127, as the DRIVE validation does
+        Lambda(func=binarize_vessel_label),
     ]
+    if fov_width is not None:
+        deterministic.append(Lambda(func=partial(resample_to_fov_width, fov_width=fov_width)))
     if preprocessing == "green":
         deterministic.append(Lambdad(keys="image", func=green_channel))
     elif preprocessing == "clahe":
         deterministic.append(Lambdad(keys="image", func=clahe_green))
     if normalization == "standardize":
         deterministic.append(NormalizeIntensityd(keys="image"))
+    elif normalization == "standardize_fov":
+        deterministic.append(Lambda(func=standardize_inside_fov))
     if phase == "eval":
         return Compose(deterministic)
     # Index maps of vessel pixels and of background pixels inside the FOV: computed once, cached with the rest.

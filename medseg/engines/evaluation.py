@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medseg.data import read_binary
+from medseg.data import read_binary, read_vessel_label, validate_vessel_records
+from medseg.data.files import read_pixels
+from medseg.inference import LoadedModel, complete_settings, fov_for, predict_image, read_image
 from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "VesselReport",
     "atomic_write_text",
     "eval_metrics_from_report",
+    "evaluate_vessel_folder",
     "pooled_vessel_metrics",
     "second_observer_metrics",
     "write_segmentation_report",
@@ -124,6 +127,55 @@ class VesselReport:
         self.report = write_vessel_report(
             self.path, self.test_metric.metric, self.validation_metric.metric, self.test_records
         )
+
+
+def evaluate_vessel_folder(
+    model: LoadedModel,
+    records: Sequence[dict[str, str]],
+    path: str | os.PathLike,
+    *,
+    label_positive: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "float32",
+) -> dict:
+    """Score ``model`` on any labelled vessel dataset, every image through the inference path of ``medseg infer``
+    (the model's settings, ``--scale auto`` for fundus models), and write the report as JSON.
+
+    ``records`` ({"id", "image", "label"[, "mask"]}, :func:`medseg.data.vessel_folder_records`) are all opened
+    and checked first (:func:`medseg.data.validate_vessel_records`), so a bad pair raises ``DatasetError``
+    naming it before anything is scored. Each image's FOV is its "mask" when the records have them, else the
+    automatic estimate: it zeroes the outside, sets the scale, and is where the pixels are scored (pooled).
+
+    Report keys: ``images``, ``fov`` ("given masks" or "estimated"), ``threshold_0.5``, ``threshold_val`` (at
+    the model's ``validation_threshold``, when it has one) and ``per_image`` ({id: F1 at 0.5}).
+    """
+    validate_vessel_records(records, label_positive)
+    settings = complete_settings(model.network, model.settings)
+    pooled, per_image = FOVVesselMetrics(), {}
+    for record in records:
+        image, meta = read_image(Path(record["image"]))
+        if "mask" in record:
+            fov = read_pixels(Path(record["mask"]), mode="L") > 127
+        else:
+            fov = fov_for(meta.path, image, "auto", fundus=True)
+        probabilities = predict_image(model.network, image, meta, settings, fov, device=device, precision=precision)
+        label = read_vessel_label(record["label"], label_positive)
+        tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(1, 1, *label.shape)
+                   for a in (probabilities[0], label, fov)]
+        pooled.update(*tensors)
+        alone = FOVVesselMetrics()
+        alone.update(*tensors)
+        per_image[record["id"]] = alone.compute(0.5)["f1"]
+    report = {
+        "images": len(records),
+        "fov": "given masks" if all("mask" in record for record in records) else "estimated",
+        "threshold_0.5": pooled.compute(0.5),
+    }
+    if settings.validation_threshold is not None:
+        report["threshold_val"] = pooled.compute(settings.validation_threshold)
+    report["per_image"] = per_image
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def write_segmentation_report(path: str | os.PathLike, metrics: SegmentationMetrics, images: int, split: str) -> dict:

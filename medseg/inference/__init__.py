@@ -1,9 +1,17 @@
 """Sliding-window inference: :func:`predict` (the one inference path), :func:`infer_files` (files in, masks out,
 for ``medseg infer`` and the bundles' ``inference.yaml``), model loading, readers/writers, FOV."""
 
-from medseg.inference.files import InferenceFailed, InferenceSummary, expand_inputs, infer_files
+from medseg.inference.files import (
+    InferenceFailed,
+    InferenceSummary,
+    expand_inputs,
+    fov_for,
+    infer_files,
+    predict_image,
+)
 from medseg.inference.fov import estimate_fov, fov_width
 from medseg.inference.io import (
+    DEFAULT_PROBABILITY_DTYPE,
     ImageMeta,
     is_supported,
     output_paths,
@@ -26,6 +34,7 @@ from medseg.inference.predict import AUTO_SCALE_TOLERANCE, NORMALIZATIONS, fundu
 
 __all__ = [
     "AUTO_SCALE_TOLERANCE",
+    "DEFAULT_PROBABILITY_DTYPE",
     "NORMALIZATIONS",
     "ImageMeta",
     "InferenceFailed",
@@ -36,6 +45,7 @@ __all__ = [
     "ensemble_override",
     "estimate_fov",
     "expand_inputs",
+    "fov_for",
     "fov_width",
     "fundus_scale",
     "infer_files",
@@ -44,6 +54,7 @@ __all__ = [
     "match_channels",
     "output_paths",
     "predict",
+    "predict_image",
     "read_image",
     "read_state_dict",
     "settings_from_metadata",

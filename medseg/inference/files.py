@@ -34,7 +34,7 @@ from medseg.inference.io import (
 from medseg.inference.loading import InferenceSettings, complete_settings, match_channels
 from medseg.inference.predict import Precision, predict
 
-__all__ = ["InferenceFailed", "InferenceSummary", "expand_inputs", "infer_files"]
+__all__ = ["InferenceFailed", "InferenceSummary", "expand_inputs", "fov_for", "infer_files", "predict_image"]
 
 # Inputs with more windows than this get a progress bar over their batches of windows.
 _WINDOWS_FOR_PROGRESS = 64
@@ -109,7 +109,7 @@ def infer_files(
             still open is completed from the network (:func:`~medseg.inference.complete_settings`).
         device: where the network runs.
         precision: ``"float32"`` or ``"bfloat16"`` (autocast).
-        save_prob: also write probabilities, as ``"uint8"`` or ``"float16"``.
+        save_prob: also write probabilities, as ``"uint16"``, ``"uint8"`` or ``"float16"``.
         overwrite: replace existing outputs (an input is never overwritten, and two inputs named alike never
             share an output).
         fov: 2D field of view, predictions outside it are zeroed: ``"auto"`` (fundus estimate), ``"none"``,
@@ -137,9 +137,9 @@ def infer_files(
         try:
             outputs = writer.claim(path)
             image, meta = read_image(path)
-            probabilities = _predict_file(
-                network, image, meta, settings, device, precision, fov, scale, slice_axis, progress
-            )
+            fov_mask = None if meta.is_volume else fov_for(path, image, fov, settings.fundus)
+            probabilities = predict_image(network, image, meta, settings, fov_mask, device=device,
+                                          precision=precision, scale=scale, slice_axis=slice_axis, progress=progress)
             writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
             summary.written[path] = outputs
         except Exception as err:  # one bad input must not stop the others; it is reported by name
@@ -181,23 +181,24 @@ class _FileWriter:
             write_overlay(outputs["overlay"], image, mask)
 
 
-def _predict_file(
+def predict_image(
     network: torch.nn.Module,
     image: np.ndarray,
     meta: ImageMeta,
     settings: InferenceSettings,
-    device: str | torch.device,
-    precision: Precision,
-    fov: str | Path | None,
-    scale: Literal["auto", "none"] | float,
-    slice_axis: int,
-    progress: bool,
+    fov_mask: np.ndarray | None,
+    *,
+    device: str | torch.device = "cpu",
+    precision: Precision = "float32",
+    scale: Literal["auto", "none"] | float = "auto",
+    slice_axis: int = 2,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """(K, *spatial) probabilities of one image read from ``meta.path``."""
+    """(K, *spatial) probabilities of one image read by :func:`~medseg.inference.read_image`, with the model's
+    completed ``settings`` (:func:`~medseg.inference.complete_settings`): what ``medseg infer`` writes and
+    ``medseg evaluate --images`` scores. ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus
+    models, sets the scale and the FOV normalisation."""
     fundus = settings.fundus and not meta.is_volume
-    # fundus models estimate their FOV unless told otherwise; any other 2D model uses one only when given
-    fov_choice = fov if fov is not None else ("auto" if fundus else "none")
-    fov_mask = None if meta.is_volume else _fov_mask(meta.path, image, str(fov_choice))
     network_input = match_channels(image, settings, str(meta.path))
     windows = np.prod(network_input.shape[1:]) / np.prod(settings.roi_size)
     return predict(
@@ -228,12 +229,15 @@ def _mask(probabilities: torch.Tensor, threshold: float, meta: ImageMeta) -> np.
     return ((probabilities[0] >= threshold).to(torch.uint8) * foreground).numpy()
 
 
-def _fov_mask(path: Path, image: np.ndarray, fov: str) -> np.ndarray | None:
-    """The FOV to zero predictions outside: estimated, read from a mask folder, or none."""
+def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool) -> np.ndarray | None:
+    """The (H, W) FOV of the (C, H, W) ``image`` read from ``path``: ``"auto"`` estimates it
+    (:func:`~medseg.inference.estimate_fov`), a folder gives the mask ``NAME.*`` or ``NAME_mask.*`` in it,
+    ``"none"`` none; ``None`` is auto for a fundus model and none for any other."""
+    fov = str(fov) if fov is not None else ("auto" if fundus else "none")
     if fov == "none":
         return None
     if fov == "auto":
-        return estimate_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0])
+        return estimate_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0], name=str(path))
     folder = Path(fov)
     stem = path.name[: len(path.name) - len(suffix_of(path))]
     candidates = sorted(p for name in (stem, f"{stem}_mask") for p in folder.glob(f"{name}.*") if is_supported(p))

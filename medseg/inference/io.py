@@ -39,7 +39,10 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-ProbabilityDtype = Literal["uint8", "float16"]
+ProbabilityDtype = Literal["uint16", "uint8", "float16"]
+# what --save-prob writes when no dtype is named: 16 bits keep every probability to 1 / 65535, so metrics read
+# back from the files equal those of the probabilities in memory (8 bits tie every pixel under 1/255)
+DEFAULT_PROBABILITY_DTYPE: ProbabilityDtype = "uint16"
 
 # PIL modes whose pixels are colour, converted to RGB; every other 8-bit mode is converted to grey ("L").
 # Modes with more than 8 bits ("I;16", "I", "F") keep their values as one grey channel.
@@ -127,7 +130,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
 def output_paths(input_path: Path, output_dir: Path, probability_dtype: ProbabilityDtype | None) -> dict[str, Path]:
     """Where the outputs of ``input_path`` go: ``mask``, and ``probabilities``/``overlay`` where written.
 
-    ``NAME.tif`` gives ``NAME_mask.png``, ``NAME_prob.png`` (uint8) or ``NAME_prob.npy`` (float16) and
+    ``NAME.tif`` gives ``NAME_mask.png``, ``NAME_prob.png`` (uint16, uint8) or ``NAME_prob.npy`` (float16) and
     ``NAME_overlay.png``; ``NAME.nii.gz`` gives ``NAME_mask.nii.gz`` and ``NAME_prob.nii.gz``.
     """
     suffix = suffix_of(input_path)
@@ -139,7 +142,8 @@ def output_paths(input_path: Path, output_dir: Path, probability_dtype: Probabil
         return paths
     paths = {"mask": output_dir / f"{stem}_mask.png", "overlay": output_dir / f"{stem}_overlay.png"}
     if probability_dtype:
-        paths["probabilities"] = output_dir / f"{stem}_prob{'.png' if probability_dtype == 'uint8' else '.npy'}"
+        png = probability_dtype in ("uint16", "uint8")
+        paths["probabilities"] = output_dir / f"{stem}_prob{'.png' if png else '.npy'}"
     return paths
 
 
@@ -167,17 +171,19 @@ def write_mask(path: Path, mask: np.ndarray, meta: ImageMeta) -> None:
 def write_probabilities(path: Path, probabilities: torch.Tensor, meta: ImageMeta, dtype: ProbabilityDtype) -> None:
     """Write (K, *spatial) probabilities in [0, 1].
 
-    2D: one channel as uint8 PNG (probability x 255), otherwise a (K, H, W) ``.npy`` in ``dtype``.
-    NIfTI: uint8 with the header's scale slope mapping back to [0, 1], or float32 for ``"float16"`` (NIfTI-1
-    has no float16 type); several channels go on a 4th axis.
+    2D: one channel as a 16-bit (probability x 65535) or 8-bit (x 255) PNG, otherwise a (K, H, W) ``.npy`` in
+    ``dtype``. NIfTI: uint16 or uint8 with the header's scale slope mapping back to [0, 1], or float32 for
+    ``"float16"`` (NIfTI-1 has no float16 type); several channels go on a 4th axis.
     """
     if meta.is_volume:
         values = probabilities.float().numpy()
         values = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
-        stored = np.uint8 if dtype == "uint8" else np.float32
+        stored = {"uint8": np.uint8, "uint16": np.uint16}.get(dtype, np.float32)
         atomic_write(path, lambda temporary: nib.save(_like_input(values, meta, stored), temporary))
     elif path.suffix == ".png":
-        quantised = _to_uint8(probabilities[0])
+        levels = 65535 if dtype == "uint16" else 255
+        quantised = (probabilities[0].float().clamp(0, 1) * levels).round().numpy()
+        quantised = quantised.astype(np.uint16 if dtype == "uint16" else np.uint8)
         atomic_write(path, lambda temporary: Image.fromarray(quantised).save(temporary, format="PNG"))
     else:
         values = probabilities.to(torch.float16 if dtype == "float16" else torch.float32).numpy()

@@ -56,6 +56,8 @@ class InferenceSettings:
     preprocessing: str = "rgb"
     fundus: bool = False
     training_fov_width: float | None = None
+    # the threshold that maximised F1 on the validation images of the shipped weights (metadata.json)
+    validation_threshold: float | None = None
     in_channels: int | None = None
     out_channels: int | None = None
     spatial_dims: int | None = None
@@ -109,7 +111,8 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
     """The descriptive facts of a bundle's ``metadata.json``: channels, spatial dimensions, fundus, FOV width.
 
     Reads ``network_data_format.inputs.image`` (``num_channels``, ``spatial_shape``),
-    ``network_data_format.outputs.pred`` (``num_channels``) and ``medseg`` (``fundus``, ``training_fov_width``).
+    ``network_data_format.outputs.pred`` (``num_channels``) and ``medseg`` (``fundus``, ``training_fov_width``,
+    ``validation_threshold``: the shipped weights' F1-maximising threshold on the validation images).
     """
     data_format = metadata.get("network_data_format", {})
     image = data_format.get("inputs", {}).get("image", {})
@@ -119,6 +122,7 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
     return InferenceSettings(
         fundus=bool(facts.get("fundus", False)),
         training_fov_width=facts.get("training_fov_width"),
+        validation_threshold=facts.get("validation_threshold"),
         in_channels=image.get("num_channels"),
         out_channels=prediction.get("num_channels"),
         spatial_dims=len(spatial_shape) if spatial_shape else None,
@@ -237,6 +241,8 @@ def _load_bundle(
             in_channels=settings.in_channels or described.in_channels,
             out_channels=settings.out_channels or described.out_channels,
             spatial_dims=settings.spatial_dims or described.spatial_dims,
+            # a fact of the shipped weights only
+            validation_threshold=described.validation_threshold if checkpoint is None else None,
         )
         weights = checkpoint or folder / "models" / "model.pt"
         scripted = folder / "models" / "model.ts"

@@ -32,8 +32,10 @@ from medseg.inference.fov import estimate_fov, fov_width
 
 __all__ = ["AUTO_SCALE_TOLERANCE", "NORMALIZATIONS", "fundus_scale", "predict"]
 
-Normalization = Literal["scale255", "standardize", "standardize_channelwise", "minmax", "none"]
-NORMALIZATIONS: tuple[str, ...] = ("scale255", "standardize", "standardize_channelwise", "minmax", "none")
+Normalization = Literal["scale255", "standardize", "standardize_channelwise", "standardize_fov", "minmax", "none"]
+NORMALIZATIONS: tuple[str, ...] = (
+    "scale255", "standardize", "standardize_channelwise", "standardize_fov", "minmax", "none"
+)
 Activation = Literal["sigmoid", "softmax", "none"]
 Precision = Literal["float32", "bfloat16"]
 TestTimeAugmentation = bool | Literal["none", "flips", "dihedral"]
@@ -99,7 +101,9 @@ def predict(
         normalization: as at training: ``"scale255"`` (x / 255, as ``ScaleIntensityRange(0, 255, 0, 1)`` in
             :func:`medseg.data.vessel_transforms`); from the whole (resampled) image, ``"standardize"``
             ((x - mean) / std, as MONAI's NormalizeIntensity), ``"standardize_channelwise"`` (per channel),
-            ``"minmax"`` (to [0, 1], as MONAI's ScaleIntensity), ``"none"``; or a callable applied to each
+            ``"minmax"`` (to [0, 1], as MONAI's ScaleIntensity), ``"none"``; ``"standardize_fov"`` (2D: per
+            channel, from the pixels inside the FOV, given or estimated, the outside set to 0, as
+            :func:`medseg.data.transforms.standardize_inside_fov`); or a callable applied to each
             float window batch (N, C, *roi) on ``device``.
         activation: ``"sigmoid"`` (independent channels), ``"softmax"`` (over channels) or ``"none"``.
         tta: test-time augmentation, probabilities averaged over views of each window: ``True`` or ``"flips"``,
@@ -135,9 +139,15 @@ def predict(
     if fov_mask is not None and tuple(fov_mask.shape) != spatial_shape:
         raise ValueError(f"fov_mask shape {tuple(fov_mask.shape)} differs from the image's {spatial_shape}")
 
-    factor = _resolve_scale(image, scale, training_fov_width, fov_mask)
+    if fov_mask is None and network_dims == 2 and not sliced and (scale == "auto" or normalization == "standardize_fov"):
+        fov = _estimated_fov(image)
+    else:
+        fov = fov_mask
+    factor = _resolve_scale(image, scale, training_fov_width, fov)
     if factor != 1.0:
         image = _resample(image.to(torch.float32), [round(s * factor) for s in spatial_shape])
+    if normalization == "standardize_fov":
+        image, normalization = _fill_outside_fov(image, fov, sliced or network_dims != 2)
 
     device = torch.device(device)
     if sw_batch_size is None:
@@ -306,6 +316,27 @@ def _whole_image_normalizer(
     shift = shift.to(device, torch.float32).reshape(-1, *spatial_ones)
     divisor = divisor.to(device, torch.float32).reshape(-1, *spatial_ones)
     return lambda windows: (windows - shift) / divisor
+
+
+def _fill_outside_fov(
+    image: torch.Tensor, fov: np.ndarray | None, not_2d: bool
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | str]:
+    """For ``"standardize_fov"``: (C, H, W) ``image`` with every pixel outside ``fov`` set to its channel's mean
+    inside, and the normaliser ``(x - mean) / std`` of the pixels inside, so the outside becomes 0."""
+    if not_2d:
+        raise ValueError("normalization='standardize_fov' needs a 2D (C, H, W) image")
+    inside = torch.as_tensor(np.asarray(fov, dtype=bool))
+    if tuple(inside.shape) != tuple(image.shape[1:]):
+        inside = F.interpolate(inside[None, None].float(), size=image.shape[1:], mode="nearest")[0, 0] > 0.5
+    if not bool(inside.any()):
+        raise ValueError("the FOV mask is empty, so normalization='standardize_fov' has no pixels to measure")
+    pixels = image[:, inside].to(torch.float64)
+    mean, std = pixels.mean(1), pixels.std(1).clamp(min=1e-6)
+    fill = mean.round() if not image.is_floating_point() else mean
+    image = image.clone()
+    image[:, ~inside] = fill[:, None].to(image.dtype)
+    shift, divisor = mean.float().reshape(-1, 1, 1), std.float().reshape(-1, 1, 1)
+    return image, lambda windows: (windows - shift.to(windows.device)) / divisor.to(windows.device)
 
 
 def _intensity_sums(image: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

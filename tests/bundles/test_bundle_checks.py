@@ -31,6 +31,8 @@ BUNDLES = sorted(path.parent for path in (Path(__file__).resolve().parents[2] / 
 TINY_TRAINING = {
     "drive_vessel_unet": {"network_features": [4, 8, 16], "patch_size": [32, 32], "roi_size": [64, 64],
                           "val_images": 1, "patches_per_image": 2, "batch_images": 2},
+    "fundus_vessel_unet": {"network_features": [4, 8, 16], "patch_size": [32, 32], "roi_size": [64, 64],
+                           "val_images": 1, "val_images_les_av": 1, "patches_per_image": 2, "batch_images": 4},
     "drive_vessel_u2net": {"network_width_factor": 0.25, "patch_size": [32, 32], "roi_size": [64, 64],
                            "val_images": 1, "patches_per_image": 2, "batch_images": 2},
     # class weights would read every label of CamVid train; the tiny run uses the unweighted loss
@@ -54,8 +56,20 @@ def as_cli_args(settings: dict) -> list[str]:
     return [arg for key, value in settings.items() for arg in (f"--{key}", json.dumps(value))]
 
 
-def uses_drive(bundle: Path) -> bool:
-    return ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))["dataset_name"] == "drive"
+def dataset_name(bundle: Path) -> str:
+    return ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))["dataset_name"]
+
+
+def data_arguments(bundle: Path, request, tiny: bool) -> list[str]:
+    """Where the bundle's data is: a tiny synthetic DRIVE, the real DRIVE, DRIVE and LES-AV (their common
+    root), or CamVid."""
+    name = dataset_name(bundle)
+    if name == "drive+les-av":
+        drive = request.getfixturevalue("drive_root")
+        request.getfixturevalue("les_av_root")
+        return ["--data_root", str(drive.parent)]
+    fixture = {"drive": "tiny_drive" if tiny else "drive_root", "camvid": "camvid_root"}[name]
+    return ["--dataset_dir", str(request.getfixturevalue(fixture))]
 
 
 def metadata(bundle: Path) -> dict:
@@ -124,10 +138,9 @@ def test_traced_export_equals_the_eager_network(bundle, tmp_path):
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
 def test_training_logs_one_mlflow_run_with_monai_default_tracking(bundle, tmp_path, request):
-    data = request.getfixturevalue("tiny_drive" if uses_drive(bundle) else "camvid_root")
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     monai_bundle(bundle, "run", "--config_file", "configs/train.yaml", "--tracking", "mlflow",
-                 "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"), "--tracking_uri", uri,
+                 *data_arguments(bundle, request, tiny=True), "--output_dir", str(tmp_path / "out"), "--tracking_uri", uri,
                  "--max_epochs", "1", "--val_interval", "1", *as_cli_args(TINY_TRAINING[bundle.name]))
 
     train = ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))
@@ -178,9 +191,8 @@ def test_evaluate_reproduces_the_eval_metrics_of_metadata(bundle, tmp_path, requ
             f"configs/metadata.json eval_metrics (weights present: {weights.is_file()}, eval_metrics: {recorded!r}); "
             "ship weights with `medseg bundle ship BUNDLE CHECKPOINT`, which records both"
         )
-    data = request.getfixturevalue("drive_root" if uses_drive(bundle) else "camvid_root")
     metrics_file = tmp_path / "metrics.json"
-    monai_bundle(bundle, "run", "--config_file", "configs/evaluate.yaml", "--dataset_dir", str(data),
+    monai_bundle(bundle, "run", "--config_file", "configs/evaluate.yaml", *data_arguments(bundle, request, tiny=False),
                  "--output_dir", str(tmp_path), "--metrics_file", str(metrics_file))
 
     assert eval_metrics_from_report(json.loads(metrics_file.read_text())) == pytest.approx(recorded, abs=1e-4)

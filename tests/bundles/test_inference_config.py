@@ -15,8 +15,9 @@ from monai.bundle import run as run_bundle
 from PIL import Image
 
 from medseg.cli import main
+from medseg.data import drive_records, read_binary
 from medseg.data.synthetic import synthetic_retina
-from medseg.inference import load_model
+from medseg.inference import fov_width, load_model
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 DRIVE_BUNDLE = BUNDLES / "drive_vessel_unet"
@@ -72,8 +73,15 @@ def test_inference_settings_are_the_training_ids(bundle):
 
 def test_drive_metadata_holds_facts_not_hyper_parameters():
     metadata = json.loads((DRIVE_BUNDLE / "configs" / "metadata.json").read_text())
-    assert metadata["medseg"].keys() == {"fundus", "training_fov_width"}
+    assert metadata["medseg"].keys() == {"fundus", "training_fov_width", "validation_threshold"}
     assert not HYPER_PARAMETERS & metadata["medseg"].keys()
+
+
+@pytest.mark.parametrize("name", ["drive_vessel_unet", "drive_vessel_u2net"])
+def test_the_training_fov_width_is_the_median_width_of_the_training_masks(name, drive_root):
+    metadata = json.loads((DRIVE_BUNDLE.parent / name / "configs" / "metadata.json").read_text())
+    widths = [fov_width(read_binary(record["mask"])) for record in drive_records(drive_root, "training")]
+    assert metadata["medseg"]["training_fov_width"] == pytest.approx(float(np.median(widths)), abs=1)
 
 
 def test_an_overlay_changes_the_loaded_settings(small_weights, tmp_path):

@@ -147,10 +147,13 @@ def test_ship_writes_the_weights_and_the_metrics_of_exactly_those_weights(shippa
     assert shipped.keys() == original.keys()
     for name, value in original.items():
         assert shipped[name].dtype == (torch.float16 if value.is_floating_point() else value.dtype), name
-    recorded = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    recorded = metadata["eval_metrics"]
     assert set(recorded) >= {"test_f1", "test_auc_roc", "test_f1_val_threshold"}
     kept_report = Path(args[args.index("--output-dir") + 1]) / "metrics_test.json"
     assert json.loads(kept_report.read_text())["threshold_0.5"]["f1"] == recorded["test_f1"]
+    # the threshold chosen on the validation images travels with the weights, for medseg evaluate --images
+    assert metadata["medseg"]["validation_threshold"] == json.loads(kept_report.read_text())["threshold_val"]["threshold"]
     assert f"evaluation report: {kept_report}" in out
     # `medseg evaluate` of the shipped file prints the numbers that were recorded
     code, out, _ = run_cli(capsys, "evaluate", str(bundle), *args)

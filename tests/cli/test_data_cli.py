@@ -30,7 +30,7 @@ def help_text(argv: list[str], capsys) -> str:
 def test_help_lists_the_data_commands(capsys):
     assert "data" in help_text(["--help"], capsys)
     check = help_text(["data", "check", "--help"], capsys)
-    assert all(word in check for word in ("--dataset", "drive,camvid,synthetic", "--root", "every"))
+    assert all(word in check for word in ("--dataset", "drive,les-av,camvid,synthetic", "--root", "every"))
     assert "--out" in help_text(["data", "preview", "--help"], capsys)
 
 
@@ -95,3 +95,22 @@ def test_camvid_copy_with_one_corrupt_label_fails_naming_it(camvid_root, tmp_pat
     captured = capsys.readouterr()
     assert captured.out == ""
     assert str(bad) in captured.err and "corrupt or unreadable image" in captured.err
+
+
+def test_check_real_les_av_reads_both_splits_and_its_index_map_labels(les_av_root):
+    result = medseg("data", "check", "--dataset", "les-av", "--root", str(les_av_root))
+    assert result.returncode == 0, result.stderr
+    assert "LES-AV" in result.stdout and "22 samples, every file valid" in result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"training", "test"}
+    assert "1444x1620" in rows["test"] and "{0,1,2,3,4}" in rows["training"]
+
+
+def test_check_names_a_les_av_photograph_without_its_label(les_av_root, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(les_av_root, tmp_path / "les-av"))
+    (copy / "test" / "vessel" / "3.png").unlink()
+    result = medseg("data", "check", "--dataset", "les-av", "--root", str(copy))
+    assert result.returncode == 1
+    assert f"{copy / 'test' / 'images' / '3.png'}: image without label" in result.stderr

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from medseg.data.synthetic import write_synthetic_drive
-
-
-@pytest.fixture(scope="session")
-def synthetic_drive_template(tmp_path_factory) -> Path:
-    """A DRIVE-layout folder with 2 training (ids 02, 03) and 1 test (id 01) synthetic retinas; do not modify."""
-    return write_synthetic_drive(tmp_path_factory.mktemp("template") / "drive", n_training=2, n_test=1, seed=3)
-
-
-@pytest.fixture
-def synthetic_drive(synthetic_drive_template, tmp_path) -> Path:
-    """A private, modifiable copy of the synthetic DRIVE folder."""
-    return Path(shutil.copytree(synthetic_drive_template, tmp_path / "drive"))
 
 
 @pytest.fixture

@@ -9,7 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from medseg.inference import InferenceFailed, InferenceSettings, infer_files
+from medseg.inference import (
+    DEFAULT_PROBABILITY_DTYPE,
+    ImageMeta,
+    InferenceFailed,
+    InferenceSettings,
+    infer_files,
+    write_probabilities,
+)
+from medseg.metrics import FOVVesselMetrics
 from medseg.networks import UNet
 
 
@@ -52,3 +60,21 @@ def test_settings_left_open_are_completed_from_the_network(network, tmp_path):
 def test_a_scale_factor_needs_a_fundus_model(network, tmp_path):
     with pytest.raises(ValueError, match="fundus models only"):
         infer_files(network, [write_png(tmp_path / "a.png", 3)], tmp_path / "out", InferenceSettings(), scale=2.0)
+
+
+def test_probability_files_written_by_default_keep_the_metrics_of_the_probabilities_in_memory(network, tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    # most probabilities of a vessel map are tiny: 8 bits would tie every one under 1/255
+    probabilities = torch.rand(1, 120, 130, generator=generator) ** 6
+    labels = (torch.rand(1, 120, 130, generator=generator) < probabilities * 1.5).float()
+    path = tmp_path / "image_prob.png"
+    write_probabilities(path, probabilities, ImageMeta(tmp_path / "image.png"), DEFAULT_PROBABILITY_DTYPE)
+    stored = np.asarray(Image.open(path))
+    assert stored.dtype == np.uint16
+    read_back = torch.as_tensor(stored.astype(np.float32) / 65535)[None]
+    assert (read_back - probabilities).abs().max() <= 0.5 / 65535 + 1e-7
+    in_memory, from_file = FOVVesselMetrics(), FOVVesselMetrics()
+    in_memory.update(probabilities, labels, torch.ones_like(labels))
+    from_file.update(read_back, labels, torch.ones_like(labels))
+    for name, value in in_memory.compute().items():
+        assert from_file.compute()[name] == pytest.approx(value, abs=1e-4), name

@@ -1,0 +1,181 @@
+"""How DRIVE-trained vessel networks travel to another camera: candidates compared on validation data only.
+
+Every row trains `bundles/drive_vessel_unet` as one network (`ensemble_members=1`) for the 55-minute preset's
+budget (`configs/cpu_budget.yaml`) on DRIVE's training photographs, with one change at a time. Rows are compared
+on **validation data only**: DRIVE's 4 held-out training photographs (the split of seed 0, the one every row
+validates on) and LES-AV's `training/` split (11 photographs, never trained on), each scored through
+`medseg evaluate BUNDLE --images ... --labels ...` (`medseg.engines.evaluate_vessel_folder`: the inference path
+of `medseg infer`, `--scale auto`, the FOV estimated since no mask is given). Test images (DRIVE `test/`, LES-AV
+`test/`) are scored only with `score --test`, for rows already chosen, and the table marks which figures chose.
+
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/camera_transfer.py run fov_norm --seed 0
+    python bench/camera_transfer.py score fov_norm --seed 0 [--test]
+    python bench/camera_transfer.py table > bench/results/camera_transfer.md
+
+Row `preset` is the shipped recipe: member 0 (seed 0) of the shipped `drive_vessel_unet` ensemble, taken out of
+`models/model.pt`, trained for the same budget on one core while member 1 trained on the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
+from medseg.engines.evaluation import evaluate_vessel_folder
+from medseg.inference import load_model, read_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "drive_vessel_unet"
+PRESET = "configs/cpu_budget.yaml"
+DATA = REPO.parent / "shared" / "data"
+WORK = REPO / "bench" / "work" / "camera_transfer"
+MINUTES = 55
+
+
+@dataclass(frozen=True)
+class Row:
+    """One candidate: what it changes, and the ``--set`` overrides it trains and infers with."""
+
+    change: str
+    sets: tuple[str, ...] = ()
+    shipped_member: int | None = None
+
+
+ROWS: dict[str, Row] = {
+    "preset": Row("the shipped recipe (member 0 of the shipped ensemble)", shipped_member=0),
+    "fov_norm": Row("+ intensity statistics inside the FOV only, the outside set to 0",
+                    ("normalization=standardize_fov",)),
+    "fov_norm_jitter": Row("+ FOV statistics, blur and sensor noise, scale jitter 0.15",
+                           ("normalization=standardize_fov", "acquisition_jitter=true", "scale_jitter=0.15")),
+}
+
+# (name, split scored, is it validation data?)
+SETS = (("DRIVE val (4)", "drive_val", True), ("LES-AV training (11)", "les_av_training", True),
+        ("DRIVE test (20)", "drive_test", False), ("LES-AV test (11)", "les_av_test", False))
+
+
+def row_dir(name: str, seed: int) -> Path:
+    return WORK / f"{name}_seed{seed}"
+
+
+def train_args(name: str, seed: int) -> list[str]:
+    sets = [*ROWS[name].sets, "ensemble_members=1", f"time_budget_minutes={MINUTES}", f"seed={seed}", "split_seed=0"]
+    out = row_dir(name, seed)
+    return ["train", str(BUNDLE.relative_to(REPO)), "--config", PRESET, *(a for s in sets for a in ("--set", s)),
+            "--output-dir", str(out.relative_to(REPO)), "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}"]
+
+
+def weights(name: str, seed: int) -> Path:
+    row = ROWS[name]
+    if row.shipped_member is None:
+        return row_dir(name, seed) / "checkpoints" / "model.pt"
+    member = row_dir(name, seed) / "member.pt"
+    if not member.is_file():
+        prefix = f"members.{row.shipped_member}."
+        shipped = read_state_dict(BUNDLE / "models" / "model.pt")
+        member.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k[len(prefix):]: v.float() for k, v in shipped.items() if k.startswith(prefix)}, member)
+    return member
+
+
+def records(split: str) -> tuple[list[dict], tuple[int, ...] | None]:
+    """The records of one scored set (no masks: the FOV is estimated) and their label's vessel values."""
+    strip = lambda rs: [{k: r[k] for k in ("id", "image", "label")} for r in rs]  # noqa: E731
+    if split == "drive_val":
+        return strip(split_validation(drive_records(DATA / "DRIVE", "training"), n_val=4, seed=0)[1]), None
+    if split == "drive_test":
+        return strip(drive_records(DATA / "DRIVE", "test")), None
+    return strip(les_av_records(DATA / "LES-AV", split.removeprefix("les_av_"))), LES_AV_LABEL_POSITIVE
+
+
+def score(name: str, seed: int, test: bool) -> dict:
+    overrides = {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in ROWS[name].sets)}
+    model = load_model(BUNDLE, overrides={**overrides, "ensemble_members": 1}, checkpoint=weights(name, seed))
+    results_file = row_dir(name, seed) / "scores.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for _, split, validation in SETS:
+        if validation or test:
+            chosen, positive = records(split)
+            report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
+            results[split] = {"f1": report["threshold_0.5"]["f1"], "auc_roc": report["threshold_0.5"]["auc_roc"],
+                              "date": datetime.date.today().isoformat()}
+    results_file.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def cpu_name() -> str:
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")]
+    return f"{names[0]} x {len(names)}" if names else platform.machine()
+
+
+def table() -> str:
+    header = "| row | change | seed | " + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |"
+    lines = [header, "|---|---|---:|" + "---:|" * len(SETS)]
+    dates = set()
+    for path in sorted(WORK.glob("*_seed*/scores.json"), key=lambda p: (list(ROWS).index(p.parent.name.rsplit("_seed", 1)[0]), p.parent.name)):
+        name, seed = path.parent.name.rsplit("_seed", 1)
+        scores = json.loads(path.read_text())
+        dates |= {s["date"] for s in scores.values()}
+        cells = [f"{scores[split]['f1']:.4f} / {scores[split]['auc_roc']:.4f}" if split in scores else "-"
+                 for _, split, _ in SETS]
+        lines.append(f"| {name} | {ROWS[name].change} | {seed} | " + " | ".join(cells) + " |")
+    commands = [f"- `{name}`: " + ("weights: member 0 of `bundles/drive_vessel_unet/models/model.pt` (0.3.0)"
+                                   if row.shipped_member is not None else
+                                   f"`OMP_NUM_THREADS=1 taskset -c 0 {' '.join(['medseg', *train_args(name, 0)])}`")
+                for name, row in ROWS.items()]
+    return "\n".join([
+        "# DRIVE-trained vessel networks on another camera, compared on validation data",
+        "",
+        f"- Machine: {cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}; scored on "
+        f"{', '.join(sorted(dates))}. Written by `python bench/camera_transfer.py table`.",
+        "- Every row: one U-Net (features 16-256) trained on DRIVE's training photographs for the 55-minute preset "
+        "(`configs/cpu_budget.yaml`, one core), validated on the 4 DRIVE photographs of split seed 0.",
+        "- Scored with `medseg.engines.evaluate_vessel_folder` (`medseg evaluate --images --labels`): the bundle's "
+        "own inference path, `--scale auto`, the FOV estimated (no masks given), F1 at 0.5 and AUC-ROC pooled "
+        "inside the estimated FOV.",
+        "- **Chosen on**: the two validation columns (DRIVE val, LES-AV training). The test columns are scored "
+        "only for rows already chosen and chose nothing.",
+        "",
+        *lines,
+        "",
+        "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
+        "",
+        *commands,
+        "",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("run", "score"):
+        command = sub.add_parser(action)
+        command.add_argument("row", choices=list(ROWS))
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--test", action="store_true", help="also score the test sets (chosen rows only)")
+    sub.add_parser("table")
+    args = parser.parse_args()
+    if args.action == "table":
+        print(table())
+        return
+    if args.action == "run" and ROWS[args.row].shipped_member is None:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "medseg", *train_args(args.row, args.seed)], cwd=REPO, check=True)
+        print(f"trained in {time.perf_counter() - start:.0f} s")
+    print(json.dumps(score(args.row, args.seed, args.test), indent=2))
+
+
+if __name__ == "__main__":
+    main()
