@@ -73,7 +73,7 @@ def train_args(name: str, seed: int) -> list[str]:
     sets = [*ROWS[name].sets, "ensemble_members=1", f"time_budget_minutes={MINUTES}", f"seed={seed}", "split_seed=0"]
     out = row_dir(name, seed)
     return ["train", str(BUNDLE.relative_to(REPO)), "--config", PRESET, *(a for s in sets for a in ("--set", s)),
-            "--output-dir", str(out.relative_to(REPO)), "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}"]
+            "--output-dir", str(out.relative_to(REPO)), "--tracking-uri", f"sqlite:///{(out / 'mlflow.db').relative_to(REPO)}"]
 
 
 def weights(name: str, seed: int) -> Path:
@@ -114,6 +114,17 @@ def score(name: str, seed: int, test: bool) -> dict:
     return results
 
 
+def training_steps(name: str, seed: int) -> str:
+    """Steps the row's network trained for (from its MLflow run); the shipped member's are in bundles.md."""
+    if ROWS[name].shipped_member is not None:
+        return "12,999"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{row_dir(name, seed) / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1)
+    return f"{max(m.step for m in client.get_metric_history(run.info.run_id, 'train_loss')):,}"
+
+
 def cpu_name() -> str:
     names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
              if line.startswith("model name")]
@@ -121,16 +132,20 @@ def cpu_name() -> str:
 
 
 def table() -> str:
-    header = "| row | change | seed | " + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |"
-    lines = [header, "|---|---|---:|" + "---:|" * len(SETS)]
-    dates = set()
-    for path in sorted(WORK.glob("*_seed*/scores.json"), key=lambda p: (list(ROWS).index(p.parent.name.rsplit("_seed", 1)[0]), p.parent.name)):
+    header = "| row | change | seed | steps | " + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |"
+    lines = [header, "|---|---|---:|---:|" + "---:|" * len(SETS)]
+    dates, validation_f1 = set(), {}
+    order = lambda path: (list(ROWS).index(path.parent.name.rsplit("_seed", 1)[0]), path.parent.name)  # noqa: E731
+    for path in sorted(WORK.glob("*_seed*/scores.json"), key=order):
         name, seed = path.parent.name.rsplit("_seed", 1)
         scores = json.loads(path.read_text())
         dates |= {s["date"] for s in scores.values()}
         cells = [f"{scores[split]['f1']:.4f} / {scores[split]['auc_roc']:.4f}" if split in scores else "-"
                  for _, split, _ in SETS]
-        lines.append(f"| {name} | {ROWS[name].change} | {seed} | " + " | ".join(cells) + " |")
+        if all(split in scores for _, split, validation in SETS if validation):
+            validation_f1[f"{name} (seed {seed})"] = sum(scores[split]["f1"] for _, split, v in SETS if v) / 2
+        steps = training_steps(name, int(seed))
+        lines.append(f"| {name} | {ROWS[name].change} | {seed} | {steps} | " + " | ".join(cells) + " |")
     commands = [f"- `{name}`: " + ("weights: member 0 of `bundles/drive_vessel_unet/models/model.pt` (0.3.0)"
                                    if row.shipped_member is not None else
                                    f"`OMP_NUM_THREADS=1 taskset -c 0 {' '.join(['medseg', *train_args(name, 0)])}`")
@@ -149,6 +164,10 @@ def table() -> str:
         "only for rows already chosen and chose nothing.",
         "",
         *lines,
+        "",
+        f"Chosen on validation: **{max(validation_f1, key=validation_f1.get)}**, the highest mean F1 of the two "
+        "validation columns. A row with fewer steps than the preset's shared its core with other work for part of "
+        "its budget (the budget is wall-clock time), which handicaps it.",
         "",
         "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
         "",

@@ -139,10 +139,10 @@ def predict(
     if fov_mask is not None and tuple(fov_mask.shape) != spatial_shape:
         raise ValueError(f"fov_mask shape {tuple(fov_mask.shape)} differs from the image's {spatial_shape}")
 
-    if fov_mask is None and network_dims == 2 and not sliced and (scale == "auto" or normalization == "standardize_fov"):
-        fov = _estimated_fov(image)
-    else:
-        fov = fov_mask
+    needs_fov = scale == "auto" or normalization == "standardize_fov"
+    fov = fov_mask
+    if fov is None and needs_fov and image.ndim == 3 and not sliced:
+        fov = _estimated_fov(image)  # once, for the scale and the FOV statistics
     factor = _resolve_scale(image, scale, training_fov_width, fov)
     if factor != 1.0:
         image = _resample(image.to(torch.float32), [round(s * factor) for s in spatial_shape])
@@ -330,8 +330,15 @@ def _fill_outside_fov(
         inside = F.interpolate(inside[None, None].float(), size=image.shape[1:], mode="nearest")[0, 0] > 0.5
     if not bool(inside.any()):
         raise ValueError("the FOV mask is empty, so normalization='standardize_fov' has no pixels to measure")
-    pixels = image[:, inside].to(torch.float64)
-    mean, std = pixels.mean(1), pixels.std(1).clamp(min=1e-6)
+    channels = image.shape[0]
+    count, total, squares = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    rows = max(1, _STATISTICS_CHUNK // max(1, image[0, 0].numel() * image.shape[0]))
+    for chunk, chunk_inside in zip(image.split(rows, dim=1), inside.split(rows, dim=0)):
+        values = chunk[:, chunk_inside].to(torch.float64)  # in chunks: a float64 copy of a huge image would not fit
+        count, total, squares = count + values.shape[1], total + values.sum(1), squares + values.square().sum(1)
+    mean = total / count
+    # the unbiased spread, as torch.std in medseg.data.transforms.standardize_inside_fov at training
+    std = ((squares - count * mean**2).clamp(min=0) / max(count - 1, 1)).sqrt().clamp(min=1e-6)
     fill = mean.round() if not image.is_floating_point() else mean
     image = image.clone()
     image[:, ~inside] = fill[:, None].to(image.dtype)

@@ -133,3 +133,36 @@ def test_cached_dataset_serves_new_patches_without_rereading_files(synthetic_dri
 def test_invalid_options_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         vessel_transforms(**kwargs)
+
+
+def test_fov_standardisation_takes_its_statistics_inside_the_mask_and_zeroes_the_outside(record):
+    sample = vessel_transforms("eval", normalization="standardize_fov")(record)
+    inside = sample["mask"][0] > 0.5
+    pixels = sample["image"][:, inside]
+    torch.testing.assert_close(pixels.mean(1), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pixels.std(1), torch.ones(3), atol=1e-4, rtol=0)
+    assert float(sample["image"][:, ~inside].abs().max()) == 0.0
+
+
+def test_index_map_labels_are_vessel_where_their_values_are_named(record, tmp_path):
+    from PIL import Image
+
+    binary = read_binary(record["label"])
+    index_map = tmp_path / "index.png"
+    Image.fromarray((binary * np.where(np.arange(binary.shape[1]) % 2, 3, 1)).astype(np.uint8)).save(index_map)
+    sample = vessel_transforms("eval")({**record, "label": str(index_map), "label_positive": [1, 3]})
+    np.testing.assert_array_equal(sample["label"][0].numpy(), binary)
+    assert "label_positive" not in sample
+
+
+def test_photographs_are_brought_to_the_training_fov_width(record):
+    from medseg.inference import fov_width
+
+    native = vessel_transforms("eval")(record)
+    width = fov_width(native["mask"][0].numpy() > 0.5)
+    halved = vessel_transforms("eval", fov_width=width / 2)(record)
+    assert fov_width(halved["mask"][0].numpy() > 0.5) == pytest.approx(width / 2, abs=2)
+    assert halved["image"].shape[1:] == halved["label"].shape[1:] == halved["mask"].shape[1:]
+    assert set(halved["label"].unique().tolist()) <= {0.0, 1.0}
+    within_tolerance = vessel_transforms("eval", fov_width=width * 1.05)(record)
+    assert within_tolerance["image"].shape == native["image"].shape

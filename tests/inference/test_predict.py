@@ -150,3 +150,35 @@ def test_auto_scale_resamples_to_the_training_width(image):
 def test_wrong_dimensions_are_reported(net2d):
     with pytest.raises(ValueError, match="spatial"):
         predict(net2d, np.zeros((3, 8), dtype=np.uint8), roi_size=(16, 16))
+
+
+def _fundus(height: int = 80, width: int = 90) -> tuple[np.ndarray, np.ndarray]:
+    """A bright noisy disc on a black surround, (3, H, W) uint8, and its (H, W) FOV."""
+    yy, xx = np.mgrid[:height, :width]
+    fov = (yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (0.45 * height) ** 2
+    pixels = np.random.default_rng(3).integers(60, 220, (3, height, width))
+    return np.where(fov, pixels, 0).astype(np.uint8), fov
+
+
+def test_standardize_fov_sees_what_the_training_transform_gives(net2d):
+    from medseg.data.transforms import standardize_inside_fov
+
+    image, fov = _fundus()
+    as_float = torch.from_numpy(image).float() / 255
+    trained_on = standardize_inside_fov({"image": as_float.clone(), "mask": torch.from_numpy(fov)[None].float()})
+    expected = predict(net2d, trained_on["image"], roi_size=(32, 32), normalization="none")
+    expected[:, ~torch.from_numpy(fov)] = 0
+    torch.testing.assert_close(
+        predict(net2d, as_float, roi_size=(32, 32), normalization="standardize_fov", fov_mask=fov), expected,
+        atol=1e-5, rtol=0,
+    )
+
+
+def test_standardize_fov_ignores_the_surround_and_estimates_the_fov_when_none_is_given(net2d):
+    image, fov = _fundus()
+    wider = np.zeros((3, 120, 140), dtype=np.uint8)  # the same retina with more black surround
+    wider[:, 20:100, 25:115] = image
+    inside = predict(net2d, image, roi_size=(32, 32), normalization="standardize_fov")[:, fov]
+    wider_inside = predict(net2d, wider, roi_size=(32, 32), normalization="standardize_fov")[:, 20:100, 25:115][:, fov]
+    # windows see other neighbours near the border of a smaller frame; the statistics are the same
+    assert (inside - wider_inside).abs().median() < 1e-3
