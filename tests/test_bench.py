@@ -86,3 +86,25 @@ def test_each_acquisition_condition_alters_a_photograph_keeping_its_size(name):
     assert (altered.size, altered.mode) == (photograph.size, "RGB")
     changed = np.abs(np.asarray(altered, dtype=np.int16) - np.asarray(photograph, dtype=np.int16)).mean()
     assert changed == 0 if name == "unaltered" else changed > 1
+
+
+camera_transfer = _load_bench("camera_transfer")
+
+
+@pytest.mark.parametrize("name", [name for name, row in camera_transfer.ROWS.items() if row.shipped_member is None])
+def test_every_camera_transfer_row_trains_one_drive_network_on_the_shared_validation_split(name):
+    args = camera_transfer.train_args(name, seed=10)
+    sets = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+    assert {"ensemble_members=1", "split_seed=0", f"time_budget_minutes={camera_transfer.MINUTES}"} <= set(sets)
+    parser = bundle_workflow(camera_transfer.BUNDLE, "train", overlays=[REPO / camera_transfer.PRESET],
+                             overrides=parse_overrides(sets)).parser
+    for change in camera_transfer.ROWS[name].sets:
+        key, value = change.split("=", 1)
+        assert str(parser.get_parsed_content(key)).lower() == value.lower()
+
+
+def test_camera_transfer_compares_on_validation_sets_and_scores_test_sets_only_when_asked(drive_root):
+    validation = {split for _, split, chosen_on in camera_transfer.SETS if chosen_on}
+    assert validation == {"drive_val", "les_av_training"}
+    val_records, _ = camera_transfer.records("drive_val")
+    assert val_records and not any("/test/" in record["image"] for record in val_records)
