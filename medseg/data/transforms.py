@@ -162,8 +162,9 @@ def vessel_transforms(
     ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
     ``NormalizeIntensityd``) before any patch is cut (``"standardize_fov"``: each channel with the statistics of
     its pixels inside the FOV mask, the outside set to 0, :func:`standardize_inside_fov`), which is what
-    :func:`medseg.inference.predict` does with the same ``normalization``: train with it, and evaluate on "eval" images left in [0, 1] through
-    ``predict`` (or a ``PredictInferer``), so training and inference see the same intensities.
+    :func:`medseg.inference.predict` does with the same ``normalization``: train with it, and evaluate on "eval"
+    images left in [0, 1] through ``predict`` (or a ``PredictInferer``), so training and inference see the same
+    intensities.
     """
     _check_choice("phase", phase, PHASES)
     _check_choice("preprocessing", preprocessing, PREPROCESSING)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from medseg.data.drive import BINARY_THRESHOLD, drive_records, split_validation
 from medseg.data.files import DatasetError, check_all, read_pixels, require_folder
 
@@ -116,9 +114,7 @@ class VesselImageStats:
 
 def _validate_pair(record: dict[str, str], positive: Sequence[int] | None) -> VesselImageStats:
     image = Path(record["image"])
-    with Image.open(image) as opened:
-        width, height = opened.size
-    read_pixels(image)  # every pixel decodes
+    height, width = read_pixels(image).shape[:2]  # every pixel decodes
     stored = read_pixels(Path(record["label"]))
     label = read_vessel_label(record["label"], positive)
     fov = None
