@@ -1,20 +1,34 @@
-"""Benchmark: medseg.inference.predict against a plain MONAI sliding_window_inference call.
+"""Benchmark: the shipped bundles' inference against the previous defaults, plain MONAI and the CPU's matmul peak.
 
-Cases: a 4096 x 4096 and a 8192 x 8192 RGB uint8 image (2D U-Net, roi 256) and a 512 x 512 x 256 int16 volume
-(3D U-Net, roi 96). Each (case, method) runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own:
+Cases, each ``medseg.inference.infer_files`` over files (what ``medseg infer`` runs) with a shipped bundle:
 
-- ``monai``: the plain call a user would write: the image as a float32 tensor scaled to [0, 1], then
-  ``sliding_window_inference(x, roi, 1, net)`` with MONAI's defaults (sw_batch_size=1, overlap 0.25,
-  constant blending) under ``torch.no_grad()``, then a sigmoid;
-- ``predict``: ``predict(net, image, roi_size=roi)`` with its defaults (uint8/int16 input, sw_batch_size 1 on
-  the CPU, gaussian blending, float32, channels-last for 2D);
-- ``predict-bf16``: the same with ``precision="bfloat16"``.
+- ``drive``: the 20 DRIVE test photographs (``bundles/drive_vessel_unet``), probabilities saved as 16-bit PNGs
+  and scored from the files (FOV-pooled F1 and AUC-ROC against 1st_manual, DRIVE's FOV masks);
+- ``photo3504``: one 3504 x 2336 photograph (DRIVE's 01_test enlarged 4x, centred on black: a high-resolution
+  camera; ``--scale auto`` brings it to the training FOV width);
+- ``photo8192``: one 8192 x 8192 photograph (01_test tiled: the network runs over all of it);
+- ``volume``: one 512 x 512 x 256 uint8 NIfTI volume (tiles of DRIVE's grey test images), the 2D network slice
+  by slice along the last axis.
 
-Agreement with ``monai`` (mean |p - p_monai| and mask agreement at 0.5) is measured on every 8th pixel.
-Each measurement is repeated ``--repeats`` times, methods alternating; the table keeps the fastest wall time
-and the largest peak RSS (the CPU is shared, so the fastest run is the least disturbed one).
+Methods, each case and method in its own process (its peak RSS is its own), one intra-op thread:
 
-Usage: ``python bench/inference.py [--cases rgb4096 rgb8192 volume] [--repeats 2] [--out FILE.md]``
+- ``previous``: the defaults before this benchmark's change: float32, the layers as trained (no folding or
+  fusion), the bundle's validation ``sw_batch_size`` (16);
+- ``medseg``: the bundle's inference defaults (``precision: auto``, BN folded and conv + ReLU fused, the
+  ``sw_batch_size`` of ``configs/inference.yaml``);
+- ``monai``: the call a MONAI user writes with the same network: the image as float32, standardised as at
+  training, ``sliding_window_inference(x, roi, sw_batch_size=16, network)`` with MONAI's defaults (overlap
+  0.25, constant blending, no TTA), sigmoid, masks written as PNGs (fundus scale and FOV not applied).
+
+Every forward pass is counted (pixels through the network) and multiplied by the network's FLOPs per pixel at
+the window size (``torch.utils.flop_counter``, 2 per multiply-add), giving achieved GFLOP/s, compared with the
+1-thread fp32 and bf16 matmul peaks (2048 x 2048, best of 10) measured in the same run. ``--train-step`` adds
+the training step of the CPU preset (``configs/cpu_budget.yaml``: the bundle's U-Net, 16 patches of 96 x 96,
+bf16 autocast, Dice + BCE, AdamW) against MONAI's BasicUNet baseline (``bench/drive_baseline``, float32, the
+same batch), in patches/s and GFLOP/s (forward and backward counted). ``--processes`` compares one process of
+one thread with ``torchrun --nproc_per_node 2`` of one thread each on the DRIVE photographs.
+
+    python bench/inference.py --out bench/results/inference.md
 """
 
 from __future__ import annotations
@@ -23,179 +37,394 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "work" / "inference"
+BUNDLE = ROOT / "bundles" / "drive_vessel_unet"
 CASES = {
-    "rgb4096": {"shape": (3, 4096, 4096), "roi": (256, 256), "label": "RGB 4096 x 4096"},
-    "rgb8192": {"shape": (3, 8192, 8192), "roi": (256, 256), "label": "RGB 8192 x 8192"},
-    "volume": {"shape": (1, 512, 512, 256), "roi": (96, 96, 96), "label": "volume 512 x 512 x 256"},
+    "drive": "DRIVE test, 20 photographs 565 x 584",
+    "photo3504": "one photograph 3504 x 2336",
+    "photo8192": "one photograph 8192 x 8192",
+    "volume": "one volume 512 x 512 x 256, slice by slice",
 }
-METHODS = ("monai", "predict", "predict-bf16")
-WORK = Path(__file__).resolve().parent / "work"
-SUBSAMPLE = 8
+METHODS = ("previous", "medseg", "monai")
+PREVIOUS_SW_BATCH_SIZE = 16
 
 
-def network(spatial_dims: int) -> torch.nn.Module:
-    from medseg.networks import UNet
-
-    torch.manual_seed(0)
-    features = (4, 8, 16, 32) if spatial_dims == 2 else (4, 8, 16)
-    return UNet(spatial_dims=spatial_dims, in_channels=3 if spatial_dims == 2 else 1, features=features).eval()
-
-
-def make_input(case: dict) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    if len(case["shape"]) == 3:
-        return rng.integers(0, 256, case["shape"], dtype=np.uint8)
-    return rng.integers(0, 1000, case["shape"], dtype=np.int16)
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Best 1-thread GFLOP/s of a ``size``-square matmul in ``dtype``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
-def child(case_name: str, method: str, threads: int) -> None:
-    """Run one case with one method; print a JSON line with wall time, CPU time and peak RSS."""
+def make_inputs(case: str, drive: Path, folder: Path) -> list[Path]:
+    """The case's input files, written once into ``folder``."""
+    from PIL import Image
+
+    if case == "drive":
+        return [drive / "test" / "images"]
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = np.asarray(Image.open(drive / "test" / "images" / "01_test.tif").convert("RGB"))
+    if case == "photo3504":
+        path = folder / "photo3504.png"
+        if not path.exists():
+            enlarged = np.asarray(Image.fromarray(photo).resize((565 * 4, 584 * 4), Image.BICUBIC))[:2336]
+            canvas = np.zeros((2336, 3504, 3), np.uint8)
+            left = (3504 - enlarged.shape[1]) // 2
+            canvas[:, left : left + enlarged.shape[1]] = enlarged
+            Image.fromarray(canvas).save(path)
+        return [path]
+    if case == "photo8192":
+        path = folder / "photo8192.png"
+        if not path.exists():
+            Image.fromarray(np.tile(photo, (15, 15, 1))[:8192, :8192]).save(path)
+        return [path]
+    path = folder / "volume.nii.gz"
+    if not path.exists():
+        import nibabel as nib
+
+        greys = [np.asarray(Image.open(p).convert("L")) for p in sorted((drive / "test" / "images").glob("*.tif"))]
+        slices = [np.tile(greys[k % len(greys)], (2, 2))[:512, :512] for k in range(256)]
+        nib.save(nib.Nifti1Image(np.stack(slices, axis=-1), np.eye(4)), path)
+    return [path]
+
+
+class PixelCounter:
+    """Counts the pixels (batch x spatial) of every forward pass of the module it is attached to."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.pixels = 0
+        module.register_forward_pre_hook(self._count)
+
+    def _count(self, module: torch.nn.Module, args: tuple) -> None:
+        x = args[0]
+        self.pixels += x.shape[0] * int(np.prod(x.shape[2:]))
+
+
+def flops_per_pixel(network: torch.nn.Module, roi: tuple[int, ...]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        network(torch.zeros(1, 3, *roi))
+    return counter.get_total_flops() / float(np.prod(roi))
+
+
+def child(case: str, method: str, drive: Path, out: Path) -> dict:
+    """One case with one method, in this process; returns wall time, FLOPs, peak RSS."""
     from monai.inferers import sliding_window_inference
 
-    from medseg.inference import predict
+    from medseg.inference import InferenceNetwork, infer_files, load_model, read_image, write_mask
 
-    torch.set_num_threads(threads)
-
-    case = CASES[case_name]
-    net = network(len(case["roi"]))
-    image = make_input(case)
-    scale = 255.0 if image.dtype == np.uint8 else 1000.0
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    torch.set_num_threads(1)
+    inputs = make_inputs(case, drive, WORK / "inputs")
+    model = load_model(BUNDLE)
+    settings = model.settings
+    if method == "previous":
+        settings = replace(settings, precision="float32", sw_batch_size=PREVIOUS_SW_BATCH_SIZE)
+    if method.startswith("medseg@"):  # the sweep: the bundle's defaults at another sw_batch_size
+        settings = replace(settings, sw_batch_size=int(method.split("@")[1]))
+    per_pixel = flops_per_pixel(model.network, settings.roi_size)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     if method == "monai":
-        inputs = torch.from_numpy(image)[None].float() / scale
-        with torch.no_grad():
-            probs = torch.sigmoid(sliding_window_inference(inputs, case["roi"], 1, net))[0]
+        counter = PixelCounter(model.network)
+        files = sorted(p for path in inputs for p in (path.glob("*.tif") if path.is_dir() else [path]))
+        for path in files:
+            image, meta = read_image(path)
+            x = torch.from_numpy(np.ascontiguousarray(image)).float()
+            if meta.is_volume:  # the 2D network over each slice: slices as a batch of grey images, repeated to RGB
+                x = x[0].movedim(-1, 0)[:, None].expand(-1, 3, -1, -1)
+            else:
+                x = x[None]
+            x = (x - x.mean()) / x.std()
+            with torch.no_grad():
+                probs = torch.cat([
+                    torch.sigmoid(sliding_window_inference(part, settings.roi_size, 16, model.network))
+                    for part in x.split(16)
+                ])
+            mask = (probs[:, 0] >= 0.5).to(torch.uint8).numpy()
+            mask = mask.transpose(1, 2, 0) if meta.is_volume else mask[0] * 255
+            write_mask(out / f"{path.name.split('.')[0]}_mask{'.nii.gz' if meta.is_volume else '.png'}", mask, meta)
     else:
-        probs = predict(
-            net,
-            image,
-            roi_size=case["roi"],
-            normalization=lambda windows: windows / scale,
-            precision="bfloat16" if method == "predict-bf16" else "float32",
-        )
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    sample = probs[(slice(None), *[slice(None, None, SUBSAMPLE)] * (probs.ndim - 1))].float().numpy()
-    WORK.mkdir(exist_ok=True)
-    np.save(WORK / f"{case_name}_{method}.npy", sample)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_mib}))
+        network = InferenceNetwork(model.network, "cpu", settings.precision, 2, fuse=method != "previous")
+        counter = PixelCounter(network)
+        infer_files(network, inputs, out, settings, save_prob="uint16", progress=False).raise_for_failures()
+    wall = time.perf_counter() - start
+    return {
+        "wall_s": wall,
+        "gflop": counter.pixels * per_pixel / 1e9,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "precision": settings.precision,
+        "sw_batch_size": settings.sw_batch_size,
+    }
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def measure(case_name: str, method: str, threads: int) -> dict:
-    command = [sys.executable, __file__, "--child", case_name, method, "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+def measure(case: str, method: str, drive: Path) -> dict:
+    command = [sys.executable, __file__, "--child", case, method, "--drive", str(drive)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{case} {method} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def baseline_rss_mib() -> float:
-    """Peak RSS of a process that only imports torch, MONAI and medseg (the floor under every case)."""
-    code = "import resource, torch, monai, medseg.inference; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) / 1024
+def read_probabilities(folder: Path, stem: str) -> np.ndarray:
+    from PIL import Image
+
+    stored = np.asarray(Image.open(folder / f"{stem}_prob.png"))
+    return stored.astype(np.float32) / 65535
 
 
-def agreement(case_name: str, method: str) -> tuple[float, float]:
-    reference = np.load(WORK / f"{case_name}_monai.npy")
-    ours = np.load(WORK / f"{case_name}_{method}.npy")
-    return float(np.abs(ours - reference).mean()), float(((ours >= 0.5) == (reference >= 0.5)).mean())
+def read_masks(folder: Path) -> dict[str, np.ndarray]:
+    import nibabel as nib
+    from PIL import Image
+
+    masks = {}
+    for path in sorted(folder.glob("*_mask.*")):
+        data = np.asanyarray(nib.load(path).dataobj) if path.name.endswith(".nii.gz") else np.asarray(Image.open(path))
+        masks[path.name.split("_mask")[0]] = data > 0
+    return masks
 
 
-def report(rows: list[dict], command: str) -> str:
+def drive_quality(folder: Path, drive: Path) -> dict[str, float]:
+    from medseg.data import drive_records
+    from medseg.engines import pooled_vessel_metrics
+
+    records = drive_records(drive, "test")
+    probabilities = {Path(r["image"]).name.split("_")[0]: read_probabilities(folder, Path(r["image"]).stem)
+                     for r in records}
+    return pooled_vessel_metrics(probabilities, records, 0.5)
+
+
+def mask_agreement(folder: Path, reference: Path, drive: Path, case: str) -> float:
+    """Fraction of pixels (DRIVE: inside the FOV masks) with the same mask as in ``reference``."""
+    from medseg.data.drive import read_binary
+
+    ours, theirs = read_masks(folder), read_masks(reference)
+    same = total = 0
+    for stem, mask in theirs.items():
+        inside = np.ones(mask.shape, bool)
+        if case == "drive":
+            inside = read_binary(drive / "test" / "mask" / f"{stem}_mask.gif").astype(bool)
+        same += int((ours[stem] == mask)[inside].sum())
+        total += int(inside.sum())
+    return same / total
+
+
+def train_steps(network: str, seconds: float = 20.0) -> dict:
+    """Patches/s and GFLOP/s of the CPU preset's training step for ``network`` ("medseg" or "monai")."""
+    from monai.bundle import ConfigParser
+    from monai.losses import DiceCELoss
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    parser = ConfigParser()
+    if network == "medseg":
+        parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(ROOT / "configs" / "cpu_budget.yaml")])
+    else:
+        parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(ROOT / "bench" / "drive_baseline" / "baseline.yaml")])
+    parser.update({"bundle_root": str(BUNDLE), "ensemble_members": 1})
+    model = parser.get_parsed_content("network_def", instantiate=True).train()
+    batch = int(parser["batch_images"]) * int(parser["patches_per_image"])
+    dtype = parser.get("autocast_dtype")
+    x = torch.randn(batch, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, 96, 96) > 0.85).float()
+    model = model.to(memory_format=torch.channels_last)
+    loss_function = DiceCELoss(sigmoid=True)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = model(x)
+        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        loss_function(logits.float(), y).backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    wall = time.perf_counter() - start
+    return {"patches_per_s": steps * batch / wall, "gflop_per_s": counter.get_total_flops() * steps / wall / 1e9,
+            "batch": batch, "precision": dtype or "float32"}
+
+
+def processes_comparison(drive: Path, photographs: int) -> dict:
+    """Wall time of one process of one thread and of two torchrun processes of one thread each."""
+    folder = WORK / "processes_inputs"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in sorted((drive / "test" / "images").glob("*.tif"))[:photographs]:
+        shutil.copy(path, folder / path.name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = ["-m", "medseg", "infer", str(BUNDLE), str(folder), "--overwrite"]
+    times = {}
+    for name, launcher in (("1 process", [sys.executable]),
+                           ("torchrun, 2 processes", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      "--nproc_per_node", "2"])):
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            result = subprocess.run([*launcher, *base, "-o", out], check=True, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+        # the summary's time: reading, predicting and writing (the slowest rank), without start-up and loading
+        inference = float(re.search(r"in (\d+\.\d+) s", result.stdout).group(1))
+        times[name] = {"wall": wall, "inference": inference}
+    return times
+
+
+def report(
+    rows: list[dict], peaks: dict, sweep: dict[int, dict], train: list[dict], processes: dict | None, command: str
+) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    from medseg.inference import native_bfloat16
+
     lines = [
-        "# Sliding-window inference benchmark",
+        "# Inference benchmark: the shipped bundles against the previous defaults, plain MONAI and the matmul peak",
         "",
-        f"- Date: {date.today().isoformat()}",
-        f"- Machine: {cpu}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}, "
-        f"{rows[0]['threads']} intra-op thread(s) per run, Python {platform.python_version()}",
-        "- Why one thread: on this shared 2-core machine a 2-thread run stalls at every OpenMP barrier when "
-        "another job holds a core (repeated 2-thread runs varied up to 17x); one thread keeps wall times "
-        "comparable. CPU seconds are reported too; the speed ratios below use wall time.",
+        f"- Date: {date.today().isoformat()}. Machine: {cpu}, {os.cpu_count()} cores, native bf16: "
+        f"{native_bfloat16('cpu') or 'none'}; torch {torch.__version__}, Python {platform.python_version()}.",
         f"- Command: `{command}`",
-        "- Networks: medseg UNet, 2D features (4, 8, 16, 32), roi 256 x 256; 3D features (4, 8, 16), roi 96^3 "
-        "(small, so that the run fits on a shared 2-core CPU)",
-        f"- Import-only process peak RSS (floor under every row): {rows[0]['floor_mib']:.0f} MiB",
-        "- `monai`: float32 input in [0, 1], `sliding_window_inference(x, roi, 1, net)` with MONAI's defaults "
-        "(sw_batch_size 1, overlap 0.25, constant blending), no_grad, sigmoid after stitching.",
-        "- `predict`: `medseg.inference.predict` defaults (stored-dtype input, sw_batch_size 1 on the CPU, "
-        "overlap 0.25, gaussian blending, sigmoid per window, float32, channels-last for 2D); "
-        "`predict-bf16` adds `precision=\"bfloat16\"`.",
-        f"- Best of {rows[0]['repeats']} runs per row (methods alternating): fastest wall time, largest peak RSS; "
-        f"load average when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
-        "- Agreement with `monai` on every 8th pixel: mean |p - p_monai|, and fraction of equal masks at 0.5.",
-        "",
-        "| Case | Method | Wall (s) | CPU (s) | Mpx or Mvox / s | Peak RSS (MiB) | Speed vs monai | "
-        "CPU-time speed vs monai | RSS vs monai | mean abs diff | mask agreement |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "- Every row: one process, one intra-op thread (`OMP_NUM_THREADS=1`), `medseg.inference.infer_files` with "
+        "`bundles/drive_vessel_unet` (ensemble of 2 U-Nets, 96 x 96 windows at overlap 0.5, flip TTA: 3 views), "
+        "except `monai` (see the script's docstring).",
+        f"- Matmul peak of this run (1 thread, 2048^2): fp32 {peaks['float32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bfloat16']:.0f} GFLOP/s. GFLOP: network FLOPs of every forward pass (2 per multiply-add).",
+        "- `previous`: float32, layers as trained, sw_batch_size 16 (the defaults before this change). `medseg`: "
+        "the bundle's defaults now (precision auto, BN folded, conv + ReLU fused, its sw_batch_size).",
+        f"- Load average when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
+    if rows:
+        lines += [
+        "",
+        "| case | method | precision | sw batch | wall (s) | peak RSS (MiB) | GFLOP | GFLOP/s | % of bf16 peak "
+        "| speed vs previous | speed vs monai | same mask as previous | F1 | AUC-ROC |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     for row in rows:
+        quality = row.get("quality")
         lines.append(
-            f"| {row['label']} | {row['method']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['throughput']:.2f} | "
-            f"{row['peak_rss_mib']:.0f} | {row['speedup']:.2f}x | {row['cpu_speedup']:.2f}x | {row['rss_ratio']:.2f}x | "
-            f"{row['diff']:.4f} | {100 * row['agree']:.2f}% |"
+            f"| {CASES[row['case']]} | {row['method']} | {row['precision']} | {row['sw_batch_size']} | "
+            f"{row['wall_s']:.1f} | {row['peak_rss_mib']:.0f} | {row['gflop']:.0f} | {row['gflop'] / row['wall_s']:.0f} | "
+            f"{100 * row['gflop'] / row['wall_s'] / peaks['bfloat16']:.1f} | {row['vs_previous']:.2f}x | "
+            f"{row['vs_monai']:.2f}x | {100 * row['agreement']:.3f}% | "
+            f"{quality['f1']:.4f} | {quality['auc_roc']:.4f} |" if quality else
+            f"{100 * row['agreement']:.3f}% | | |"
         )
+    if sweep:
+        fastest = min(result["wall_s"] for result in sweep.values())
+        lines += [
+            "",
+            f"## sw_batch_size sweep: {CASES['drive']}, the bundle's defaults otherwise",
+            "",
+            "| sw_batch_size (windows x 3 TTA views per forward) | wall (s) | vs fastest | peak RSS (MiB) |",
+            "|---:|---:|---:|---:|",
+            *(f"| {batch} | {result['wall_s']:.1f} | {result['wall_s'] / fastest:.2f}x | {result['peak_rss_mib']:.0f} |"
+              for batch, result in sweep.items()),
+        ]
+    if train:
+        lines += [
+            "",
+            "## Training step of the CPU preset (`configs/cpu_budget.yaml`)",
+            "",
+            "| network | precision | batch | patches/s | GFLOP/s (fwd + bwd) | % of bf16 peak | patches/s vs MONAI baseline |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        reference = train[-1]["patches_per_s"]
+        for name, row in zip(("medseg U-Net member (preset)", "MONAI BasicUNet (baseline)"), train):
+            lines.append(f"| {name} | {row['precision']} | {row['batch']} | {row['patches_per_s']:.1f} | "
+                         f"{row['gflop_per_s']:.0f} | {100 * row['gflop_per_s'] / peaks['bfloat16']:.1f} | "
+                         f"{row['patches_per_s'] / reference:.2f}x |")
+    if processes:
+        one, two = processes["1 process"], processes["torchrun, 2 processes"]
+        lines += [
+            "",
+            f"## More than one process: `medseg infer bundles/drive_vessel_unet` on {processes['photographs']} DRIVE "
+            "photographs",
+            "",
+            "Inference time: what `medseg infer` reports (reading, predicting, writing; the slowest rank), without "
+            "the interpreter's start-up and the model's loading, which the wall time includes.",
+            "",
+            "| launch | wall (s) | inference (s) | throughput vs 1 process (inference) | (wall) |",
+            "|---|---:|---:|---:|---:|",
+            f"| `python -m medseg infer`, 1 thread | {one['wall']:.1f} | {one['inference']:.1f} | 1.00x | 1.00x |",
+            f"| `torchrun --standalone --nproc_per_node 2 -m medseg infer`, 1 thread each | {two['wall']:.1f} | "
+            f"{two['inference']:.1f} | {one['inference'] / two['inference']:.2f}x | {one['wall'] / two['wall']:.2f}x |",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "inference.md")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads per run (1: immune to OpenMP oversubscription)"
-    )
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--drive", type=Path, default=ROOT.parent / "shared" / "data" / "DRIVE")
+    parser.add_argument("--train-step", action="store_true", help="add the training-step table")
+    parser.add_argument("--batch-sweep", type=int, nargs="*", default=[], metavar="B",
+                        help="add a table of the drive case at these sw_batch_size values (defaults otherwise)")
+    parser.add_argument("--processes", type=int, default=0, metavar="N",
+                        help="add the 1-process vs 2-process comparison on N DRIVE photographs")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference.md")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.threads)
+        case, method = args.child
+        print(json.dumps(child(case, method, args.drive, WORK / "outputs" / case / method)))
         return
-    floor = baseline_rss_mib()
+    torch.set_num_threads(1)
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    print("peaks", peaks, flush=True)
     rows = []
-    for case_name in args.cases:
-        case = CASES[case_name]
-        runs: dict[str, list[dict]] = {method: [] for method in METHODS}
-        for _ in range(args.repeats):
-            for method in METHODS:
-                runs[method].append(measure(case_name, method, args.threads))
-                print(case_name, method, runs[method][-1], flush=True)
-        results = {
-            method: {
-                "wall_s": min(r["wall_s"] for r in measured),
-                "cpu_s": min(r["cpu_s"] for r in measured),
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in measured),
-            }
-            for method, measured in runs.items()
-        }
-        reference = results["monai"]
-        for method in METHODS:
-            result = results[method]
-            diff, agree = agreement(case_name, method)
-            rows.append({
-                "label": case["label"], "method": method, **result, "floor_mib": floor, "repeats": args.repeats, "threads": args.threads,
-                "throughput": np.prod(case["shape"][1:]) / 1e6 / result["wall_s"],
-                "speedup": reference["wall_s"] / result["wall_s"],
-                "cpu_speedup": reference["cpu_s"] / result["cpu_s"],
-                "rss_ratio": result["peak_rss_mib"] / reference["peak_rss_mib"],
-                "diff": diff, "agree": agree,
-            })
+    for case in args.cases:
+        shutil.rmtree(WORK / "outputs" / case, ignore_errors=True)
+        results = {}
+        for method in args.methods:
+            results[method] = measure(case, method, args.drive)
+            print(case, method, results[method], flush=True)
+        for method, result in results.items():
+            folder = WORK / "outputs" / case / method
+            result.update(case=case, method=method,
+                          vs_previous=results["previous"]["wall_s"] / result["wall_s"] if "previous" in results else float("nan"),
+                          vs_monai=results["monai"]["wall_s"] / result["wall_s"] if "monai" in results else float("nan"),
+                          agreement=mask_agreement(folder, WORK / "outputs" / case / "previous", args.drive, case)
+                          if "previous" in results else float("nan"))
+            if case == "drive" and method != "monai":
+                result["quality"] = drive_quality(folder, args.drive)
+            rows.append(result)
+    sweep = {}
+    for batch in args.batch_sweep:
+        sweep[batch] = measure("drive", f"medseg@{batch}", args.drive)
+        print("sweep", batch, sweep[batch], flush=True)
+    train = [train_steps("medseg"), train_steps("monai")] if args.train_step else []
+    processes = None
+    if args.processes:
+        processes = {**processes_comparison(args.drive, args.processes), "photographs": args.processes}
     command = "python bench/inference.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(rows, command.strip()))
+    args.out.write_text(report(rows, peaks, sweep, train, processes, command.strip()))
     print(args.out.read_text())
 
 

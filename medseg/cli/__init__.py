@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from medseg import __version__
@@ -28,6 +29,18 @@ def add_overlay_argument(parser: argparse.ArgumentParser, onto: str) -> None:
     )
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision``; left out, the model's own setting (:class:`medseg.inference.InferenceSettings`) applies."""
+    from medseg.inference import PRECISIONS, InferenceSettings
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto: bfloat16 where the device computes it natively (CPUs with AMX or AVX512-BF16, GPUs from sm_80), "
+        f"float32 elsewhere; the log says which (default: the bundle's, else {InferenceSettings.precision})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg",
@@ -41,12 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (a redirected or captured stderr too)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler assigns it; the property always reads sys.stderr
+        pass
+
+
+def _log_to_stderr() -> None:
+    """medseg's own log records (INFO and up) on stderr, once per process; other libraries' stay as they are."""
+    logger = logging.getLogger("medseg")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    _log_to_stderr()
     try:
         return int(args.func(args) or 0)
     except CLIError as err:

@@ -13,16 +13,17 @@ import argparse
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
 
-from medseg.cli import CLIError
+from medseg.cli import CLIError, add_precision_argument
 from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.evaluation import evaluate_vessel_folder
-from medseg.engines.workflow import bundle_config_files, run_bundle_config
+from medseg.engines.workflow import ConfigError, bundle_config_files, run_bundle_config
 from medseg.inference import ensemble_override, load_model, read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_state_dict
 
@@ -72,8 +73,10 @@ def _evaluate_folder(args: argparse.Namespace) -> int:
             records = vessel_folder_records(args.images, args.labels, args.masks)
             model = load_model(args.bundle, overlays=args.overlays, overrides=bundle_overrides(args),
                                checkpoint=checkpoint)
+            if args.precision is not None:
+                model.settings = replace(model.settings, precision=args.precision)
             report = evaluate_vessel_folder(model, records, metrics_file, label_positive=args.label_positive,
-                                            device=args.device, precision=args.precision)
+                                            device=args.device)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             raise CLIError(str(err)) from None
     print(format_metrics({key: value for key, value in report.items() if key != "per_image"}))
@@ -105,7 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         try:
             run_bundle_config(args.bundle, "evaluate", overlays=args.overlays, overrides=overrides,
                               workflow_type="eval")
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ConfigError) as err:
             raise CLIError(str(err)) from None
     print(format_metrics(json.loads(metrics_file.read_text())))
     print(f"metrics written to {metrics_file}")
@@ -139,5 +142,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the labels are index maps and these stored values are vessel (LES-AV's vessel/: 1 2 3 4)",
     )
     folders.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    folders.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    add_precision_argument(folders)
     parser.set_defaults(func=_evaluate)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError, add_overlay_argument
+from medseg.cli import CLIError, add_overlay_argument, add_precision_argument
 from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, infer_files, load_model
+from medseg.inference.distributed import combined_summary, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
 
 
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tta), dihedral (2D: the 8 rotations and reflections) or none (default: the bundle's tta, else none)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    add_precision_argument(parser)
     parser.add_argument(
         "--save-prob",
         nargs="?",
@@ -89,32 +90,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CLIError(f"{args.checkpoint}: no such checkpoint")
-    try:
-        loaded = load_model(
-            args.model,
-            network=args.network,
-            network_kwargs=args.network_kwargs,
-            overlays=args.overlays,
-            checkpoint=args.checkpoint,
-        )
-        summary = infer_files(
-            loaded.network,
-            args.inputs,
-            args.output,
-            _settings(loaded.settings, args),
-            device=args.device,
-            precision=args.precision,
-            save_prob=args.save_prob,
-            overwrite=args.overwrite,
-            fov=args.fov,
-            scale=args.scale,
-            slice_axis=args.slice_axis,
-        )
-    except (OSError, ValueError, KeyError) as err:
-        raise CLIError(str(err)) from None
-    print(f"medseg infer: {summary}")
-    for failure in summary.failures:
-        print(f"  failed: {failure}", file=sys.stderr)
+    with process_group() as (rank, world_size):  # under torchrun, each rank predicts its share of the inputs
+        try:
+            loaded = load_model(
+                args.model,
+                network=args.network,
+                network_kwargs=args.network_kwargs,
+                overlays=args.overlays,
+                checkpoint=args.checkpoint,
+            )
+            summary = infer_files(
+                loaded.network,
+                args.inputs,
+                args.output,
+                _settings(loaded.settings, args),
+                device=rank_device(args.device),
+                save_prob=args.save_prob,
+                overwrite=args.overwrite,
+                fov=args.fov,
+                scale=args.scale,
+                slice_axis=args.slice_axis,
+                progress=rank == 0,
+                shard=(rank, world_size),
+            )
+        except (OSError, ValueError, KeyError) as err:
+            raise CLIError(str(err)) from None
+        summary = combined_summary(summary)
+    if rank == 0:
+        print(f"medseg infer: {summary}" + (f" by {world_size} processes" if world_size > 1 else ""))
+        for failure in summary.failures:
+            print(f"  failed: {failure}", file=sys.stderr)
     return 1 if summary.failures else 0
 
 
@@ -129,6 +134,7 @@ def _settings(settings: InferenceSettings, args: argparse.Namespace) -> Inferenc
             ("threshold", args.threshold),
             ("normalization", args.normalization),
             ("tta", args.tta),
+            ("precision", args.precision),
         )
         if value is not None
     }

@@ -30,6 +30,7 @@ from monai.bundle import ConfigParser
 from medseg.cli import CLIError, add_overlay_argument
 from medseg.engines.workflow import (
     MLFLOW_TRACKING,
+    ConfigError,
     bundle_config_files,
     parse_overrides,
     run_bundle_config,
@@ -238,7 +239,7 @@ def _train(args: argparse.Namespace) -> int:
             tracking=str(MLFLOW_TRACKING),
             workflow_type="train",
         )
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ConfigError) as err:
         raise CLIError(str(err)) from None
     print(f"checkpoints in {output_dir(args) / 'checkpoints'}")
     print(f"review the run: mlflow ui --backend-store-uri {tracking_uri}")

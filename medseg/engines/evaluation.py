@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from medseg.data import read_binary, read_vessel_label, validate_vessel_records
 from medseg.data.files import read_pixels
-from medseg.inference import LoadedModel, complete_settings, fov_for, predict_image, read_image
+from medseg.inference import InferenceNetwork, LoadedModel, complete_settings, fov_for, predict_image, read_image
 from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
 
 __all__ = [
@@ -136,7 +136,6 @@ def evaluate_vessel_folder(
     *,
     label_positive: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
-    precision: str = "float32",
 ) -> dict:
     """Score ``model`` on any labelled vessel dataset, every image through the inference path of ``medseg infer``
     (the model's settings, ``--scale auto`` for fundus models), and write the report as JSON.
@@ -152,13 +151,14 @@ def evaluate_vessel_folder(
     validate_vessel_records(records, label_positive)
     settings = complete_settings(model.network, model.settings)
     pooled, per_image = FOVVesselMetrics(), {}
+    network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)
     for record in records:
         image, meta = read_image(Path(record["image"]))
         if "mask" in record:
             fov = read_pixels(Path(record["mask"]), mode="L") > 127
         else:
             fov = fov_for(meta.path, image, "auto", fundus=True)
-        probabilities = predict_image(model.network, image, meta, settings, fov, device=device, precision=precision)
+        probabilities = predict_image(network, image, meta, settings, fov, device=device)
         label = read_vessel_label(record["label"], label_positive)
         tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(1, 1, *label.shape)
                    for a in (probabilities[0], label, fov)]

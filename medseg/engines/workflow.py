@@ -16,12 +16,41 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 __all__ = [
-    "MLFLOW_TRACKING", "bundle_config_files", "bundle_workflow", "parse_overrides", "run_bundle_config",
-    "working_directory",
+    "MLFLOW_TRACKING", "ConfigError", "bundle_config_files", "bundle_workflow", "parse_overrides",
+    "run_bundle_config", "working_directory",
 ]
+
+# how MONAI words an error raised while it evaluates an expression or instantiates a component of a config
+_MONAI_CONFIG_FAILURES = ("Failed to evaluate ", "Failed to instantiate component ")
+
+
+class ConfigError(ValueError):
+    """An error raised inside a bundle config's expression or component, named by its config id and the
+    bundle, with the error at its root (MONAI wraps it in one ``RuntimeError`` per level of references)."""
+
+
+def config_error(err: BaseException, parser: ConfigParser, bundle: Path) -> ConfigError | None:
+    """``err`` as a :class:`ConfigError` if MONAI raised it while parsing ``parser``'s config, else ``None``."""
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    failures = [e for e in chain if isinstance(e, RuntimeError) and str(e).startswith(_MONAI_CONFIG_FAILURES)]
+    if not failures:
+        return None
+    innermost, root = str(failures[-1]), chain[-1]
+    ids = [item_id for item_id, item in parser.ref_resolver.items.items()
+           if item_id and (f"Failed to evaluate {item}" == innermost or
+                           innermost.startswith(f"Failed to instantiate component '{_target_of(item)}'"))]
+    where = f"config id {max(ids, key=len)!r} of {bundle}" if ids else f"a config of {bundle}"
+    return ConfigError(f"{where}: {type(root).__name__}: {root}".replace("\n", " "))
+
+
+def _target_of(item: Any) -> str | None:
+    config = item.get_config()
+    return config.get("_target_") if isinstance(config, dict) else None
 
 # medseg's MLflow settings for MONAI's ``tracking`` argument; bundles and configs/ live beside the package in
 # the repository, so the CLI reads them from there
@@ -104,13 +133,26 @@ def bundle_workflow(
             bundle_root=str(bundle),
             **dict(overrides or {}),
         )
-        workflow.initialize()
+        with _config_errors(workflow.parser, bundle):
+            workflow.initialize()
     return workflow
+
+
+@contextlib.contextmanager
+def _config_errors(parser: ConfigParser, bundle: Path) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as err:
+        translated = config_error(err, parser, bundle)
+        if translated is None:
+            raise
+        raise translated from err
 
 
 def run_bundle_config(bundle: str | os.PathLike, name: str, **kwargs: Any) -> ConfigWorkflow:
     """Build (:func:`bundle_workflow`, same arguments), run and finalise a bundle config; return the workflow."""
     workflow = bundle_workflow(bundle, name, **kwargs)
-    workflow.run()
+    with _config_errors(workflow.parser, Path(bundle).resolve()):
+        workflow.run()
     workflow.finalize()
     return workflow

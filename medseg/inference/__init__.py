@@ -31,17 +31,27 @@ from medseg.inference.loading import (
     settings_from_metadata,
 )
 from medseg.inference.predict import AUTO_SCALE_TOLERANCE, NORMALIZATIONS, fundus_scale, predict
+from medseg.inference.runtime import (
+    PRECISIONS,
+    InferenceNetwork,
+    describe_precision,
+    native_bfloat16,
+    resolve_precision,
+)
 
 __all__ = [
     "AUTO_SCALE_TOLERANCE",
     "DEFAULT_PROBABILITY_DTYPE",
     "NORMALIZATIONS",
+    "PRECISIONS",
     "ImageMeta",
     "InferenceFailed",
+    "InferenceNetwork",
     "InferenceSettings",
     "InferenceSummary",
     "LoadedModel",
     "complete_settings",
+    "describe_precision",
     "ensemble_override",
     "estimate_fov",
     "expand_inputs",
@@ -52,11 +62,13 @@ __all__ = [
     "is_supported",
     "load_model",
     "match_channels",
+    "native_bfloat16",
     "output_paths",
     "predict",
     "predict_image",
     "read_image",
     "read_state_dict",
+    "resolve_precision",
     "settings_from_metadata",
     "write_mask",
     "write_overlay",

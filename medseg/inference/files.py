@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import glob
+import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,10 @@ from medseg.inference.io import (
     write_probabilities,
 )
 from medseg.inference.loading import InferenceSettings, complete_settings, match_channels
-from medseg.inference.predict import Precision, predict
+from medseg.inference.predict import predict
+from medseg.inference.runtime import InferenceNetwork, describe_precision
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["InferenceFailed", "InferenceSummary", "expand_inputs", "fov_for", "infer_files", "predict_image"]
 
@@ -48,14 +53,16 @@ class InferenceFailed(RuntimeError):
 class InferenceSummary:
     """What :func:`infer_files` did: ``written`` maps each finished input to its outputs (``mask``,
     ``overlay``, ``probabilities`` where written); ``failures`` holds one message per failed input or pattern,
-    each naming it."""
+    each naming it; ``seconds`` is the time spent reading, predicting and writing them."""
 
     output_dir: Path
     written: dict[Path, dict[str, Path]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     def __str__(self) -> str:
-        return f"{len(self.written)} input(s) written to {self.output_dir}, {len(self.failures)} failed"
+        return (f"{len(self.written)} input(s) written to {self.output_dir}, {len(self.failures)} failed, "
+                f"in {self.seconds:.1f} s")
 
     def raise_for_failures(self) -> InferenceSummary:
         """Raise :class:`InferenceFailed` naming the failed inputs, if any; else return the summary."""
@@ -90,13 +97,13 @@ def infer_files(
     settings: InferenceSettings,
     *,
     device: str | torch.device = "cpu",
-    precision: Precision = "float32",
     save_prob: ProbabilityDtype | None = None,
     overwrite: bool = False,
     fov: Literal["auto", "none"] | str | Path | None = None,
     scale: Literal["auto", "none"] | float = "auto",
     slice_axis: int = 2,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> InferenceSummary:
     """Predict and write the outputs of every input; one failing input does not stop the others.
 
@@ -108,7 +115,6 @@ def infer_files(
         settings: window, normalisation, activation, threshold, TTA, channels and fundus facts; what is
             still open is completed from the network (:func:`~medseg.inference.complete_settings`).
         device: where the network runs.
-        precision: ``"float32"`` or ``"bfloat16"`` (autocast).
         save_prob: also write probabilities, as ``"uint16"``, ``"uint8"`` or ``"float16"``.
         overwrite: replace existing outputs (an input is never overwritten, and two inputs named alike never
             share an output).
@@ -117,6 +123,10 @@ def infer_files(
         scale: fundus models only: ``"auto"`` (to the training FOV width), ``"none"`` or a resampling factor.
         slice_axis: the axis a 2D network slices a volume along.
         progress: progress bars over the files and, for large inputs, over the windows.
+        shard: ``(rank, world_size)``: this process predicts inputs ``rank``, ``rank + world_size``, ... of the
+            expanded list (:func:`~medseg.inference.distributed.infer_files_distributed` under torchrun). Every
+            rank checks every input's outputs in the same order, so a clash between two inputs is found alike
+            on all ranks and reported once, by the input's own rank (failures then start with ``rank R:``).
 
     Returns:
         the :class:`InferenceSummary`; call :meth:`~InferenceSummary.raise_for_failures` to fail on failures.
@@ -130,22 +140,40 @@ def infer_files(
         except ValueError:
             raise ValueError(f"scale must be auto, none or a number, got {scale!r}") from None
     output_dir = Path(output_dir)
+    network = InferenceNetwork.of(network, device, settings.precision, settings.spatial_dims)  # prepared once
+    logger.info("inference in %s", describe_precision(settings.precision, device))
+    rank, world_size = shard
+    start = time.perf_counter()
     files, failures = expand_inputs(inputs)
-    summary = InferenceSummary(output_dir, failures=failures)
+    summary = InferenceSummary(output_dir, failures=failures if rank == 0 else [])
     writer = _FileWriter(output_dir, save_prob, overwrite, {path.resolve() for path in files})
-    for path in tqdm(files, unit="file", disable=not progress or len(files) < 2, file=sys.stderr):
+    claimed: list[tuple[Path, dict[str, Path]]] = []
+    for index, path in enumerate(files):
         try:
             outputs = writer.claim(path)
+        except ValueError as err:
+            if index % world_size == rank:
+                summary.failures.append(_failure(path, err, shard))
+            continue
+        if index % world_size == rank:
+            claimed.append((path, outputs))
+    for path, outputs in tqdm(claimed, unit="file", disable=not progress or len(claimed) < 2, file=sys.stderr):
+        try:
             image, meta = read_image(path)
             fov_mask = None if meta.is_volume else fov_for(path, image, fov, settings.fundus)
-            probabilities = predict_image(network, image, meta, settings, fov_mask, device=device,
-                                          precision=precision, scale=scale, slice_axis=slice_axis, progress=progress)
+            probabilities = predict_image(network, image, meta, settings, fov_mask, device=device, scale=scale,
+                                          slice_axis=slice_axis, progress=progress)
             writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
             summary.written[path] = outputs
         except Exception as err:  # one bad input must not stop the others; it is reported by name
-            message = str(err)
-            summary.failures.append(message if str(path) in message else f"{path}: {message}")
+            summary.failures.append(_failure(path, err, shard))
+    summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _failure(path: Path, err: Exception, shard: tuple[int, int]) -> str:
+    message = str(err) if str(path) in str(err) else f"{path}: {err}"
+    return f"rank {shard[0]}: {message}" if shard[1] > 1 else message
 
 
 @dataclass
@@ -189,7 +217,6 @@ def predict_image(
     fov_mask: np.ndarray | None,
     *,
     device: str | torch.device = "cpu",
-    precision: Precision = "float32",
     scale: Literal["auto", "none"] | float = "auto",
     slice_axis: int = 2,
     progress: bool = False,
@@ -212,7 +239,7 @@ def predict_image(
         activation=settings.activation,
         tta=settings.tta,
         device=device,
-        precision=precision,
+        precision=settings.precision,
         slice_axis=slice_axis,
         scale=scale if fundus and scale != "none" else None,
         training_fov_width=settings.training_fov_width,

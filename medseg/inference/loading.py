@@ -54,6 +54,7 @@ class InferenceSettings:
     threshold: float = 0.5
     tta: bool | str = False  # as predict(): False / True, or "none" / "flips" / "dihedral"
     preprocessing: str = "rgb"
+    precision: str = "auto"  # as predict(): auto (bfloat16 where the device runs it natively), float32, bfloat16
     fundus: bool = False
     training_fov_width: float | None = None
     # the threshold that maximised F1 on the validation images of the shipped weights (metadata.json)

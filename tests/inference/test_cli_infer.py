@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from medseg.cli import main
-from medseg.inference import estimate_fov
+from medseg.inference import estimate_fov, native_bfloat16
 from medseg.inference.predict import TTA_MODES
 from medseg.networks import UNet, ensemble_state_dict
 
@@ -257,3 +257,13 @@ def test_tta_option_names_the_views_a_bare_flag_meaning_flips(tmp_path, tta, mod
     pixels = read_image(image)[0]
     by_mode = {m: predict(network, pixels, roi_size=(64, 64), tta=m, normalization="scale255") for m in TTA_MODES}
     assert {m for m, probs in by_mode.items() if torch.allclose(written, probs, atol=1e-3, rtol=0)} == {mode}
+
+
+def test_the_log_says_which_precision_auto_chose(checkpoint, tmp_path, capsys):
+    image = write_png(tmp_path / "photo.png", seed=3)
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(tmp_path / "out")]) == 0
+    chosen = "bfloat16 (auto: " if native_bfloat16("cpu") else "float32 (auto: no native bfloat16"
+    assert f"INFO: inference in {chosen}" in capsys.readouterr().err
+    assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(tmp_path / "out32"),
+                 "--precision", "float32"]) == 0
+    assert "INFO: inference in float32 on cpu" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from medseg.inference import fundus_scale, predict
+from medseg.inference import fundus_scale, predict, resolve_precision
 from medseg.networks import UNet
 
 
@@ -22,16 +22,32 @@ def image() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (3, 70, 90), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("shape", [(3, 70, 90), (3, 20, 50)])  # the second is smaller than the window: padded
-def test_uint8_windows_match_monai_on_the_float_image(net2d, shape):
-    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    probs = predict(net2d, image, roi_size=(32, 32), sw_batch_size=3, normalization="scale255")
+def test_uint8_windows_match_monai_on_the_float_image(net2d):
+    image = np.random.default_rng(1).integers(0, 256, (3, 70, 90), dtype=np.uint8)
+    probs = predict(net2d, image, roi_size=(32, 32), sw_batch_size=3, normalization="scale255", precision="float32")
     with torch.no_grad():
         expected = sliding_window_inference(
             torch.from_numpy(image)[None].float() / 255, (32, 32), 3, lambda w: torch.sigmoid(net2d(w)), mode="gaussian"
         )[0]
-    assert probs.shape == (1, *shape[1:])
+    assert probs.shape == (1, 70, 90)
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+
+
+def test_an_image_smaller_than_the_window_runs_in_one_pass_at_its_own_size(net2d):
+    image = np.random.default_rng(1).integers(0, 256, (3, 20, 50), dtype=np.uint8)
+    probs = predict(net2d, image, roi_size=(32, 64), normalization="scale255", precision="float32")
+    with torch.no_grad():
+        expected = torch.sigmoid(net2d(torch.from_numpy(image)[None].float() / 255))[0]
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_keeps_the_float32_mask_and_auto_follows_the_device(net2d, image):
+    reference = predict(net2d, image, roi_size=(32, 32), precision="float32")
+    fast = predict(net2d, image, roi_size=(32, 32), precision="bfloat16")
+    torch.testing.assert_close(fast, reference, atol=3e-2, rtol=0)
+    assert ((fast >= 0.5) == (reference >= 0.5)).float().mean() > 0.99
+    expected = fast if resolve_precision("auto", "cpu") == "bfloat16" else reference
+    torch.testing.assert_close(predict(net2d, image, roi_size=(32, 32)), expected, atol=0, rtol=0)
 
 
 def test_standardize_uses_whole_image_statistics(net2d, image):
@@ -106,13 +122,11 @@ def test_3d_network_runs_natively_and_softmax_sums_to_one():
     torch.testing.assert_close(probs.sum(0), torch.ones(20, 18, 14), atol=1e-5, rtol=0)
 
 
-def test_float16_accumulation_and_bfloat16_stay_close_to_float32(net2d, image):
-    reference = predict(net2d, image, roi_size=(32, 32))
-    half = predict(net2d, image, roi_size=(32, 32), accumulate_dtype=torch.float16)
-    fast = predict(net2d, image, roi_size=(32, 32), precision="bfloat16")
+def test_float16_accumulation_stays_close_to_float32(net2d, image):
+    reference = predict(net2d, image, roi_size=(32, 32), precision="float32")
+    half = predict(net2d, image, roi_size=(32, 32), accumulate_dtype=torch.float16, precision="float32")
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), reference, atol=2e-3, rtol=0)
-    torch.testing.assert_close(fast, reference, atol=3e-2, rtol=0)
 
 
 def test_rescaled_prediction_comes_back_at_the_input_size_and_fov_zeroes_outside(net2d, image):
