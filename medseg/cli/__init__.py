@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from medseg import __version__
 
@@ -17,6 +18,26 @@ class CLIError(Exception):
     """An error to report to the user as one line, with a non-zero exit code."""
 
 
+def bundle_argument(text: str) -> Path:
+    """argparse type: a bundle folder, or the name of a bundle medseg ships (:func:`medseg.resources.bundle_folder`)."""
+    from medseg.resources import bundle_folder
+
+    try:
+        return bundle_folder(text)
+    except FileNotFoundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def overlay_argument(text: str) -> Path:
+    """argparse type: a config file, or the name of an overlay medseg ships (:func:`medseg.resources.overlay_file`)."""
+    from medseg.resources import overlay_file
+
+    try:
+        return overlay_file(text)
+    except FileNotFoundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_overlay_argument(parser: argparse.ArgumentParser, onto: str) -> None:
     """``--config OVERLAY.yaml`` (repeatable): config files merged, in order, onto ``onto``."""
     parser.add_argument(
@@ -24,8 +45,10 @@ def add_overlay_argument(parser: argparse.ArgumentParser, onto: str) -> None:
         dest="overlays",
         action="append",
         default=[],
+        type=overlay_argument,
         metavar="OVERLAY.yaml",
-        help=f"config file merged on top of {onto} (repeatable, in order), e.g. configs/cpu_budget.yaml",
+        help=f"config file merged on top of {onto} (repeatable, in order), e.g. configs/cpu_budget.yaml, or the "
+        "name of a shipped overlay (cpu_budget, demo, ...)",
     )
 
 

@@ -1,4 +1,5 @@
-"""``medseg bundle list`` / ``info BUNDLE``: what the MONAI bundles are, from their files; ``ship``: release weights.
+"""``medseg bundle list`` / ``info BUNDLE``: what the MONAI bundles are, from their files; ``export NAME DIR``: a
+plain bundle folder; ``ship``: release weights.
 
 ``list`` and ``info`` read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config
 expression is evaluated, so looking at a bundle does not run it. ``ship BUNDLE CHECKPOINT`` runs the bundle's
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +27,8 @@ from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
+from medseg.resources import bundles_root, is_packaged
 
-# the repository's bundles, beside the package (as configs/ is for medseg.engines.workflow)
-BUNDLES_ROOT = Path(__file__).resolve().parents[2] / "bundles"
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
 BUNDLE_PARTS = ("configs", "models", "docs", "scripts")
 # weights are the only binaries a bundle commits; each file stays under this size
@@ -89,7 +90,7 @@ def bundle_files(bundle: Path) -> list[Path]:
 
 
 def find_bundle(name_or_path: str, root: Path) -> Path:
-    """A bundle folder given as a path, or by name under ``root``."""
+    """A bundle folder given as a path, or by name under ``root`` (the shipped bundles by default)."""
     for candidate in (Path(name_or_path), root / name_or_path):
         if (candidate / "configs" / "metadata.json").is_file():
             return candidate.resolve()
@@ -116,8 +117,12 @@ def licence(bundle: Path) -> str:
     return " ".join(first_paragraph.split())
 
 
+def _root(args: argparse.Namespace) -> Path:
+    return (args.root or bundles_root()).resolve()
+
+
 def _list(args: argparse.Namespace) -> int:
-    root = args.root.resolve()
+    root = _root(args)
     bundles = sorted(path.parents[1] for path in root.glob("*/configs/metadata.json"))
     if not bundles:
         raise CLIError(f"{root}: no bundles (folders with configs/metadata.json)")
@@ -131,7 +136,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    bundle = find_bundle(args.bundle, args.root.resolve())
+    bundle = find_bundle(args.bundle, _root(args))
     meta = read_metadata(bundle)
     data_format = meta.get("network_data_format", {})
     lines = [
@@ -182,6 +187,9 @@ def write_weights(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.
 
 def _ship(args: argparse.Namespace) -> int:
     bundle = args.bundle.resolve()
+    if is_packaged(bundle):
+        raise CLIError(f"{bundle}: a bundle installed with medseg is not changed in place; "
+                       f"`medseg bundle export {bundle.name} DIR` and ship into DIR")
     meta = read_metadata(bundle)
     state_dict = read_weights(args.checkpoints)
     shipped = ", ".join(map(str, args.checkpoints))
@@ -220,18 +228,45 @@ def _ship(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    source = find_bundle(args.bundle, _root(args))
+    target = args.directory.resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise CLIError(f"{target}: exists and is not an empty folder; nothing exported")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files = bundle_files(source)
+    # copied into a sibling folder first and renamed, so a failed export leaves no half-written bundle
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        for path in files:
+            copy = staging / path.relative_to(source)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    meta = read_metadata(target)
+    print(f"{target}: {source.name} {meta.get('version', '-')}, {len(files)} files")
+    print(f"run it with MONAI's runner from there: cd {target} && python -m monai.bundle run --config_file "
+          "configs/inference.yaml --input_files \"['image.tif']\" --output_dir predictions")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bundle",
-        help="list the MONAI bundles, describe one, ship new weights in one",
+        help="list the MONAI bundles, describe one, export one, ship new weights in one",
         description="Describe MONAI bundles from their metadata.json and configs, without running them; ship "
         "new weights in a bundle with their test metrics.",
     )
     commands = parser.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND", required=True)
-    root_help = f"folder holding the bundles (default: {BUNDLES_ROOT})"
+    root_help = "folder holding the bundles (default: the bundles medseg ships)"
 
     listing = commands.add_parser("list", help="table of the bundles: version, task, network, eval metrics")
-    listing.add_argument("--root", type=Path, default=BUNDLES_ROOT, help=root_help)
+    listing.add_argument("--root", type=Path, default=None, help=root_help)
     listing.set_defaults(func=_list)
 
     info = commands.add_parser(
@@ -241,8 +276,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "recorded eval metrics, files with sizes, and the commands that train, evaluate and run the bundle.",
     )
     info.add_argument("bundle", help="bundle folder, or the name of a bundle under --root")
-    info.add_argument("--root", type=Path, default=BUNDLES_ROOT, help=root_help)
+    info.add_argument("--root", type=Path, default=None, help=root_help)
     info.set_defaults(func=_info)
+
+    export = commands.add_parser(
+        "export",
+        help="copy a bundle (configs, models, docs, LICENSE) into a plain MONAI bundle folder",
+        description="Write BUNDLE's shipped files (not its run outputs) to DIRECTORY, a folder that MONAI's runner "
+        "(python -m monai.bundle run / verify_metadata) uses like any bundle, and that `medseg bundle ship` may "
+        "change. DIRECTORY must not exist or be empty.",
+    )
+    export.add_argument("bundle", help="a shipped bundle's name (see `medseg bundle list`) or a bundle folder")
+    export.add_argument("directory", type=Path, help="the new bundle folder")
+    export.add_argument("--root", type=Path, default=None, help=root_help)
+    export.set_defaults(func=_export)
 
     ship = commands.add_parser(
         "ship",

@@ -12,10 +12,7 @@ import argparse
 from pathlib import Path
 
 from medseg.cli import CLIError
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-BUNDLE = REPOSITORY / "bundles" / "drive_vessel_unet"
-OVERLAY = REPOSITORY / "configs" / "demo.yaml"
+from medseg.resources import bundle_folder, overlay_file
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -30,6 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
     from medseg.data.synthetic import ensure_synthetic_drive
     from medseg.tracking import default_tracking_uri
 
+    bundle, overlay = bundle_folder("drive_vessel_unet"), overlay_file("demo.yaml")
     out = args.output.resolve()
     data = ensure_synthetic_drive(out / "synthetic_drive", n_training=args.images, n_test=4, seed=args.seed)
     run = out / "run"
@@ -37,12 +35,12 @@ def _demo(args: argparse.Namespace) -> int:
     _step("check the data", ["data", "check", "--dataset", "synthetic", "--root", str(data)])
     _step("preview the labels", ["data", "preview", "--dataset", "synthetic", "--root", str(data), "--out",
                                  str(out / "preview.png"), "-n", "4"])
-    common = [str(BUNDLE), "--config", str(OVERLAY), "--data-root", str(data), "--output-dir", str(run),
+    common = [str(bundle), "--config", str(overlay), "--data-root", str(data), "--output-dir", str(run),
               "--set", f"seed={args.seed}"]
     _step("train", ["train", *common, "--tracking-uri", tracking_uri])
     _step("evaluate", ["evaluate", *common, "--checkpoint", str(run / "checkpoints" / "model.pt")])
-    _step("infer", ["infer", str(BUNDLE), str(data / "test" / "images"), "--output", str(out / "predictions"),
-                    "--checkpoint", str(run / "checkpoints" / "model.pt"), "--config", str(OVERLAY), "--overwrite"])
+    _step("infer", ["infer", str(bundle), str(data / "test" / "images"), "--output", str(out / "predictions"),
+                    "--checkpoint", str(run / "checkpoints" / "model.pt"), "--config", str(overlay), "--overwrite"])
     print(
         f"\nDone. Outputs in {out}:\n"
         f"  preview.png, run/artifacts/ (curves, ROC/PR, overlays), run/metrics_test.json, predictions/\n"

@@ -13,18 +13,17 @@ import argparse
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
 
-from medseg.cli import CLIError, add_precision_argument
+from medseg.cli import CLIError
 from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.engines.workflow import ConfigError, bundle_config_files, run_bundle_config
-from medseg.inference import ensemble_override, load_model, read_state_dict
+from medseg.inference import PRECISIONS, ensemble_override, load_model, read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_state_dict
 
 
@@ -73,10 +72,8 @@ def _evaluate_folder(args: argparse.Namespace) -> int:
             records = vessel_folder_records(args.images, args.labels, args.masks)
             model = load_model(args.bundle, overlays=args.overlays, overrides=bundle_overrides(args),
                                checkpoint=checkpoint)
-            if args.precision is not None:
-                model.settings = replace(model.settings, precision=args.precision)
             report = evaluate_vessel_folder(model, records, metrics_file, label_positive=args.label_positive,
-                                            device=args.device)
+                                            device=args.device, precision=args.precision)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             raise CLIError(str(err)) from None
     print(format_metrics({key: value for key, value in report.items() if key != "per_image"}))
@@ -142,5 +139,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the labels are index maps and these stored values are vessel (LES-AV's vessel/: 1 2 3 4)",
     )
     folders.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_precision_argument(folders)
+    folders.add_argument("--precision", choices=PRECISIONS, default="float32",
+                         help="float32 (default: scores that reproduce on any machine), bfloat16 or auto, as medseg infer")
     parser.set_defaults(func=_evaluate)

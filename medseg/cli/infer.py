@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError, add_overlay_argument, add_precision_argument
+from medseg.cli import CLIError, add_overlay_argument, add_precision_argument, bundle_argument
 from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, infer_files, load_model
 from medseg.inference.distributed import combined_summary, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Predict masks for images (TIFF, PNG, JPEG, GIF, PPM) and NIfTI volumes (.nii, .nii.gz). "
         "Options left out come from the bundle's configs/inference.yaml, else from the defaults shown.",
     )
-    parser.add_argument("model", help="bundle folder, TorchScript .ts file, or checkpoint (with --network)")
+    parser.add_argument("model", type=_model,
+                        help="bundle folder or the name of a shipped bundle (drive_vessel_unet, ...), TorchScript "
+                        ".ts file, or checkpoint (with --network)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--output", "-o", required=True, type=Path, help="folder for the outputs")
     parser.add_argument("--checkpoint", type=Path, help="weights for a bundle MODEL (default: MODEL/models/model.pt)")
@@ -143,6 +145,13 @@ def _settings(settings: InferenceSettings, args: argparse.Namespace) -> Inferenc
     if args.roi is not None:
         overrides["roi_size"] = args.roi * (settings.spatial_dims or 2) if len(args.roi) == 1 else args.roi
     return replace(settings, **overrides)
+
+
+def _model(text: str) -> Path:
+    """A file or folder as given; else the shipped bundle of that name."""
+    if Path(text).exists():
+        return Path(text)
+    return bundle_argument(text)
 
 
 def _roi(text: str) -> tuple[int, ...]:

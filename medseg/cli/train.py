@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 import yaml
 from monai.bundle import ConfigParser
 
-from medseg.cli import CLIError, add_overlay_argument
+from medseg.cli import CLIError, add_overlay_argument, bundle_argument
 from medseg.engines.workflow import (
     MLFLOW_TRACKING,
     ConfigError,
@@ -44,7 +45,8 @@ MEMBER_SEED_STEP = 10
 
 
 def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, help="bundle folder, e.g. bundles/drive_vessel_unet")
+    parser.add_argument("bundle", type=bundle_argument,
+                        help="bundle folder, or the name of a shipped bundle, e.g. drive_vessel_unet")
     add_overlay_argument(parser, "the bundle's config")
     parser.add_argument(
         "--set",
@@ -156,16 +158,28 @@ def member_plan(folder: Path, resume: bool) -> str:
                    "a single network resumes with --set ensemble_members=1)")
 
 
-def start_member(command: list[str], log: Path, cores: set[int] | None) -> subprocess.Popen:
+def start_member(command: list[str], log: Path, cores: set[int] | None, echo_prefix: str | None) -> subprocess.Popen:
+    """Start a member's training; its output goes to ``log`` and, unless ``echo_prefix`` is ``None``, its
+    progress lines (one per epoch) also to the console after that prefix."""
     env = dict(os.environ)
     if cores is not None:
         # one thread per core of the member's share: more would compete with the other members
         env["OMP_NUM_THREADS"] = str(len(cores))
-    with log.open("a" if "--resume" in command else "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                               errors="replace")
     if cores is not None:
         os.sched_setaffinity(process.pid, cores)
+    threading.Thread(target=_tee, args=(process, log, "--resume" in command, echo_prefix), daemon=True).start()
     return process
+
+
+def _tee(process: subprocess.Popen, log: Path, append: bool, echo_prefix: str | None) -> None:
+    with log.open("a" if append else "w") as out:
+        for line in process.stdout:
+            out.write(line)
+            out.flush()
+            if echo_prefix is not None and line.startswith("epoch "):
+                print(f"{echo_prefix}{line}", end="", flush=True)
 
 
 def wait_for_members(runs: dict[int, subprocess.Popen], logs: list[Path]) -> None:
@@ -207,7 +221,7 @@ def train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: s
                    "--set", "ensemble_members=1", "--set", f"seed={plan.member_seed(k)}",
                    "--set", f"split_seed={plan.split_seed}", "--output-dir", str(folder), "--tracking-uri", tracking_uri]
         runs[k] = start_member(command + (["--resume"] if plans[k] == "resume" else []), logs[k],
-                               shares[k] if shares else None)
+                               shares[k] if shares else None, None if args.quiet else f"member {k}: ")
         if shares is None:
             wait_for_members({k: runs.pop(k)}, logs)
     wait_for_members(runs, logs)
@@ -228,6 +242,8 @@ def _train(args: argparse.Namespace) -> int:
     if plan.members > 1:
         return train_ensemble(args, plan, tracking_uri)
     overrides["tracking_uri"] = tracking_uri
+    if args.quiet:
+        overrides["quiet"] = True
     if args.resume:
         overrides["resume"] = True
     try:
@@ -259,5 +275,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in the output folder"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true",
+        help="no progress bar and no per-epoch lines (an ensemble's members still write them to their logs)",
     )
     parser.set_defaults(func=_train)

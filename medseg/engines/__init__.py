@@ -2,6 +2,7 @@
 
 from medseg.engines.artifacts import RunArtifacts
 from medseg.engines.budget import TimeBudget
+from medseg.engines.progress import TrainingProgress
 from medseg.engines.checkpoint import AtomicCheckpointSaver, latest_checkpoint
 from medseg.engines.evaluation import (
     SegmentationReport,
@@ -25,6 +26,7 @@ __all__ = [
     "RunArtifacts",
     "SegmentationReport",
     "TimeBudget",
+    "TrainingProgress",
     "TrackingHandler",
     "VesselReport",
     "atomic_write_text",

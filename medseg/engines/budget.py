@@ -1,4 +1,4 @@
-"""``TimeBudget``: train for a wall-clock budget instead of a number of epochs."""
+"""``TimeBudget``: train for a wall-clock budget instead of a number of epochs, across restarts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from torch.optim import Optimizer
 
 __all__ = ["TimeBudget"]
 
+# trainer state attributes that the trainer's own state dict carries (ignite's ``state_dict_user_keys``), so an
+# interval checkpoint holds how much of the budget was spent and the learning rates the decay started from
+ELAPSED_KEY = "budget_elapsed_seconds"
+BASE_LRS_KEY = "budget_base_lrs"
+
 
 class TimeBudget:
     """Cosine learning-rate decay over a wall-clock budget, then stop the trainer.
@@ -17,8 +22,13 @@ class TimeBudget:
     A CPU preset promises a training time, not an epoch count: the same recipe then takes what the machine
     gives, and a slower or busier machine trains fewer steps instead of running over. The learning rate of
     every parameter group follows ``eta_min + (lr0 - eta_min) * (1 + cos(pi * elapsed / budget)) / 2``, where
-    ``lr0`` is the group's learning rate when training starts; when the budget is spent the trainer terminates
-    (its ``COMPLETED`` handlers still run). Time spent in validation counts.
+    ``lr0`` is the group's learning rate when training first starts; when the budget is spent the trainer
+    terminates (its ``COMPLETED`` handlers still run). Time spent in validation counts.
+
+    The time spent and ``lr0`` live in the trainer's state (``engine.state.budget_elapsed_seconds`` and
+    ``budget_base_lrs``, both in ``engine.state_dict()``), so a run resumed from an interval checkpoint spends
+    only what was left at that checkpoint, with the learning rate where it was; a run killed between two
+    checkpoints trains at most one checkpoint interval more than its budget.
 
     Args:
         minutes: the budget.
@@ -36,23 +46,36 @@ class TimeBudget:
         self.base_lrs: list[float] = []
 
     def attach(self, engine: Engine) -> None:
+        for key in (ELAPSED_KEY, BASE_LRS_KEY):
+            if key not in engine.state_dict_user_keys:
+                engine.state_dict_user_keys.append(key)
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_STARTED, self._set_lr)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_spent)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_and_stop_when_spent)
 
     def elapsed_fraction(self) -> float:
         return 0.0 if self.start is None else min(1.0, (time.monotonic() - self.start) / self.seconds)
 
+    def remaining_seconds(self) -> float:
+        return self.seconds * (1.0 - self.elapsed_fraction())
+
     def _start(self, engine: Engine) -> None:
-        self.start = time.monotonic()
-        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        # a fresh run's values; a checkpoint loaded after this handler (at STARTED too) replaces them
+        setattr(engine.state, ELAPSED_KEY, 0.0)
+        setattr(engine.state, BASE_LRS_KEY, [])
+        self.start = None
 
     def _set_lr(self, engine: Engine) -> None:
+        if self.start is None:  # the first iteration of this process: the clock continues from the state
+            self.start = time.monotonic() - float(getattr(engine.state, ELAPSED_KEY))
+            self.base_lrs = list(getattr(engine.state, BASE_LRS_KEY)) or [g["lr"] for g in self.optimizer.param_groups]
+            setattr(engine.state, BASE_LRS_KEY, list(self.base_lrs))
         decay = (1.0 + math.cos(math.pi * self.elapsed_fraction())) / 2.0
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = self.eta_min + (base_lr - self.eta_min) * decay
 
-    def _stop_when_spent(self, engine: Engine) -> None:
+    def _record_and_stop_when_spent(self, engine: Engine) -> None:
+        setattr(engine.state, ELAPSED_KEY, time.monotonic() - self.start)
         if self.elapsed_fraction() >= 1.0:
             engine.logger.info(f"time budget of {self.seconds / 60:g} minutes spent at iteration {engine.state.iteration}")
             engine.terminate()

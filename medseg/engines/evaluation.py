@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,7 @@ def evaluate_vessel_folder(
     *,
     label_positive: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "float32",
 ) -> dict:
     """Score ``model`` on any labelled vessel dataset, every image through the inference path of ``medseg infer``
     (the model's settings, ``--scale auto`` for fundus models), and write the report as JSON.
@@ -146,10 +148,12 @@ def evaluate_vessel_folder(
     automatic estimate: it zeroes the outside, sets the scale, and is where the pixels are scored (pooled).
 
     Report keys: ``images``, ``fov`` ("given masks" or "estimated"), ``threshold_0.5``, ``threshold_val`` (at
-    the model's ``validation_threshold``, when it has one) and ``per_image`` ({id: F1 at 0.5}).
+    the model's ``validation_threshold``, when it has one) and ``per_image`` ({id: F1 at 0.5}). ``precision``
+    replaces the model's own (float32 by default, as the bundles' evaluate.yaml).
     """
     validate_vessel_records(records, label_positive)
-    settings = complete_settings(model.network, model.settings)
+    # float32 by default, as the bundles' evaluate.yaml: scores that reproduce on any machine
+    settings = replace(complete_settings(model.network, model.settings), precision=precision)
     pooled, per_image = FOVVesselMetrics(), {}
     network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)
     for record in records:

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from medseg.resources import configs_root
+
 __all__ = [
     "MLFLOW_TRACKING", "ConfigError", "bundle_config_files", "bundle_workflow", "parse_overrides",
     "run_bundle_config", "working_directory",
@@ -52,9 +54,8 @@ def _target_of(item: Any) -> str | None:
     config = item.get_config()
     return config.get("_target_") if isinstance(config, dict) else None
 
-# medseg's MLflow settings for MONAI's ``tracking`` argument; bundles and configs/ live beside the package in
-# the repository, so the CLI reads them from there
-MLFLOW_TRACKING = Path(__file__).resolve().parents[2] / "configs" / "mlflow_tracking.yaml"
+# medseg's MLflow settings for MONAI's ``tracking`` argument, one of the shipped config files
+MLFLOW_TRACKING = configs_root() / "mlflow_tracking.yaml"
 
 
 @contextlib.contextmanager

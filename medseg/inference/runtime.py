@@ -72,7 +72,8 @@ class InferenceNetwork(nn.Module):
     cannot be rearranged and run under bf16 autocast instead.
 
     Args:
-        network: the trained network (logits out).
+        network: the trained network (logits out); a ``DistributedDataParallel`` or ``DataParallel`` wrapper
+            is looked through.
         device: where it runs.
         precision: ``"float32"`` or ``"bfloat16"`` (``"auto"`` is resolved by :func:`resolve_precision`).
         spatial_dims: 2 or 3 puts the weights in the matching channels-last layout.
@@ -93,6 +94,8 @@ class InferenceNetwork(nn.Module):
         self.precision = resolve_precision(precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         self.memory_format = {2: torch.channels_last, 3: torch.channels_last_3d}.get(spatial_dims or 0)
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module  # the wrapper only matters for training's gradients
         self.scripted = isinstance(network, torch.jit.ScriptModule)
         if self.scripted:
             self.network = network.eval().to(self.device)

@@ -1,0 +1,85 @@
+"""``TrainingProgress``: a training you can watch, on the console."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ignite.engine import Engine, Events
+from tqdm import tqdm
+
+from medseg.engines.budget import ELAPSED_KEY
+
+__all__ = ["TrainingProgress"]
+
+
+class TrainingProgress:
+    """A progress bar over each epoch's iterations with the loss, the best validation metric so far and, for a
+    time-budgeted run, the time left; a line per epoch when it ends. When stderr is not a terminal (a log file,
+    an ensemble member whose output its parent prefixes) only the lines are written.
+
+    Args:
+        evaluator: the validator whose best key metric is shown (``state.best_metric``, ``key_metric_name``,
+            ``best_metric_epoch``, as MONAI's evaluators keep them).
+        output_transform: the loss from ``engine.state.output``.
+        budget_minutes: the run's time budget (:class:`~medseg.engines.TimeBudget`), or ``None``.
+    """
+
+    def __init__(
+        self,
+        evaluator: Engine | None = None,
+        output_transform: Callable[[Any], Any] = lambda output: output,
+        budget_minutes: float | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.output_transform = output_transform
+        self.budget_seconds = None if budget_minutes is None else 60.0 * budget_minutes
+        self.bar: tqdm | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._open_bar)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_line)
+        engine.add_event_handler(Events.COMPLETED, self._close_bar)
+
+    def status(self, engine: Engine) -> str:
+        """``epoch 3/50  loss 0.4120  best val_f1 0.7712 (epoch 2)  41:05 of the budget left``."""
+        epoch = f"epoch {engine.state.epoch}" + ("" if self.budget_seconds else f"/{engine.state.max_epochs}")
+        parts = [epoch]
+        loss = self._loss(engine)
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        state = getattr(self.evaluator, "state", None)
+        if state is not None and getattr(state, "best_metric_epoch", -1) > 0:
+            parts.append(f"best {state.key_metric_name} {state.best_metric:.4f} (epoch {state.best_metric_epoch})")
+        if self.budget_seconds:
+            left = max(0.0, self.budget_seconds - float(getattr(engine.state, ELAPSED_KEY, 0.0) or 0.0))
+            parts.append(f"{int(left // 60)}:{int(left % 60):02d} of the budget left")
+        return "  ".join(parts)
+
+    def _loss(self, engine: Engine) -> float | None:
+        try:
+            return float(self.output_transform(engine.state.output))
+        except (TypeError, ValueError, KeyError, IndexError):  # no output yet, or not a scalar loss
+            return None
+
+    def _open_bar(self, engine: Engine) -> None:
+        self._close_bar(engine)
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=engine.state.epoch_length, desc=f"epoch {engine.state.epoch}", leave=False,
+                            file=sys.stderr, unit="it", dynamic_ncols=True)
+
+    def _advance(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(self.status(engine).split("  ", 1)[-1], refresh=False)
+
+    def _epoch_line(self, engine: Engine) -> None:
+        self._close_bar(engine)
+        print(self.status(engine), file=sys.stderr, flush=True)
+
+    def _close_bar(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,75 @@
+"""The MONAI bundles and config overlays medseg ships, found where medseg is installed.
+
+In the repository they are the top-level ``bundles/`` and ``configs/`` folders, where users and MONAI's runner
+find them. The wheel maps the same folders into the package as ``medseg/bundles`` and ``medseg/configs``
+(``[tool.setuptools.package-dir]`` in pyproject.toml), so an installed medseg finds them through
+:mod:`importlib.resources` and a clone (an editable install) beside the package. Everything medseg writes goes to
+the working directory or to folders the user names, never into these.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+__all__ = ["bundle_folder", "bundle_names", "bundles_root", "configs_root", "is_packaged", "overlay_file"]
+
+
+def _shipped(name: str) -> Path:
+    packaged = Path(str(importlib.resources.files("medseg") / name))
+    if packaged.is_dir():
+        return packaged
+    beside = Path(__file__).resolve().parents[1] / name  # a clone: bundles/ and configs/ beside medseg/
+    if beside.is_dir():
+        return beside
+    raise FileNotFoundError(f"medseg is installed without its {name}/ (looked in {packaged} and {beside})")
+
+
+def bundles_root() -> Path:
+    """The folder holding the shipped bundles (``<name>/configs/metadata.json`` each)."""
+    return _shipped("bundles")
+
+
+def configs_root() -> Path:
+    """The folder holding the shipped config overlays (``cpu_budget.yaml``, ...)."""
+    return _shipped("configs")
+
+
+def bundle_names() -> list[str]:
+    return sorted(path.parents[1].name for path in bundles_root().glob("*/configs/metadata.json"))
+
+
+def is_packaged(folder: str | Path) -> bool:
+    """Whether ``folder`` is inside the installed package (so nothing may be written into it)."""
+    package = Path(str(importlib.resources.files("medseg"))).resolve()
+    return Path(folder).resolve().is_relative_to(package)
+
+
+def bundle_folder(name_or_path: str | Path) -> Path:
+    """A bundle given as a folder (with ``configs/metadata.json``) or by the name of a shipped bundle; a
+    ``bundles/NAME`` that is not a folder here is the shipped ``NAME`` (the repository's spelling, from anywhere).
+
+    Raises:
+        FileNotFoundError: naming the argument and the shipped bundles.
+    """
+    path = Path(name_or_path)
+    shipped = bundles_root() / (path.name if path.parent in (Path("."), Path("bundles")) else str(path))
+    for candidate in (path, shipped):
+        if (candidate / "configs" / "metadata.json").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"{name_or_path}: not a bundle folder (no configs/metadata.json) nor a shipped bundle "
+        f"(shipped: {', '.join(bundle_names()) or 'none'})"
+    )
+
+
+def overlay_file(name_or_path: str | Path) -> Path:
+    """A config overlay given as a file, or by the name of a shipped one (``cpu_budget`` or ``cpu_budget.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.resolve()
+    shipped = configs_root() / (path.name if path.suffix in (".yaml", ".yml", ".json") else f"{path.name}.yaml")
+    if shipped.is_file() and path.parent in (Path("."), Path("configs")):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in configs_root().glob("*.yaml")))
+    raise FileNotFoundError(f"{name_or_path}: no such config file, nor a shipped overlay (shipped: {names})")

@@ -1,0 +1,55 @@
+"""Training you can watch: one line per epoch (a bar too on a terminal) with the loss, the best validation metric
+and the time left of a budget; ``--quiet`` for scripts; an ensemble's members on the console with their prefix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from monai.utils import path_to_sqlite_uri
+
+from medseg.cli import main
+from medseg.data.synthetic import ensure_synthetic_drive
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel_unet"
+TINY = ["--set", "network_features=[4,8]", "--set", "patch_size=[32,32]", "--set", "roi_size=[64,64]",
+        "--set", "val_images=1", "--set", "batch_images=2", "--set", "patches_per_image=2", "--set", "val_interval=1"]
+LINE = re.compile(r"^epoch (\d+)(/\d+)?  loss \d\.\d{4}  best val_f1 \d\.\d{4} \(epoch \d+\)")
+
+
+@pytest.fixture(scope="module")
+def synthetic_drive(tmp_path_factory) -> Path:
+    return ensure_synthetic_drive(tmp_path_factory.mktemp("data") / "drive", n_training=4, n_test=1, seed=2)
+
+
+def train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", str(BUNDLE), "--data-root", str(data), *TINY, *extra, "--output-dir", str(out),
+                 "--tracking-uri", path_to_sqlite_uri(out.parent / f"{out.name}.db")])
+
+
+def test_each_epoch_prints_its_loss_and_the_best_validation_metric(synthetic_drive, tmp_path, capsys):
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=1", "--set", "max_epochs=2") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if LINE.match(line)]
+    assert [LINE.match(line).group(1, 2) for line in lines] == [("1", "/2"), ("2", "/2")]
+
+
+def test_a_budgeted_run_shows_the_time_left(synthetic_drive, tmp_path, capsys):
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=1", "--set", "max_epochs=2",
+                 "--set", "time_budget_minutes=10") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if LINE.match(line)]
+    assert len(lines) == 2 and all(re.search(r"  9:\d\d of the budget left$", line) for line in lines)
+
+
+def test_quiet_prints_no_progress(synthetic_drive, tmp_path, capsys):
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=1", "--set", "max_epochs=1",
+                 "--quiet") == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+
+
+def test_ensemble_members_show_their_progress_with_their_prefix_and_keep_their_logs(synthetic_drive, tmp_path, capsys):
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=2", "--set", "max_epochs=1") == 0
+    out = capsys.readouterr().out
+    for k in (0, 1):
+        assert re.search(rf"^member {k}: epoch 1/1  loss ", out, re.M)
+        assert "epoch 1/1  loss " in (tmp_path / "run" / f"member{k}" / "train.log").read_text()
