@@ -11,8 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-import torch
 import pytest
+import torch
 from monai.handlers import CheckpointSaver, MLFlowHandler
 from packaging.requirements import Requirement
 from packaging.version import Version

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from mlflow.exceptions import MlflowException
 
 from medseg.cli import CLIError
 from medseg.cli.evaluate import read_weights
@@ -28,6 +29,8 @@ from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
+from medseg.tracking import default_tracking_uri
+from medseg.tracking.models import ship_run
 
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
 BUNDLE_PARTS = ("configs", "models", "docs", "scripts")
@@ -225,6 +228,13 @@ def _ship(args: argparse.Namespace) -> int:
     print(f"{models / 'model.pt'}: {format_size(size)} ({args.dtype})")
     print("eval_metrics: " + format_metrics(meta["eval_metrics"]))
     print(f"evaluation report: {report_path}")
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        version = ship_run(bundle, meta["eval_metrics"], report_path, tracking_uri,
+                           {key: value for key, value in bundle_overrides(args).items() if key != "output_dir"})
+    except (MlflowException, OSError) as err:  # the bundle is shipped; only its registration failed
+        raise CLIError(f"{bundle.name} shipped, but registering it in {tracking_uri} failed: {err}") from None
+    print(f"registered in the MLflow Model Registry as models:/{version.name}/{version.version} ({tracking_uri})")
     return 0
 
 
@@ -302,6 +312,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_bundle_arguments(ship)
     ship.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT",
                       help="weights to ship, e.g. OUTPUT_DIR/checkpoints/model.pt; one per member of an ensemble")
+    ship.add_argument("--tracking-uri", help="MLflow store of the Model Registry (default: sqlite:///mlflow.db here)")
     ship.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="float32",
                       help="storage dtype of the weights (float16 halves the file; default: float32)")
     ship.set_defaults(func=_ship)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+import torch
 from ignite import distributed as idist
 from ignite.engine import Engine
 from mlflow.entities import RunTag
@@ -46,12 +47,28 @@ class TrackingHandler(MLFlowHandler):
 
     Args:
         tags: MLflow run tags, e.g. ``{"network": "unet", "dataset": "drive", "git_commit": ...}``.
+        model_bundle: with ``model_network``, when the engine completes the run gets an MLflow model
+            (:func:`medseg.tracking.models.log_bundle_model`): this bundle folder with the network's weights.
+        model_network: the network whose weights the model holds (a training's ``eval_network``).
+        model_config: the run's executed train config (MONAI's ``save_execute_config`` file), so that the
+            model's network is the one trained whatever ``--set`` overrides built it.
         args, kwargs: ``MLFlowHandler`` arguments.
     """
 
-    def __init__(self, *args: Any, tags: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        tags: Mapping[str, Any] | None = None,
+        model_bundle: str | None = None,
+        model_network: torch.nn.Module | None = None,
+        model_config: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.tags = {key: str(value) for key, value in (tags or {}).items()}
+        self.model_bundle = model_bundle
+        self.model_network = model_network
+        self.model_config = model_config if isinstance(model_config, str) else None
         self.tracking_lost = False
 
     def attach(self, engine: Engine) -> None:
@@ -98,6 +115,18 @@ class TrackingHandler(MLFlowHandler):
 
     def complete(self) -> None:
         self._tracked(super().complete, "artifacts")
+        if self.model_bundle is not None and self.model_network is not None and self.cur_run is not None:
+            self._tracked(self._log_model, "model")
+
+    def _log_model(self) -> None:
+        from medseg.tracking.models import log_bundle_model
+
+        network = self.model_network
+        if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            network = network.module
+        weights = {name: value.detach().cpu() for name, value in network.state_dict().items()}
+        log_bundle_model(self.model_bundle, weights, self.cur_run.info.run_id, self.client.tracking_uri,
+                         train_config=self.model_config)
 
     def close(self) -> None:
         self._tracked(super().close, "run end")
