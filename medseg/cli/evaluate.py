@@ -22,7 +22,14 @@ from medseg.cli import CLIError
 from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.evaluation import evaluate_vessel_folder
-from medseg.engines.workflow import ConfigError, bundle_config_files, run_bundle_config
+from medseg.engines.workflow import (
+    MLFLOW_TRACKING,
+    ConfigError,
+    bundle_config_files,
+    run_bundle_config,
+    working_directory,
+)
+from medseg.tracking import default_tracking_uri, evaluation_tags
 from medseg.inference import PRECISIONS, ensemble_override, load_model, read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_state_dict
 
@@ -89,7 +96,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_folder(args)
     overrides = bundle_overrides(args)
     metrics_file = output_dir(args) / f"metrics_{args.split}.json"
-    overrides.update(split=args.split, metrics_file=str(metrics_file))
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    overrides.update(split=args.split, metrics_file=str(metrics_file), tracking_uri=tracking_uri)
+    weights_files = args.checkpoints or [args.bundle / "models" / "model.pt"]
+    if all(Path(path).is_file() for path in weights_files):
+        parser = ConfigParser()
+        parser.read_config(bundle_config_files(args.bundle, "evaluate", args.overlays))
+        parser.update({key: value for key, value in overrides.items() if key == "experiment_name"})
+        with working_directory(args.bundle):  # its %configs/train.yaml macros
+            experiment = str(parser.get_parsed_content("experiment_name")) if "experiment_name" in parser else ""
+        overrides["evaluation_tags"] = evaluation_tags(weights_files, tracking_uri, experiment)
     with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
         if args.checkpoints:
             weights = read_weights(args.checkpoints)
@@ -104,7 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             torch.save(weights, overrides["ckpt_path"])
         try:
             run_bundle_config(args.bundle, "evaluate", overlays=args.overlays, overrides=overrides,
-                              workflow_type="eval")
+                              tracking=str(MLFLOW_TRACKING), workflow_type="eval")
         except (FileNotFoundError, ConfigError) as err:
             raise CLIError(str(err)) from None
     print(format_metrics(json.loads(metrics_file.read_text())))
@@ -126,6 +142,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "networks, each trained by its own run",
     )
     parser.add_argument("--split", choices=("val", "test"), default="test", help="which images (default: test)")
+    parser.add_argument("--tracking-uri", help="MLflow store of the evaluation run (default: sqlite:///mlflow.db "
+                        "here); a checkpoint of a medseg train run is evaluated in a run nested under it")
     folders = parser.add_argument_group(
         "any labelled vessel dataset",
         "score the bundle on DIR of photographs through the inference path of medseg infer (--scale auto), the "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from mlflow.exceptions import MlflowException
+
 from medseg.cli import CLIError
 from medseg.tracking import TrackingServerError, check_tracking_server, default_tracking_uri, runs_table
 
@@ -13,8 +15,8 @@ def _runs(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     try:
         check_tracking_server(uri)
-        print(runs_table(uri, experiment_name=args.experiment))
-    except (TrackingServerError, FileNotFoundError, ValueError) as err:
+        print(runs_table(uri, experiment_name=args.experiment, filter_string=args.filter))
+    except (TrackingServerError, FileNotFoundError, ValueError, MlflowException) as err:
         raise CLIError(str(err)) from None
     return 0
 
@@ -27,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dataset tags, key params and the latest value of the key metrics.",
     )
     runs.add_argument("--experiment", metavar="NAME", help="only the runs of this MLflow experiment")
+    runs.add_argument("--filter", default="", metavar="EXPR",
+                      help="MLflow search syntax, e.g. \"metrics.val_f1 > 0.8 and tags.dataset = 'drive'\"")
     runs.add_argument(
         "--tracking-uri",
         metavar="URI",

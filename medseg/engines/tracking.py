@@ -34,7 +34,10 @@ from ignite.engine import Engine
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from monai.handlers import MLFlowHandler
+
+from medseg.tracking import tag_experiment_kind
 
 __all__ = ["TrackingHandler"]
 
@@ -50,6 +53,7 @@ class TrackingHandler(MLFlowHandler):
         model_bundle: with ``model_network``, when the engine completes the run gets an MLflow model
             (:func:`medseg.tracking.models.log_bundle_model`): this bundle folder with the network's weights.
         model_network: the network whose weights the model holds (a training's ``eval_network``).
+        system_metrics: log the machine's CPU, memory and disk use to the run while it lasts.
         model_config: the run's executed train config (MONAI's ``save_execute_config`` file), so that the
             model's network is the one trained whatever ``--set`` overrides built it.
         args, kwargs: ``MLFlowHandler`` arguments.
@@ -62,6 +66,7 @@ class TrackingHandler(MLFlowHandler):
         model_bundle: str | None = None,
         model_network: torch.nn.Module | None = None,
         model_config: str | None = None,
+        system_metrics: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +74,8 @@ class TrackingHandler(MLFlowHandler):
         self.model_bundle = model_bundle
         self.model_network = model_network
         self.model_config = model_config if isinstance(model_config, str) else None
+        self.system_metrics = system_metrics
+        self.monitor: SystemMetricsMonitor | None = None
         self.tracking_lost = False
 
     def attach(self, engine: Engine) -> None:
@@ -97,12 +104,18 @@ class TrackingHandler(MLFlowHandler):
             if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
             super()._set_experiment()  # created meanwhile by another training: found this time
+        tag_experiment_kind(self.client, self.experiment.experiment_id)
 
     def _start_and_tag(self, engine: Engine) -> None:
         super().start(engine)
         if self.tags and self.cur_run is not None:
             tags = [RunTag(key, value) for key, value in self.tags.items()]
             self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)
+        if self.system_metrics and self.cur_run is not None and self.monitor is None:
+            # CPU, memory, disk and network use beside the run's metrics (MLflow's own sampler, psutil)
+            self.monitor = SystemMetricsMonitor(self.cur_run.info.run_id, sampling_interval=10,
+                                                tracking_uri=self.client.tracking_uri)
+            self.monitor.start()
 
     def start(self, engine: Engine) -> None:
         self._tracked(partial(self._start_and_tag, engine), "run start")
@@ -129,4 +142,7 @@ class TrackingHandler(MLFlowHandler):
                          train_config=self.model_config)
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
         self._tracked(super().close, "run end")

@@ -26,17 +26,21 @@ __all__ = [
     "DEFAULT_RUN_PARAMS",
     "DEFAULT_RUN_TAGS",
     "TrackingServerError",
+    "EXPERIMENT_KIND_TAG",
     "check_tracking_server",
     "default_tracking_uri",
+    "evaluation_tags",
     "prepare_tracking_store",
     "run_tags",
     "resumable_run_name",
     "runs_table",
+    "tag_experiment_kind",
 ]
 
 DEFAULT_RUN_TAGS = ("network", "dataset")
 DEFAULT_RUN_PARAMS = ("max_epochs",)
-DEFAULT_RUN_METRICS = ("train_loss", "best_metric", "best_metric_epoch", "val_f1", "val_auc_roc", "val_miou")
+DEFAULT_RUN_METRICS = ("train_loss", "best_metric", "best_metric_epoch", "val_f1", "val_auc_roc", "val_miou", "test_f1",
+                       "test_auc_roc", "test_miou")
 
 
 class TrackingServerError(RuntimeError):
@@ -71,8 +75,25 @@ def _git_commit() -> str:
 
 
 def run_tags(network: str, dataset: str, **extra: str) -> dict[str, str]:
-    """MLflow run tags: ``network``, ``dataset``, ``git_commit``, ``medseg_version``, plus ``extra``."""
-    return {"network": network, "dataset": dataset, "git_commit": _git_commit(), "medseg_version": __version__, **extra}
+    """MLflow run tags: ``network``, ``dataset``, ``git_commit``, ``medseg_version``, MLflow's standard source tags
+    (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.source.type``), plus ``extra``."""
+    commit = _git_commit()
+    source = {"mlflow.source.name": "medseg", "mlflow.source.type": "LOCAL"}
+    if commit != "unknown":
+        source["mlflow.source.git.commit"] = commit
+    return {"network": network, "dataset": dataset, "git_commit": commit, "medseg_version": __version__, **source,
+            **extra}
+
+
+# MLflow's UI opens an experiment with this tag on its runs table and metric charts (not the GenAI overview)
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
+def tag_experiment_kind(client: MlflowClient, experiment_id: str) -> None:
+    """Mark an experiment as model training, unless it says what it is already."""
+    key, value = EXPERIMENT_KIND_TAG
+    if key not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, key, value)
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
@@ -123,9 +144,11 @@ def runs_table(
     params: Sequence[str] = DEFAULT_RUN_PARAMS,
     metrics: Sequence[str] = DEFAULT_RUN_METRICS,
     max_runs: int = 100,
+    filter_string: str = "",
 ) -> str:
     """A text table of the MLflow runs, newest first: experiment, run name, status, start time, duration,
-    then the given tags, params and metrics (latest value). Columns that no run has are left out.
+    then the given tags, params and metrics (latest value; validation and test side by side). Columns that no run
+    has are left out. ``filter_string`` selects runs in MLflow's search syntax (``"metrics.val_f1 > 0.8"``).
 
     Raises:
         FileNotFoundError: a SQLite ``tracking_uri`` whose database does not exist (nothing was tracked yet).
@@ -144,7 +167,8 @@ def runs_table(
             raise ValueError(f"no MLflow experiment named {experiment_name!r} at {tracking_uri} (known: {known})")
         experiments = [experiment]
     names = {e.experiment_id: e.name for e in experiments}
-    runs = list(client.search_runs(list(names), max_results=max_runs, order_by=["attributes.start_time DESC"]))
+    runs = list(client.search_runs(list(names), filter_string=filter_string, max_results=max_runs,
+                                   order_by=["attributes.start_time DESC"]))
     if not runs:
         return f"No MLflow runs at {tracking_uri}" + (f" in experiment {experiment_name!r}" if experiment_name else "")
 
@@ -170,6 +194,27 @@ def runs_table(
             ]
         )
     return _format_table(header, rows)
+
+
+def evaluation_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str, experiment_name: str) -> dict[str, str]:
+    """Tags of an evaluation run: the sha256 of the weights evaluated and, for one checkpoint that a ``medseg
+    train`` run wrote (``OUTPUT/checkpoints/*.pt`` beside ``OUTPUT/mlflow_run_name.txt``), that training run as
+    ``medseg.source_run`` and as MLflow's ``mlflow.parentRunId``, so the evaluation sits nested under it."""
+    from medseg.tracking.models import sha256_of
+
+    tags = {"medseg.weights_sha256": ",".join(sha256_of(path) for path in checkpoints)}
+    record = Path(checkpoints[0]).resolve().parent.parent / "mlflow_run_name.txt" if len(checkpoints) == 1 else None
+    if record is None or not record.is_file():
+        return tags
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return tags
+    name = record.read_text().strip().replace("'", "\\'")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'", max_results=1)
+    if runs:
+        tags.update({"medseg.source_run": runs[0].info.run_id, "mlflow.parentRunId": runs[0].info.run_id})
+    return tags
 
 
 def resumable_run_name(output_dir: str | os.PathLike, resume: bool = False) -> str:

@@ -30,6 +30,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
+from medseg.tracking import tag_experiment_kind
 
 __all__ = ["MODEL_ARTIFACT", "BundleModel", "log_bundle_model", "register_bundle_model", "sha256_of", "ship_run",
            "tracking_at"]
@@ -49,7 +50,8 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         self.settings = complete_settings(loaded.network, loaded.settings)
         self.network = InferenceNetwork(loaded.network, "cpu", self.settings.precision, self.settings.spatial_dims)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
+        """Probabilities of one image: (H, W) for a one-channel network, else (K, H, W), float32."""
         from medseg.inference import ImageMeta, fov_for, predict_image
 
         image = np.asarray(model_input)
@@ -179,6 +181,7 @@ def ship_run(
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(bundle.name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(bundle.name)
+    tag_experiment_kind(client, experiment_id)
     run = client.create_run(experiment_id, run_name=f"ship {bundle.name} {version}",
                             tags={"medseg.bundle": bundle.name, "medseg.bundle_version": version,
                                   "medseg.weights_sha256": digest})

@@ -103,6 +103,7 @@ def test_a_budgeted_run_killed_mid_epoch_spends_only_what_was_left_with_the_lear
     assert resumed_seconds < budget_seconds - spent_before + epoch_seconds + 30  # + start-up and evaluation
 
     client, run = one_run(uri)
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's system metrics, over a minute
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr_group_0")}
     rates = [history[step] for step in sorted(history)]
     assert rates[0] > rates[-1] >= 0

@@ -120,10 +120,24 @@ def test_a_training_ends_by_logging_its_network_as_an_mlflow_model(tmp_path):
     assert main(["train", str(REPO / "bundles" / "drive_vessel_unet"), "--data-root", str(data), *TINY,
                  "--output-dir", str(out), "--tracking-uri", uri, "--quiet"]) == 0
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("drive_vessel_unet").experiment_id])
+    experiment = client.get_experiment_by_name("drive_vessel_unet")
+    # opened in MLflow's UI on the runs table and charts; the run names its source as MLflow's own tags do
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["mlflow.source.name"] == "medseg" and "mlflow.source.type" in run.data.tags
     with tracking_at(uri):
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, -1, 3)
     image = np.asarray(Image.open(next((data / "test" / "images").iterdir())).convert("RGB"))
     probabilities = model.predict(image)
     assert probabilities.shape == image.shape[:2] and 0 <= probabilities.min() <= probabilities.max() <= 1
+
+
+    # its evaluation is a run nested under it, with the test metrics and the weights' sha256
+    weights = out / "checkpoints" / "model.pt"
+    assert main(["evaluate", str(REPO / "bundles" / "drive_vessel_unet"), "--data-root", str(data), *TINY,
+                 "--checkpoint", str(weights), "--output-dir", str(out), "--tracking-uri", uri]) == 0
+    (evaluation,) = client.search_runs([experiment.experiment_id],
+                                       filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert evaluation.data.tags["medseg.weights_sha256"] == sha256_of(weights)
+    assert "test_f1" in evaluation.data.metrics and evaluation.info.status == "FINISHED"

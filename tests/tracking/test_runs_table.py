@@ -23,10 +23,11 @@ def store(tmp_path_factory) -> str:
     tmp_path = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    for experiment, network, f1 in (("drive", "unet", 0.81), ("camvid", "u2net", None)):
+    for experiment, network, f1, test_f1 in (("drive", "unet", 0.81, 0.83), ("camvid", "u2net", None, None)):
         experiment_id = client.create_experiment(experiment, artifact_location=str(tmp_path / "mlruns"))
         run = client.create_run(experiment_id, run_name=f"{network}_run")
         metrics = [Metric("train_loss", 0.25, 0, 1)] + ([Metric("val_f1", f1, 0, 1)] if f1 else [])
+        metrics += [Metric("test_f1", test_f1, 0, 1)] if test_f1 else []
         client.log_batch(
             run.info.run_id,
             metrics=metrics,
@@ -46,6 +47,7 @@ def test_run_tags_name_network_dataset_commit_and_version():
     tags = run_tags("unet", "drive", seed="0")
     assert tags["network"] == "unet" and tags["dataset"] == "drive" and tags["seed"] == "0"
     assert tags["medseg_version"] and len(tags["git_commit"]) in (40, len("unknown"))
+    assert tags["mlflow.source.name"] == "medseg" and tags["mlflow.source.type"] == "LOCAL"
 
 
 def test_table_lists_runs_with_tags_params_and_metrics(store):
@@ -53,7 +55,7 @@ def test_table_lists_runs_with_tags_params_and_metrics(store):
     header, rule, *rows = table.splitlines()
     assert header.split() == [
         "run_id", "experiment", "run_name", "status", "start", "duration", "network", "dataset", "max_epochs",
-        "train_loss", "val_f1",
+        "train_loss", "val_f1", "test_f1",
     ]
     assert set(rule) == {"-", " "}
     assert len(rows) == 2
@@ -65,6 +67,14 @@ def test_table_filters_by_experiment(store):
     _, _, *rows = runs_table(store, experiment_name="camvid").splitlines()
     assert len(rows) == 1 and "u2net_run" in rows[0]
     assert "val_f1" not in runs_table(store, experiment_name="camvid")  # no camvid run has it
+
+
+def test_runs_command_filters_with_mlflow_search_syntax(store, capsys):
+    assert main(["runs", "--tracking-uri", store, "--filter", "metrics.val_f1 > 0.8"]) == 0
+    _, _, *rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 1 and "unet_run" in rows[0] and "0.8300" in rows[0]  # test beside validation
+    assert main(["runs", "--tracking-uri", store, "--filter", "metrics.val_f1 >"]) == 1
+    assert capsys.readouterr().err.startswith("medseg runs: error: ")
 
 
 def test_unknown_experiment_and_missing_store_are_clear_errors(store, tmp_path):
