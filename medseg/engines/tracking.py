@@ -23,6 +23,7 @@ What it lacks, added here:
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -129,7 +130,12 @@ class TrackingHandler(MLFlowHandler):
     def complete(self) -> None:
         self._tracked(super().complete, "artifacts")
         if self.model_bundle is not None and self.model_network is not None and self.cur_run is not None:
-            self._tracked(self._log_model, "model")
+            try:
+                self._log_model()
+            except Exception as err:  # the run and its metrics stand without the model: warn, then close it
+                message = f"the MLflow model of run {self.cur_run.info.run_id} could not be logged: {err}"
+                logger.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _log_model(self) -> None:
         from medseg.tracking.models import log_bundle_model
@@ -138,8 +144,10 @@ class TrackingHandler(MLFlowHandler):
         if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             network = network.module
         weights = {name: value.detach().cpu() for name, value in network.state_dict().items()}
+        # MONAI names the executed config after output_dir only when that is an expression (medseg train's is)
+        config = self.model_config if self.model_config and os.path.isfile(self.model_config) else None
         log_bundle_model(self.model_bundle, weights, self.cur_run.info.run_id, self.client.tracking_uri,
-                         train_config=self.model_config)
+                         train_config=config)
 
     def close(self) -> None:
         if self.monitor is not None:
