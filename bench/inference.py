@@ -34,6 +34,7 @@ one thread with ``torchrun --nproc_per_node 2`` of one thread each on the DRIVE 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -143,6 +144,9 @@ def child(case: str, method: str, drive: Path, out: Path) -> dict:
         settings = replace(settings, precision="float32", sw_batch_size=PREVIOUS_SW_BATCH_SIZE)
     if method.startswith("medseg@"):  # the sweep: the bundle's defaults at another sw_batch_size
         settings = replace(settings, sw_batch_size=int(method.split("@")[1]))
+    if method.startswith("window@"):  # the window candidates: the bundle's defaults at another window and overlap
+        roi, overlap = method.split("@")[1].split(",")
+        settings = replace(settings, roi_size=(int(roi), int(roi)), overlap=float(overlap))
     per_pixel = flops_per_pixel(model.network, settings.roi_size)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -296,8 +300,34 @@ def processes_comparison(drive: Path, photographs: int) -> dict:
     return times
 
 
+def read_log(path: Path) -> tuple[dict, dict[str, dict[str, dict]], dict[int, dict]]:
+    """The peaks, case rows and sweep rows that a run printed: ``peaks {...}``, ``CASE METHOD {...}`` (or ``row CASE
+    METHOD {...}``) and ``sweep B {...}`` lines, each dict as JSON or as Python prints it."""
+    peaks, measured, sweep = {}, {}, {}
+    for line in path.read_text().splitlines():
+        words = line.removeprefix("row ").split(" ", 2)
+        if words[0] == "peaks":
+            peaks = ast.literal_eval(line.split(" ", 1)[1])
+        elif words[0] in CASES and len(words) == 3 and words[2].startswith("{"):
+            measured.setdefault(words[0], {})[words[1]] = ast.literal_eval(words[2])
+        elif words[0] == "sweep" and len(words) == 3:
+            sweep[int(words[1])] = ast.literal_eval(words[2])
+    return peaks, measured, sweep
+
+
+def read_command(path: Path) -> str:
+    return next(line.partition(" ")[2] for line in path.read_text().splitlines() if line.startswith("command "))
+
+
 def report(
-    rows: list[dict], peaks: dict, sweep: dict[int, dict], train: list[dict], processes: dict | None, command: str
+    rows: list[dict],
+    peaks: dict,
+    sweep: dict[int, dict],
+    train: list[dict],
+    processes: dict | None,
+    command: str,
+    windows: dict[str, dict] | None = None,
+    source: str | None = None,
 ) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     from medseg.inference import native_bfloat16
@@ -308,6 +338,7 @@ def report(
         f"- Date: {date.today().isoformat()}. Machine: {cpu}, {os.cpu_count()} cores, native bf16: "
         f"{native_bfloat16('cpu') or 'none'}; torch {torch.__version__}, Python {platform.python_version()}.",
         f"- Command: `{command}`",
+        *([f"- {source}"] if source else []),
         "- Every row: one process, one intra-op thread (`OMP_NUM_THREADS=1`), `medseg.inference.infer_files` with "
         "`bundles/drive_vessel_unet` (ensemble of 2 U-Nets, 96 x 96 windows at overlap 0.5, flip TTA: 3 views), "
         "except `monai` (see the script's docstring).",
@@ -326,13 +357,12 @@ def report(
         ]
     for row in rows:
         quality = row.get("quality")
+        scores = f"{quality['f1']:.4f} | {quality['auc_roc']:.4f}" if quality else "- | -"
         lines.append(
             f"| {CASES[row['case']]} | {row['method']} | {row['precision']} | {row['sw_batch_size']} | "
             f"{row['wall_s']:.1f} | {row['peak_rss_mib']:.0f} | {row['gflop']:.0f} | {row['gflop'] / row['wall_s']:.0f} | "
             f"{100 * row['gflop'] / row['wall_s'] / peaks['bfloat16']:.1f} | {row['vs_previous']:.2f}x | "
-            f"{row['vs_monai']:.2f}x | {100 * row['agreement']:.3f}% | "
-            f"{quality['f1']:.4f} | {quality['auc_roc']:.4f} |" if quality else
-            f"{100 * row['agreement']:.3f}% | | |"
+            f"{row['vs_monai']:.2f}x | {100 * row['agreement']:.3f}% | {scores} |"
         )
     if sweep:
         fastest = min(result["wall_s"] for result in sweep.values())
@@ -344,6 +374,21 @@ def report(
             "|---:|---:|---:|---:|",
             *(f"| {batch} | {result['wall_s']:.1f} | {result['wall_s'] / fastest:.2f}x | {result['peak_rss_mib']:.0f} |"
               for batch, result in sweep.items()),
+        ]
+    if windows:
+        lines += [
+            "",
+            f"## Window candidates: {CASES['drive']}, the bundle's defaults otherwise (bf16 where native)",
+            "",
+            "The criterion: at least 99.9 % of the FOV pixels with the mask of the previous float32 defaults "
+            "(96 x 96 at overlap 0.5), F1 and AUC-ROC within 0.0005 of theirs.",
+            "",
+            "| window, overlap | wall (s) | GFLOP | same mask as previous | F1 | AUC-ROC |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(f"| {candidate.split(',')[0]} x {candidate.split(',')[0]}, overlap {candidate.split(',')[1]} | "
+              f"{result['wall_s']:.1f} | {result['gflop']:.0f} | {100 * result['agreement']:.3f}% | "
+              f"{result['quality']['f1']:.4f} | {result['quality']['auc_roc']:.4f} |"
+              for candidate, result in windows.items()),
         ]
     if train:
         lines += [
@@ -385,9 +430,15 @@ def main() -> None:
     parser.add_argument("--train-step", action="store_true", help="add the training-step table")
     parser.add_argument("--batch-sweep", type=int, nargs="*", default=[], metavar="B",
                         help="add a table of the drive case at these sw_batch_size values (defaults otherwise)")
+    parser.add_argument("--windows", nargs="*", default=[], metavar="ROI,OVERLAP",
+                        help="add a table of the drive case at these windows (e.g. 192,0.25), against the masks "
+                        "of the previous defaults that a --cases drive run left in bench/work")
     parser.add_argument("--processes", type=int, default=0, metavar="N",
                         help="add the 1-process vs 2-process comparison on N DRIVE photographs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference.md")
+    parser.add_argument("--render-log", type=Path, metavar="LOG",
+                        help="take the cases and the sweep from the log of an earlier run (its stdout) instead of "
+                        "measuring them again; agreement and quality are computed from its files in bench/work")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -395,15 +446,29 @@ def main() -> None:
         print(json.dumps(child(case, method, args.drive, WORK / "outputs" / case / method)))
         return
     torch.set_num_threads(1)
-    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
-    print("peaks", peaks, flush=True)
+    measured: dict[str, dict[str, dict]] = {}
+    sweep: dict[int, dict] = {}
+    if args.render_log:  # a long run's measurements, from its log; its output files are still in bench/work
+        peaks, measured, sweep = read_log(args.render_log)
+        for batch in args.batch_sweep:  # measured again when asked
+            shutil.rmtree(WORK / "outputs" / "drive" / f"medseg@{batch}", ignore_errors=True)
+            sweep[batch] = measure("drive", f"medseg@{batch}", args.drive)
+            print("sweep", batch, json.dumps(sweep[batch]), flush=True)
+    else:
+        peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+        print("command python bench/inference.py " + " ".join(sys.argv[1:]), flush=True)
+        print("peaks", json.dumps(peaks), flush=True)
+        for case in args.cases:
+            shutil.rmtree(WORK / "outputs" / case, ignore_errors=True)
+            measured[case] = {}
+            for method in args.methods:
+                measured[case][method] = measure(case, method, args.drive)
+                print("row", case, method, json.dumps(measured[case][method]), flush=True)
+        for batch in args.batch_sweep:
+            sweep[batch] = measure("drive", f"medseg@{batch}", args.drive)
+            print("sweep", batch, json.dumps(sweep[batch]), flush=True)
     rows = []
-    for case in args.cases:
-        shutil.rmtree(WORK / "outputs" / case, ignore_errors=True)
-        results = {}
-        for method in args.methods:
-            results[method] = measure(case, method, args.drive)
-            print(case, method, results[method], flush=True)
+    for case, results in measured.items():
         for method, result in results.items():
             folder = WORK / "outputs" / case / method
             result.update(case=case, method=method,
@@ -414,17 +479,28 @@ def main() -> None:
             if case == "drive" and method != "monai":
                 result["quality"] = drive_quality(folder, args.drive)
             rows.append(result)
-    sweep = {}
-    for batch in args.batch_sweep:
-        sweep[batch] = measure("drive", f"medseg@{batch}", args.drive)
-        print("sweep", batch, sweep[batch], flush=True)
+    windows = {}
+    for candidate in args.windows:
+        method = f"window@{candidate}"
+        shutil.rmtree(WORK / "outputs" / "drive" / method, ignore_errors=True)
+        windows[candidate] = measure("drive", method, args.drive)
+        folder = WORK / "outputs" / "drive" / method
+        windows[candidate].update(quality=drive_quality(folder, args.drive),
+                                  agreement=mask_agreement(folder, WORK / "outputs" / "drive" / "previous", args.drive,
+                                                           "drive"))
+        print("window", candidate, windows[candidate], flush=True)
     train = [train_steps("medseg"), train_steps("monai")] if args.train_step else []
     processes = None
     if args.processes:
         processes = {**processes_comparison(args.drive, args.processes), "photographs": args.processes}
     command = "python bench/inference.py " + " ".join(sys.argv[1:])
+    source = None
+    if args.render_log:
+        source = (f"The cases table: measured by `{read_command(args.render_log)}` (its log: "
+                  f"`{args.render_log.relative_to(ROOT) if args.render_log.is_absolute() else args.render_log}`), "
+                  "rendered by the command above, which measured the other tables.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(rows, peaks, sweep, train, processes, command.strip()))
+    args.out.write_text(report(rows, peaks, sweep, train, processes, command.strip(), windows, source))
     print(args.out.read_text())
 
 

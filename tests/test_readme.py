@@ -84,7 +84,10 @@ def test_main_command_runs_the_demo_end_to_end(tmp_path):
     assert (out / "run" / "metrics_test.json").is_file()
     assert f"mlflow ui --backend-store-uri {path_to_sqlite_uri(tmp_path / 'mlflow.db')}" in result.stdout
     client = MlflowClient(path_to_sqlite_uri(tmp_path / "mlflow.db"))
-    (run,) = client.search_runs([client.get_experiment_by_name("medseg_demo").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("medseg_demo").experiment_id])
+    (run,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the training
+    (evaluation,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+    assert "test_f1" in evaluation.data.metrics
     assert run.data.metrics["val_f1"] > 0.5
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"best.pt", "metrics.json", "training_curves.png"}
 

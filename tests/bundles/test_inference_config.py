@@ -64,8 +64,10 @@ def test_inference_settings_are_the_training_ids(bundle):
     with contextlib.chdir(bundle):
         settings = parsed(bundle).get_parsed_content("inference_settings")
     assert list(settings.roi_size) == train["roi_size"]
-    assert (settings.overlap, settings.sw_batch_size, settings.tta) == (
-        train["sw_overlap"], train["sw_batch_size"], train["tta"])
+    assert (settings.overlap, settings.tta) == (train["sw_overlap"], train["tta"])
+    # the windows per forward pass change no answer, only the speed: inference.yaml may measure its own
+    with contextlib.chdir(bundle):
+        assert settings.sw_batch_size == parsed(bundle).get_parsed_content("sw_batch_size")
     assert settings.mode == train["sw_inferer"]["mode"]
     assert settings.activation == train["sw_inferer"]["activation"]
     assert settings.fundus == metadata.get("medseg", {}).get("fundus", False)

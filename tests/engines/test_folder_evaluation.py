@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,10 @@ def test_the_report_pools_the_fov_and_matches_what_infer_predicts(vessel_folders
     assert report["threshold_0.5"]["threshold"] == 0.5
     assert report["threshold_val"]["threshold"] == pytest.approx(0.4, abs=1e-4)  # on the metric's 2**16 bins
     assert set(report["per_image"]) == {"eye02", "eye03"}
-    # the same pixels scored by hand: infer's probabilities, labels 2 and 3 as vessel, inside the given mask
-    expected, settings = FOVVesselMetrics(), complete_settings(tiny_model.network, tiny_model.settings)
+    # the same pixels scored by hand: infer's probabilities (at evaluation's float32), labels 2 and 3 as vessel,
+    # inside the given mask
+    expected = FOVVesselMetrics()
+    settings = replace(complete_settings(tiny_model.network, tiny_model.settings), precision="float32")
     for record in records:
         image, meta = read_image(Path(record["image"]))
         fov = np.asarray(Image.open(record["mask"])) > 127
