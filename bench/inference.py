@@ -63,6 +63,8 @@ CASES = {
 }
 METHODS = ("previous", "medseg", "monai")
 PREVIOUS_SW_BATCH_SIZE = 16
+# what the plain MONAI call runs with (the settings of the bundle do not apply to it)
+MONAI_SETTINGS = {"precision": "float32", "sw_batch_size": 16}
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -178,8 +180,8 @@ def child(case: str, method: str, drive: Path, out: Path) -> dict:
         "wall_s": wall,
         "gflop": counter.pixels * per_pixel / 1e9,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "precision": settings.precision,
-        "sw_batch_size": settings.sw_batch_size,
+        **(MONAI_SETTINGS if method == "monai" else {"precision": settings.precision,
+                                                     "sw_batch_size": settings.sw_batch_size}),
     }
 
 
@@ -309,7 +311,9 @@ def read_log(path: Path) -> tuple[dict, dict[str, dict[str, dict]], dict[int, di
         if words[0] == "peaks":
             peaks = ast.literal_eval(line.split(" ", 1)[1])
         elif words[0] in CASES and len(words) == 3 and words[2].startswith("{"):
-            measured.setdefault(words[0], {})[words[1]] = ast.literal_eval(words[2])
+            values = ast.literal_eval(words[2])
+            # a log written before the monai rows said their own settings held the bundle's instead
+            measured.setdefault(words[0], {})[words[1]] = {**values, **MONAI_SETTINGS} if words[1] == "monai" else values
         elif words[0] == "sweep" and len(words) == 3:
             sweep[int(words[1])] = ast.literal_eval(words[2])
     return peaks, measured, sweep
