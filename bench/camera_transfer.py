@@ -58,6 +58,10 @@ ROWS: dict[str, Row] = {
                     ("normalization=standardize_fov",)),
     "fov_norm_jitter": Row("+ FOV statistics, blur and sensor noise, scale jitter 0.15",
                            ("normalization=standardize_fov", "acquisition_jitter=true", "scale_jitter=0.15")),
+    "camera_jitter": Row("+ per-channel gain and offset, smooth illumination fields (camera jitter)",
+                         ("camera_jitter=true",)),
+    "all_jitter": Row("+ camera jitter, blur and sensor noise, scale jitter 0.15",
+                      ("camera_jitter=true", "acquisition_jitter=true", "scale_jitter=0.15")),
 }
 
 # (name, split scored, is it validation data?)

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
+from medseg.utils import atomic_folder, format_table
 from medseg.tracking import default_tracking_uri
 from medseg.tracking.models import ship_run
 
@@ -63,18 +63,11 @@ def network_name(bundle: Path) -> str:
     return f"{name} x{members}" if isinstance(members, int) and members > 1 else name
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def format_value(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def format_metrics(metrics: dict) -> str:
+def metrics_line(metrics: dict) -> str:
     return ", ".join(f"{name}={format_value(value)}" for name, value in metrics.items()) or "-"
 
 
@@ -133,7 +126,7 @@ def _list(args: argparse.Namespace) -> int:
     for bundle in bundles:
         meta = read_metadata(bundle)
         rows.append([bundle.name, meta.get("version", "-"), meta.get("task", "-"), network_name(bundle),
-                     format_metrics(meta.get("eval_metrics") or {})])
+                     metrics_line(meta.get("eval_metrics") or {})])
     print(format_table(["bundle", "version", "task", "network", "eval metrics"], rows))
     return 0
 
@@ -226,7 +219,7 @@ def _ship(args: argparse.Namespace) -> int:
         os.replace(candidate, models / "model.pt")
         os.replace(new_metadata, bundle / "configs" / "metadata.json")
     print(f"{models / 'model.pt'}: {format_size(size)} ({args.dtype})")
-    print("eval_metrics: " + format_metrics(meta["eval_metrics"]))
+    print("eval_metrics: " + metrics_line(meta["eval_metrics"]))
     print(f"evaluation report: {report_path}")
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
@@ -243,21 +236,12 @@ def _export(args: argparse.Namespace) -> int:
     target = args.directory.resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CLIError(f"{target}: exists and is not an empty folder; nothing exported")
-    target.parent.mkdir(parents=True, exist_ok=True)
     files = bundle_files(source)
-    # copied into a sibling folder first and renamed, so a failed export leaves no half-written bundle
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_folder(target) as staging:  # a failed export leaves no half-written bundle
         for path in files:
             copy = staging / path.relative_to(source)
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, copy)
-        if target.exists():
-            target.rmdir()
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     meta = read_metadata(target)
     print(f"{target}: {source.name} {meta.get('version', '-')}, {len(files)} files")
     print(f"run it with MONAI's runner from there: cd {target} && python -m monai.bundle run --config_file "

@@ -21,7 +21,7 @@ from monai.bundle import ConfigParser
 from medseg.cli import CLIError
 from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
 from medseg.data import DatasetError, vessel_folder_records
-from medseg.engines.evaluation import evaluate_vessel_folder
+from medseg.engines.evaluation import evaluate_vessel_folder, report_table
 from medseg.engines.workflow import (
     MLFLOW_TRACKING,
     ConfigError,
@@ -32,22 +32,7 @@ from medseg.engines.workflow import (
 from medseg.tracking import default_tracking_uri, evaluation_tags
 from medseg.inference import PRECISIONS, ensemble_override, load_model, read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_state_dict
-
-
-def format_metrics(report: dict) -> str:
-    """Rows = metric names, columns = the report's sections that hold metrics (e.g. thresholds, observer)."""
-    sections = {name: values for name, values in report.items() if isinstance(values, dict)}
-    names = list(dict.fromkeys(key for values in sections.values() for key in values))
-    header = ["metric", *sections]
-    rows = [
-        [name, *(f"{values[name]:.4f}" if isinstance(values.get(name), float) else "-" for values in sections.values())]
-        for name in names
-    ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    scalars = [f"{name}: {value}" for name, value in report.items() if not isinstance(value, dict)]
-    return "\n".join(lines + scalars)
+from medseg.utils import format_table
 
 
 def read_weights(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:
@@ -83,10 +68,8 @@ def _evaluate_folder(args: argparse.Namespace) -> int:
                                             device=args.device, precision=args.precision)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             raise CLIError(str(err)) from None
-    print(format_metrics({key: value for key, value in report.items() if key != "per_image"}))
-    width = max(len(name) for name in report["per_image"])
-    print("\nper-image F1 at 0.5\n" + "\n".join(f"{name.ljust(width)}  {f1:.4f}"
-                                                 for name, f1 in report["per_image"].items()))
+    print(report_table({key: value for key, value in report.items() if key != "per_image"}))
+    print("\n" + format_table(["image", "per-image F1 at 0.5"], list(report["per_image"].items())))
     print(f"metrics written to {metrics_file}")
     return 0
 
@@ -123,7 +106,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                               tracking=str(MLFLOW_TRACKING), workflow_type="eval")
         except (FileNotFoundError, ConfigError) as err:
             raise CLIError(str(err)) from None
-    print(format_metrics(json.loads(metrics_file.read_text())))
+    print(report_table(json.loads(metrics_file.read_text())))
     print(f"metrics written to {metrics_file}")
     return 0
 

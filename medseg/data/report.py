@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from medseg.data.drive import drive_records, read_binary, validate_drive, valida
 from medseg.data.files import read_pixels
 from medseg.data.synthetic import ensure_synthetic_drive
 from medseg.data.vessel_folders import validate_les_av
+from medseg.utils import atomic_path, format_table
 
 DATASETS = ("drive", "les-av", "camvid", "synthetic")
 VESSEL_COLOUR = np.array([0, 255, 80], dtype=np.uint8)
@@ -37,13 +37,6 @@ def resolve_root(dataset: str, root: str | Path | None) -> Path:
     if root is None:
         raise ValueError(f"a root folder is required for dataset {dataset!r}")
     return Path(root)
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned plain-text columns separated by two spaces."""
-    cells = [list(map(str, header))] + [list(map(str, row)) for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def _sizes(stats) -> str:
@@ -73,7 +66,7 @@ def _drive_table(root: Path, title: str) -> str:
             ]
         )
     header = ["split", "images", "size HxW", "label values", "vessel % mean (min-max)", "2nd observer %", "FOV %"]
-    return f"{title} {root}: {len(stats)} samples, every file valid\n" + format_table(header, rows)
+    return f"{title} {root}: {len(stats)} samples, every file valid\n" + format_table(header, rows, rule=False)
 
 
 def _les_av_table(root: Path) -> str:
@@ -91,7 +84,7 @@ def _les_av_table(root: Path) -> str:
     ]
     header = ["split", "images", "size HxW", "label values (vessel: > 0)", "vessel % mean (min-max)", "FOV %"]
     total = sum(len(split_stats) for split_stats in stats.values())
-    return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows)
+    return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows, rule=False)
 
 
 def _camvid_table(root: Path) -> str:
@@ -110,9 +103,9 @@ def _camvid_table(root: Path) -> str:
     ]
     return (
         f"CamVid {root}: {len(stats)} samples, every file valid\n"
-        + format_table(["split", "images", "size HxW", "label values"], summary)
+        + format_table(["split", "images", "size HxW", "label values"], summary, rule=False)
         + "\n\npixel % per label value\n"
-        + format_table(["value", "class", *splits], classes)
+        + format_table(["value", "class", *splits], classes, rule=False)
     )
 
 
@@ -177,13 +170,9 @@ def write_preview(dataset: str, root: str | Path | None, out: str | Path, n: int
         axis.set_title(sample_id, fontsize=9)
     figure.suptitle(f"{dataset}: {root}", fontsize=9)
     figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, out)
+        with atomic_path(out) as temporary:
+            figure.savefig(temporary, format="png", dpi=100)
     finally:
         plt.close(figure)
-        tmp.unlink(missing_ok=True)
-    return out
+    return Path(out)

@@ -7,8 +7,6 @@ DRIVE reader, the validation and the whole pipeline read them through the same c
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import disk, line, polygon
 from skimage.transform import resize
+
+from medseg.utils import atomic_folder, atomic_path
 
 DRIVE_SHAPE = (584, 565)  # (H, W)
 FOV_RADIUS = 0.475  # of the image width: a circle covering ~68% of a DRIVE-sized image, like DRIVE's FOV
@@ -186,19 +186,13 @@ def write_synthetic_drive(root: str | Path, n_training: int = 20, n_test: int = 
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root}: exists and is not an empty folder; refusing to write synthetic DRIVE there")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_folder(root) as staging:
         ids = {"test": range(1, n_test + 1), "training": range(n_test + 1, n_test + n_training + 1)}
         for split, split_ids in ids.items():
             for folder in ("images", "1st_manual", "mask") + (("2nd_manual",) if split == "test" else ()):
                 (staging / split / folder).mkdir(parents=True)
             for number in split_ids:
                 _write_drive_sample(staging / split, split, f"{number:02d}", seed * 100_003 + number)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 
@@ -257,9 +251,8 @@ def write_synthetic_volumes(
             nifti.set_qform(affine, code=1)
             nifti.set_sform(affine, code=1)
             path = root / folder / f"{record['id']}.nii.gz"
-            tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-            nib.save(nifti, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as temporary:
+                nib.save(nifti, temporary)
             record[key] = str(path)
         records.append(record)
     return records

@@ -29,6 +29,7 @@ from monai.transforms import (
     LoadImaged,
     NormalizeIntensityd,
     RandAdjustContrastd,
+    RandBiasFieldd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
@@ -53,6 +54,8 @@ FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
 # the largest noise std of acquisition jitter, per normalization: about 6 grey levels of 255 either way (a fundus
 # photograph's intensities spread about 0.25 of the [0, 1] range)
 ACQUISITION_NOISE_STD = {"standardize": 0.1, "standardize_fov": 0.1, "none": 0.025}
+# a channel's shift in camera jitter: a quarter of a standardised image's spread, about 15 grey levels in [0, 1]
+CAMERA_SHIFT = {"standardize": 0.25, "standardize_fov": 0.25, "none": 0.06}
 
 
 def to_greyscale(image: Image.Image) -> Image.Image:
@@ -140,6 +143,7 @@ def vessel_transforms(
     intensity_jitter: bool = True,
     scale_jitter: float = 0.0,
     acquisition_jitter: bool = False,
+    camera_jitter: bool = False,
     fov_width: float | None = None,
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
@@ -153,7 +157,10 @@ def vessel_transforms(
     borders, labels by nearest neighbour), so that vessels are seen at widths other than DRIVE's own.
     ``acquisition_jitter`` blurs a fifth of the image patches (Gaussian, sigma 0.25 to 1 pixel: focus) and adds
     Gaussian noise to half of them (std up to about 6 grey levels, 0.1 of a standardised image's spread: a sensor),
-    as cameras other than DRIVE's do; labels stay as drawn.
+    as cameras other than DRIVE's do; labels stay as drawn. ``camera_jitter`` scales and shifts each colour channel
+    of half of the image patches on its own (another white balance and sensor response) and multiplies half of them
+    by a smooth random field (MONAI's bias field, degree 3, log-gain up to 0.3: uneven illumination and vignetting
+    across the patch).
 
     Records may come from several cameras: a record's ``label_positive`` names the vessel values of an index-map
     label (LES-AV's), and ``fov_width`` brings every image to that FOV width first
@@ -234,6 +241,12 @@ def vessel_transforms(
         random += [
             RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
             RandGaussianNoised(keys="image", prob=0.5, std=ACQUISITION_NOISE_STD[normalization]),
+        ]
+    if camera_jitter:
+        random += [
+            RandScaleIntensityd(keys="image", prob=0.5, factors=0.15, channel_wise=True),
+            RandShiftIntensityd(keys="image", prob=0.5, offsets=CAMERA_SHIFT[normalization], channel_wise=True),
+            RandBiasFieldd(keys="image", prob=0.5, degree=3, coeff_range=(0.0, 0.3)),
         ]
     return Compose(deterministic + random)
 

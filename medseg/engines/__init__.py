@@ -7,7 +7,6 @@ from medseg.engines.checkpoint import AtomicCheckpointSaver, latest_checkpoint
 from medseg.engines.evaluation import (
     SegmentationReport,
     VesselReport,
-    atomic_write_text,
     eval_metrics_from_report,
     pooled_vessel_metrics,
     second_observer_metrics,
@@ -29,7 +28,6 @@ __all__ = [
     "TrainingProgress",
     "TrackingHandler",
     "VesselReport",
-    "atomic_write_text",
     "eval_metrics_from_report",
     "latest_checkpoint",
     "pooled_vessel_metrics",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,9 @@ from monai.handlers import from_engine
 
 from medseg.engines.plots import plot_overlay, plot_roc_pr, plot_training_curves
 from medseg.metrics import FOVVesselMetricHandler
+from medseg.utils import atomic_write_text
 
 __all__ = ["RunArtifacts"]
-
-
-def _write_json(data: Any, path: Path) -> None:
-    handle, temp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        json.dump(data, file, indent=2)
-    os.replace(temp, path)
 
 
 def _per_image(data: Any) -> list[dict]:
@@ -142,7 +135,7 @@ class RunArtifacts:
             summary["best_f1_threshold"] = best_threshold
             summary["metrics_at_best_f1_threshold"] = metric.compute(best_threshold)
             plot_roc_pr(metric.roc_curve(), metric.pr_curve(), self.output_dir / "roc_pr.png", title=f"epoch {epoch}")
-        _write_json(summary, self.output_dir / "metrics.json")
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(summary, indent=2))
         for example in self._examples:
             plot_overlay(
                 example["image"],

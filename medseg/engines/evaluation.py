@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,13 +17,14 @@ from medseg.data import read_binary, read_vessel_label, validate_vessel_records
 from medseg.data.files import read_pixels
 from medseg.inference import InferenceNetwork, LoadedModel, complete_settings, fov_for, predict_image, read_image
 from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
+from medseg.utils import atomic_write_text, format_table
 
 __all__ = [
     "SegmentationReport",
     "VesselReport",
-    "atomic_write_text",
     "eval_metrics_from_report",
     "evaluate_vessel_folder",
+    "report_table",
     "pooled_vessel_metrics",
     "second_observer_metrics",
     "write_segmentation_report",
@@ -32,19 +32,15 @@ __all__ = [
 ]
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def report_table(report: Mapping) -> str:
+    """A metrics report as text: one row per metric name, one column per section of the report that holds
+    metrics (thresholds, the second observer, ...), ``-`` where a section lacks it; then its scalars."""
+    sections = {name: values for name, values in report.items() if isinstance(values, dict)}
+    names = list(dict.fromkeys(key for values in sections.values() for key in values))
+    rows = [[name, *(values[name] if isinstance(values.get(name), float) else "-" for values in sections.values())]
+            for name in names]
+    scalars = [f"{name}: {value}" for name, value in report.items() if not isinstance(value, dict)]
+    return "\n".join([format_table(["metric", *sections], rows), *scalars])
 
 
 def pooled_vessel_metrics(

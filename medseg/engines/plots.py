@@ -7,7 +7,6 @@ threads) and written atomically (temp file + ``os.replace``).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,21 +15,15 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from medseg.utils import atomic_path
+
 __all__ = ["plot_overlay", "plot_roc_pr", "plot_training_curves"]
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temp, dpi=100, bbox_inches="tight")
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    return path
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:

@@ -28,13 +28,13 @@ from medseg.inference.io import (
     is_supported,
     output_paths,
     read_image,
-    suffix_of,
     write_mask,
     write_overlay,
     write_probabilities,
 )
 from medseg.inference.loading import InferenceSettings, complete_settings, match_channels
 from medseg.inference.predict import predict
+from medseg.utils import full_suffix
 from medseg.inference.runtime import InferenceNetwork, describe_precision
 
 logger = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool)
     if fov == "auto":
         return estimate_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0], name=str(path))
     folder = Path(fov)
-    stem = path.name[: len(path.name) - len(suffix_of(path))]
+    stem = path.name[: len(path.name) - len(full_suffix(path))]
     candidates = sorted(p for name in (stem, f"{stem}_mask") for p in folder.glob(f"{name}.*") if is_supported(p))
     if not candidates:
         raise ValueError(f"{path}: no FOV mask {stem}.* or {stem}_mask.* in {folder}")

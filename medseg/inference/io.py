@@ -9,9 +9,6 @@ interrupted run never leaves a half-written output. A file that cannot be read r
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,16 +19,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from medseg.data import DatasetError
+from medseg.utils import atomic_path, full_suffix
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
     "ImageMeta",
-    "atomic_write",
     "is_supported",
     "output_paths",
     "read_image",
-    "suffix_of",
     "write_mask",
     "write_overlay",
     "write_probabilities",
@@ -67,14 +63,8 @@ class ImageMeta:
         return self.nifti is not None
 
 
-def suffix_of(path: Path) -> str:
-    """Lower-case suffix, with ``.nii.gz`` as one."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def is_supported(path: Path) -> bool:
-    return suffix_of(path) in IMAGE_SUFFIXES + NIFTI_SUFFIXES
+    return full_suffix(path) in IMAGE_SUFFIXES + NIFTI_SUFFIXES
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
@@ -84,7 +74,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     raise :class:`DatasetError` naming the file.
     """
     path = Path(path)
-    suffix = suffix_of(path)
+    suffix = full_suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return _read_nifti(path)
     if suffix in IMAGE_SUFFIXES:
@@ -133,7 +123,7 @@ def output_paths(input_path: Path, output_dir: Path, probability_dtype: Probabil
     ``NAME.tif`` gives ``NAME_mask.png``, ``NAME_prob.png`` (uint16, uint8) or ``NAME_prob.npy`` (float16) and
     ``NAME_overlay.png``; ``NAME.nii.gz`` gives ``NAME_mask.nii.gz`` and ``NAME_prob.nii.gz``.
     """
-    suffix = suffix_of(input_path)
+    suffix = full_suffix(input_path)
     stem = input_path.name[: len(input_path.name) - len(suffix)]
     if suffix in NIFTI_SUFFIXES:
         paths = {"mask": output_dir / f"{stem}_mask{suffix}"}
@@ -147,25 +137,14 @@ def output_paths(input_path: Path, output_dir: Path, probability_dtype: Probabil
     return paths
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)`` for a temporary file beside ``path`` (same suffix), then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path), dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_mask(path: Path, mask: np.ndarray, meta: ImageMeta) -> None:
     """Write a uint8 label map, (H, W) for a 2D input (PNG) or (X, Y, Z) for a NIfTI input."""
     if meta.is_volume:
-        atomic_write(path, lambda temporary: nib.save(_like_input(mask, meta, np.uint8), temporary))
+        with atomic_path(path) as temporary:
+            nib.save(_like_input(mask, meta, np.uint8), temporary)
     else:
-        atomic_write(path, lambda temporary: Image.fromarray(mask).save(temporary, format="PNG"))
+        with atomic_path(path) as temporary:
+            Image.fromarray(mask).save(temporary, format="PNG")
 
 
 def write_probabilities(path: Path, probabilities: torch.Tensor, meta: ImageMeta, dtype: ProbabilityDtype) -> None:
@@ -179,15 +158,18 @@ def write_probabilities(path: Path, probabilities: torch.Tensor, meta: ImageMeta
         values = probabilities.float().numpy()
         values = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
         stored = {"uint8": np.uint8, "uint16": np.uint16}.get(dtype, np.float32)
-        atomic_write(path, lambda temporary: nib.save(_like_input(values, meta, stored), temporary))
+        with atomic_path(path) as temporary:
+            nib.save(_like_input(values, meta, stored), temporary)
     elif path.suffix == ".png":
         levels = 65535 if dtype == "uint16" else 255
         quantised = (probabilities[0].float().clamp(0, 1) * levels).round().numpy()
         quantised = quantised.astype(np.uint16 if dtype == "uint16" else np.uint8)
-        atomic_write(path, lambda temporary: Image.fromarray(quantised).save(temporary, format="PNG"))
+        with atomic_path(path) as temporary:
+            Image.fromarray(quantised).save(temporary, format="PNG")
     else:
         values = probabilities.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
-        atomic_write(path, lambda temporary: np.save(temporary, values))
+        with atomic_path(path) as temporary:
+            np.save(temporary, values)
 
 
 def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
@@ -198,7 +180,8 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
     inside = mask > 0
     blended = (1 - _OVERLAY_OPACITY) * overlay[inside] + _OVERLAY_OPACITY * _OVERLAY_COLOUR
     overlay[inside] = blended.round().astype(np.uint8)
-    atomic_write(path, lambda temporary: Image.fromarray(overlay).save(temporary, format="PNG"))
+    with atomic_path(path) as temporary:
+        Image.fromarray(overlay).save(temporary, format="PNG")
 
 
 def _to_uint8(values: torch.Tensor, rescale: bool = False) -> np.ndarray:

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
 from medseg import __version__
+from medseg.utils import atomic_write_text, format_table
 
 __all__ = [
     "DEFAULT_RUN_METRICS",
@@ -122,13 +123,6 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def _format_value(value: float | str | None) -> str:
     if value is None:
         return "-"
@@ -193,7 +187,7 @@ def runs_table(
                 *(_format_value(sources[kind].get(key)) for kind, key in columns),
             ]
         )
-    return _format_table(header, rows)
+    return format_table(header, rows)
 
 
 def evaluation_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str, experiment_name: str) -> dict[str, str]:
@@ -230,8 +224,5 @@ def resumable_run_name(output_dir: str | os.PathLike, resume: bool = False) -> s
     if resume and record.is_file():
         return record.read_text().strip()
     name = f"run_{time.strftime('%Y%m%d_%H%M%S')}_{Path(output_dir).resolve().name}"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    temporary = record.with_name(f".{record.name}.{os.getpid()}")
-    temporary.write_text(name + "\n")
-    os.replace(temporary, record)
+    atomic_write_text(record, name + "\n")
     return name

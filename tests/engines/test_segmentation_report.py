@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from medseg.cli.evaluate import format_metrics
 from medseg.engines import write_segmentation_report
+from medseg.engines.evaluation import report_table
 from medseg.metrics import SegmentationMetrics
 
 
@@ -24,7 +24,7 @@ def test_report_holds_pooled_metrics_with_null_for_absent_classes_and_renders_as
     assert report["test"]["iou_car"] is None
     assert report["test"]["miou"] == 0.5
     assert abs(report["test"]["pixel_accuracy"] - 2 / 3) < 1e-9
-    table = format_metrics(report).splitlines()
+    table = report_table(report).splitlines()
     assert table[0].split() == ["metric", "test"]
     assert table[2].split() == ["miou", "0.5000"]
     assert ["iou_car", "-"] in [line.split() for line in table]
