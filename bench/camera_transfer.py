@@ -114,12 +114,18 @@ def score(name: str, seed: int, test: bool) -> dict:
             report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
             results[split] = {"f1": report["threshold_0.5"]["f1"], "auc_roc": report["threshold_0.5"]["auc_roc"],
                               "date": datetime.date.today().isoformat()}
+    results["steps"] = training_steps(name, seed) if "steps" not in results else results["steps"]
     results_file.write_text(json.dumps(results, indent=2))
     return results
 
 
 def training_steps(name: str, seed: int) -> str:
-    """Steps the row's network trained for (from its MLflow run); the shipped member's are in bundles.md."""
+    """Steps the row's network trained for: as its scores recorded them, else from its MLflow run; the shipped
+    member's are in bundles.md."""
+    scores = row_dir(name, seed) / "scores.json"
+    recorded = json.loads(scores.read_text()).get("steps") if scores.is_file() else None
+    if recorded is not None:
+        return recorded
     if ROWS[name].shipped_member is not None:
         return "12,999"
     from mlflow import MlflowClient
@@ -143,7 +149,7 @@ def table() -> str:
     for path in sorted(WORK.glob("*_seed*/scores.json"), key=order):
         name, seed = path.parent.name.rsplit("_seed", 1)
         scores = json.loads(path.read_text())
-        dates |= {s["date"] for s in scores.values()}
+        dates |= {s["date"] for s in scores.values() if isinstance(s, dict)}
         cells = [f"{scores[split]['f1']:.4f} / {scores[split]['auc_roc']:.4f}" if split in scores else "-"
                  for _, split, _ in SETS]
         if all(split in scores for _, split, validation in SETS if validation):
