@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from medseg.cli import main
-from medseg.cli.evaluate import read_weights
 from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
+from medseg.engines.ensemble import join_checkpoints
+from medseg.inference import LoadedModel, infer_files, load_model
 
 
 def gamma(value: float) -> Callable[[Image.Image], Image.Image]:
@@ -88,12 +88,12 @@ CONDITIONS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
 METRICS = ("f1", "auc_roc", "sensitivity", "specificity")
 
 
-def score(bundle: Path, weights: list[str], images: Path, masks: Path, out: Path,
+def score(model: LoadedModel, images: Path, masks: Path, out: Path,
           records: list[dict]) -> tuple[dict[str, float], float]:
+    """Pooled FOV metrics of ``model`` on ``images`` through medseg's inference path, and its wall time."""
     start = time.perf_counter()
-    if main(["infer", str(bundle), str(images), "--output", str(out), "--fov", str(masks), "--save-prob", "float16",
-             *weights]):
-        raise SystemExit(f"medseg infer failed for {images}")
+    infer_files(model.network, [images], out, model.settings, fov=masks, save_prob="float16",
+                progress=False).raise_for_failures()
     seconds = time.perf_counter() - start
     probabilities = {r["id"]: np.load(out / f"{r['id']}_test_prob.npy").astype(np.float32) for r in records}
     return pooled_vessel_metrics(probabilities, records), seconds
@@ -109,22 +109,22 @@ def main_bench() -> None:
     args = parser.parse_args()
     records = drive_records(args.drive, "test")
     command = f"python bench/acquisition_shift.py --bundle {args.bundle} --drive {args.drive}"
-    weights = {f"`{args.bundle}/models/model.pt`": []}
+    weights = {f"`{args.bundle}/models/model.pt`": load_model(args.bundle)}
     rows: dict[tuple[str, str], tuple[dict[str, float], float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
             command += " --checkpoint " + " ".join(map(str, args.checkpoint))
             joined = Path(tmp) / "weights.pt"
-            torch.save(read_weights(args.checkpoint), joined)
-            weights[" + ".join(f"`{path}`" for path in args.checkpoint)] = ["--checkpoint", str(joined)]
+            torch.save(join_checkpoints(args.checkpoint), joined)
+            weights[" + ".join(f"`{path}`" for path in args.checkpoint)] = load_model(args.bundle, checkpoint=joined)
         for name, (_, alter) in CONDITIONS.items():
             images = Path(tmp) / name
             images.mkdir()
             for record in records:
                 alter(Image.open(record["image"]).convert("RGB")).save(images / f"{record['id']}_test.png")
-            for k, (label, option) in enumerate(weights.items()):
+            for k, (label, model) in enumerate(weights.items()):
                 out = Path(tmp) / f"{name}_out{k}"
-                rows[name, label] = score(args.bundle, option, images, args.drive / "test" / "mask", out, records)
+                rows[name, label] = score(model, images, args.drive / "test" / "mask", out, records)
                 print(name, label, {m: round(rows[name, label][0][m], 4) for m in METRICS}, flush=True)
     lines = [
         "# DRIVE test images altered as other cameras alter them",

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from medseg.cli.train import member_folder
+from medseg.engines.ensemble import member_folder
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "bundles/drive_vessel_unet"

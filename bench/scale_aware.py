@@ -21,17 +21,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medseg.cli import main
 from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
+from medseg.inference import LoadedModel, infer_files, load_model
 
 
-def run(bundle: Path, images: Path, masks: Path, out: Path, scale: str, ids: list[str]) -> tuple[dict, float]:
+def run(model: LoadedModel, images: Path, masks: Path, out: Path, scale: str, ids: list[str]) -> tuple[dict, float]:
+    """Probabilities of ``model`` on ``images`` through medseg's inference path at ``scale``, resized back to
+    DRIVE's 565x584, and the wall time."""
     start = time.perf_counter()
-    code = main(["infer", str(bundle), str(images), "--output", str(out), "--fov", str(masks), "--scale", scale,
-                 "--save-prob", "float16"])
-    if code != 0:
-        raise SystemExit(f"medseg infer failed for {images} (--scale {scale})")
+    infer_files(model.network, [images], out, model.settings, fov=masks, scale=scale, save_prob="float16",
+                progress=False).raise_for_failures()
     probs = {}
     for i in ids:
         p = np.load(out / f"{i}_test_prob.npy").astype(np.float32)[0]
@@ -49,6 +49,7 @@ def main_bench() -> None:
     test_records = drive_records(args.drive, "test")
     ids = [f"{i:02d}" for i in range(1, args.images + 1)]
     version = json.loads((args.bundle / "configs" / "metadata.json").read_text())["version"]
+    model = load_model(args.bundle)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -56,7 +57,7 @@ def main_bench() -> None:
         native_dir.mkdir()
         for i in ids:
             (native_dir / f"{i}_test.tif").symlink_to((args.drive / "test" / "images" / f"{i}_test.tif").resolve())
-        probs, seconds = run(args.bundle, native_dir, args.drive / "test" / "mask", tmp / "out_native", "auto", ids)
+        probs, seconds = run(model, native_dir, args.drive / "test" / "mask", tmp / "out_native", "auto", ids)
         reference = pooled_vessel_metrics(probs, test_records)
         rows.append(("1 (native 565x584)", "-", reference, seconds))
         for factor in (2, 4):
@@ -69,7 +70,7 @@ def main_bench() -> None:
                 mask = Image.open(args.drive / "test" / "mask" / f"{i}_test_mask.gif").convert("L")
                 mask.resize(size, Image.NEAREST).save(masks / f"{i}_test_mask.png")
             for scale in ("auto", "none"):
-                probs, seconds = run(args.bundle, images, masks, tmp / f"out_x{factor}_{scale}", scale, ids)
+                probs, seconds = run(model, images, masks, tmp / f"out_x{factor}_{scale}", scale, ids)
                 rows.append((f"{factor} ({565 * factor}x{584 * factor})", scale, pooled_vessel_metrics(probs, test_records), seconds))
     lines = [
         "# Scale-aware fundus inference",

@@ -6,9 +6,16 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+    from medseg.engines.ensemble import EnsemblePlan
 
 # Each module registers its own sub-command(s) and sets ``func`` on the parser it adds.
 COMMAND_MODULES = ("data", "train", "evaluate", "infer", "runs", "demo", "bundle")
@@ -62,6 +69,75 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         help="auto: bfloat16 where the device computes it natively (CPUs with AMX or AVX512-BF16, GPUs from sm_80), "
         f"float32 elsewhere; the log says which (default: the bundle's, else {InferenceSettings.precision})",
     )
+
+
+def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every command that runs a bundle's config: BUNDLE, ``--config``, ``--set``,
+    ``--data-root`` and ``--output-dir``."""
+    parser.add_argument("bundle", type=bundle_argument,
+                        help="bundle folder, or the name of a shipped bundle, e.g. drive_vessel_unet")
+    add_overlay_argument(parser, "the bundle's config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config id, value parsed as YAML (repeatable), e.g. --set max_epochs=5",
+    )
+    parser.add_argument("--data-root", type=Path, help="dataset folder (the bundle's dataset_dir)")
+    parser.add_argument(
+        "--output-dir", type=Path, help="where checkpoints and reports go (default: outputs/<bundle name>)"
+    )
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--output-dir``, by default ``outputs/<bundle name>`` in the working directory, absolute."""
+    return (args.output_dir or Path("outputs") / args.bundle.resolve().name).resolve()
+
+
+def bundle_overrides(args: argparse.Namespace) -> dict:
+    """Config overrides from the shared bundle arguments, paths made absolute."""
+    from medseg.engines.workflow import parse_overrides
+
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    # an expression, as in the bundle: MONAI's tracking patch appends to it to name the exported config file
+    overrides["output_dir"] = f"${str(output_dir(args))!r}"
+    if args.data_root is not None:
+        if not args.data_root.is_dir():
+            raise CLIError(f"{args.data_root}: --data-root is not a folder")
+        overrides["dataset_dir"] = str(args.data_root.resolve())
+    return overrides
+
+
+def passed_arguments(args: argparse.Namespace) -> list[str]:
+    """The bundle arguments this command was given (overlays, ``--set``, ``--data-root``), paths made absolute."""
+    passed = [arg for overlay in args.overlays for arg in ("--config", str(Path(overlay).resolve()))]
+    passed += [arg for pair in args.overrides for arg in ("--set", pair)]
+    return passed + (["--data-root", str(args.data_root.resolve())] if args.data_root is not None else [])
+
+
+def ensemble_plan(args: argparse.Namespace) -> EnsemblePlan:
+    """The ensemble the bundle arguments describe (:func:`medseg.engines.ensemble.read_ensemble_plan`)."""
+    from medseg.engines.ensemble import EnsembleError, read_ensemble_plan
+
+    try:
+        return read_ensemble_plan(args.bundle, args.overlays, bundle_overrides(args))
+    except (FileNotFoundError, EnsembleError) as err:
+        raise CLIError(str(err)) from None
+
+
+def joined_weights(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """The weights in ``checkpoints`` (:func:`medseg.engines.ensemble.join_checkpoints`), a bad file a CLI error."""
+    from medseg.engines.ensemble import EnsembleError, join_checkpoints
+
+    try:
+        return join_checkpoints(checkpoints)
+    except EnsembleError as err:
+        raise CLIError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,9 +21,7 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
-from medseg.cli import CLIError
-from medseg.cli.evaluate import read_weights
-from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
+from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, joined_weights, output_dir
 from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
@@ -187,7 +185,7 @@ def _ship(args: argparse.Namespace) -> int:
         raise CLIError(f"{bundle}: a bundle installed with medseg is not changed in place; "
                        f"`medseg bundle export {bundle.name} DIR` and ship into DIR")
     meta = read_metadata(bundle)
-    state_dict = read_weights(args.checkpoints)
+    state_dict = joined_weights(args.checkpoints)
     shipped = ", ".join(map(str, args.checkpoints))
     models = bundle / "models"
     models.mkdir(exist_ok=True)
@@ -202,8 +200,9 @@ def _ship(args: argparse.Namespace) -> int:
                 f"{shipped}: {format_size(size)} as {args.dtype}, over the {format_size(MAX_WEIGHTS_BYTES)} "
                 "a bundle's weights may take" + (" (try --dtype float16)" if args.dtype == "float32" else "")
             )
-        # ensemble_members stays the bundle's own: the shipped file must load into the network the bundle builds
-        overrides.update(split="test", ckpt_path=str(candidate), metrics_file=str(report_path))
+        # the bundle's own count of networks, not the weights': the shipped file must be the ensemble it declares
+        overrides.update(split="test", ckpt_path=str(candidate), metrics_file=str(report_path),
+                         ensemble_members=ensemble_plan(args).members)
         try:
             run_bundle_config(bundle, "evaluate", overlays=args.overlays, overrides=overrides, workflow_type="eval")
         except Exception as err:  # a network that does not match the weights, missing data, ...: ship nothing

@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
 
-from medseg.cli import CLIError
-from medseg.cli.train import add_bundle_arguments, bundle_overrides, output_dir
+from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, joined_weights, output_dir
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.evaluation import evaluate_vessel_folder, report_table
 from medseg.engines.workflow import (
@@ -30,25 +28,9 @@ from medseg.engines.workflow import (
     working_directory,
 )
 from medseg.tracking import default_tracking_uri, evaluation_tags
-from medseg.inference import PRECISIONS, ensemble_override, load_model, read_state_dict
-from medseg.networks import IncompatibleMember, ensemble_state_dict
+from medseg.inference import PRECISIONS, load_model
+from medseg.networks import ensemble_override
 from medseg.utils import format_table
-
-
-def read_weights(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:
-    """The weights in ``checkpoints``: one file's state dict, or the ensemble of several files' networks."""
-    state_dicts = []
-    for checkpoint in checkpoints:
-        if not checkpoint.is_file():
-            raise CLIError(f"{checkpoint}: no such checkpoint")
-        try:
-            state_dicts.append(read_state_dict(checkpoint))
-        except ValueError as err:  # names the file
-            raise CLIError(str(err)) from None
-    try:
-        return ensemble_state_dict(state_dicts)
-    except IncompatibleMember as err:
-        raise CLIError(f"{checkpoints[err.member]}: {err}") from None
 
 
 def _evaluate_folder(args: argparse.Namespace) -> int:
@@ -59,7 +41,7 @@ def _evaluate_folder(args: argparse.Namespace) -> int:
         checkpoint = None
         if args.checkpoints:
             checkpoint = Path(work) / "model.pt"
-            torch.save(read_weights(args.checkpoints), checkpoint)
+            torch.save(joined_weights(args.checkpoints), checkpoint)
         try:
             records = vessel_folder_records(args.images, args.labels, args.masks)
             model = load_model(args.bundle, overlays=args.overlays, overrides=bundle_overrides(args),
@@ -91,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         overrides["evaluation_tags"] = evaluation_tags(weights_files, tracking_uri, experiment)
     with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
         if args.checkpoints:
-            weights = read_weights(args.checkpoints)
+            weights = joined_weights(args.checkpoints)
             # the network the bundle builds follows the weights: one network, or the ensemble they hold
             try:
                 config = ConfigParser.load_config_files(bundle_config_files(args.bundle, "evaluate", args.overlays))

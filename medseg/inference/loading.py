@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from medseg.networks import ensemble_size, get_network
+from medseg.networks import ensemble_override, ensemble_size, get_network
 
 __all__ = [
     "InferenceSettings",
     "LoadedModel",
     "complete_settings",
-    "ensemble_override",
+    "ensemble_members_in",
     "load_model",
     "match_channels",
     "read_state_dict",
@@ -196,22 +196,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: no state dict found (expected one at the top or under {', '.join(_CHECKPOINT_KEYS)})")
 
 
-def ensemble_override(
-    config: Container[str], state_dict: Mapping[str, torch.Tensor], weights: str, bundle: Path
-) -> dict[str, int]:
-    """The override under which ``bundle``'s ``config`` builds the network whose weights are ``state_dict``.
-
-    A bundle that ships an ensemble (its config has an ``ensemble_members`` id) builds as many members as the
-    weights hold, one trained network's as well as the shipped ensemble's: ``{"ensemble_members": N}``. A bundle
-    that builds one network needs no override for one network's weights and raises ``ValueError`` naming
-    ``weights`` (the file or files they come from) for an ensemble's.
-    """
-    members = ensemble_size(state_dict)
-    if "ensemble_members" in config:
-        return {"ensemble_members": members}
-    if members > 1:
-        raise ValueError(f"{weights}: the weights of an ensemble of {members} networks; {bundle} builds one network")
-    return {}
+def ensemble_members_in(path: str | Path, default: int | None = None) -> int:
+    """How many networks the checkpoint at ``path`` holds (:func:`medseg.networks.ensemble_size`), or ``default``
+    where no file is there yet (``None``: a missing file is an error). A bundle's evaluate and inference configs
+    build that many for their ``ckpt_path``, so MONAI's runner loads one trained network's weights as well as the
+    shipped ensemble's."""
+    if default is not None and not Path(path).exists():
+        return default
+    return ensemble_size(read_state_dict(path))
 
 
 def _load_bundle(

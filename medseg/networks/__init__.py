@@ -10,13 +10,20 @@ from __future__ import annotations
 import torch.nn as nn
 
 from medseg.networks.backbone_unet import BackboneUNet
-from medseg.networks.ensemble import Ensemble, IncompatibleMember, ensemble_of, ensemble_size, ensemble_state_dict
+from medseg.networks.ensemble import (
+    Ensemble,
+    IncompatibleMember,
+    ensemble_of,
+    ensemble_override,
+    ensemble_size,
+    ensemble_state_dict,
+)
 from medseg.networks.u2net import U2Net, U2NetLite
 from medseg.networks.unet import UNet
 
 __all__ = [
     "NETWORKS", "BackboneUNet", "Ensemble", "IncompatibleMember", "U2Net", "U2NetLite", "UNet", "ensemble_of",
-    "ensemble_size", "ensemble_state_dict", "get_network",
+    "ensemble_override", "ensemble_size", "ensemble_state_dict", "get_network",
 ]
 
 NETWORKS: dict[str, type[nn.Module]] = {

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Ensemble", "IncompatibleMember", "ensemble_of", "ensemble_size", "ensemble_state_dict"]
+__all__ = [
+    "Ensemble", "IncompatibleMember", "ensemble_of", "ensemble_override", "ensemble_size", "ensemble_state_dict",
+]
 
 _MEMBER_KEY = re.compile(r"members\.\d+\.")
 
@@ -87,3 +90,21 @@ def ensemble_state_dict(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[
             raise IncompatibleMember(k, f"not the same network as the first member's weights ({different[0]} "
                                         f"differs{f' and {len(different) - 1} more' if len(different) > 1 else ''})")
     return {f"members.{k}.{name}": value for k, state in enumerate(state_dicts) for name, value in state.items()}
+
+
+def ensemble_override(
+    config: Container[str], state_dict: Mapping[str, torch.Tensor], weights: str, bundle: str | Path
+) -> dict[str, int]:
+    """The override under which ``bundle``'s ``config`` builds the network whose weights are ``state_dict``.
+
+    A bundle that ships an ensemble (its config has an ``ensemble_members`` id) builds as many members as the
+    weights hold, one trained network's as well as the shipped ensemble's: ``{"ensemble_members": N}``. A bundle
+    that builds one network needs no override for one network's weights and raises ``ValueError`` naming
+    ``weights`` (the file or files they come from) for an ensemble's.
+    """
+    members = ensemble_size(state_dict)
+    if "ensemble_members" in config:
+        return {"ensemble_members": members}
+    if members > 1:
+        raise ValueError(f"{weights}: the weights of an ensemble of {members} networks; {bundle} builds one network")
+    return {}

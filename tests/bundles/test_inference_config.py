@@ -38,13 +38,14 @@ def parsed(bundle: Path, **overrides) -> ConfigParser:
 
 @pytest.fixture(scope="module")
 def small_weights(tmp_path_factory) -> tuple[Path, Path]:
-    """Weights of the DRIVE bundle's network with small features, and an overlay file that selects them."""
+    """Weights of one network of the DRIVE bundle with small features (what MONAI's runner trains), and an overlay
+    file that selects them."""
     folder = tmp_path_factory.mktemp("weights")
     overlay = folder / "small.yaml"
     overlay.write_text(json.dumps(SMALL_NETWORK))
     torch.manual_seed(0)
     with contextlib.chdir(DRIVE_BUNDLE):
-        network = parsed(DRIVE_BUNDLE, **SMALL_NETWORK).get_parsed_content("network_def")
+        network = parsed(DRIVE_BUNDLE, **SMALL_NETWORK, ensemble_members=1).get_parsed_content("network_def")
     weights = folder / "weights.pt"
     torch.save(network.state_dict(), weights)
     return weights, overlay
@@ -128,7 +129,7 @@ def test_traced_export_matches_the_eager_network(small_weights, tmp_path):
     weights, overlay = small_weights
     exported = tmp_path / "model.ts"
     with contextlib.chdir(DRIVE_BUNDLE):
-        ckpt_export("network_def", filepath=str(exported), ckpt_file=str(weights),
+        ckpt_export("network_def", filepath=str(exported), ckpt_file=str(weights), ckpt_path=str(weights),
                     meta_file="configs/metadata.json", config_file="configs/inference.yaml", use_trace=True,
                     input_shape=[1, 3, 96, 96], **SMALL_NETWORK)
     eager = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights).network

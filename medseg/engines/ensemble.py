@@ -1,0 +1,231 @@
+"""Training an ensemble bundle: the plan (members, seeds, split), the member layout, the member trainings
+(pinned to their share of the CPU cores, as subprocesses, stopped together on failure) and joining their weights.
+
+A bundle that ships an ensemble has ``ensemble_members`` N > 1 in its train.yaml. MONAI's runner trains one
+workflow, one network; an ensemble needs N of them. :func:`train_members` runs N ``medseg train`` workflows,
+each as ``--set ensemble_members=1``: member k trains with seed ``seed + 10 k`` on the validation split of
+``split_seed`` (default: ``seed``) into ``OUTPUT_DIR/member<k>``, its own MLflow run. On CPU the members train at
+the same time, each pinned to its own share of the cores, so a preset's budget is wall-clock time on the whole
+machine; with a GPU or fewer cores than members they train one after another, each taking the whole budget.
+:func:`join_checkpoints` makes their weights the ensemble's (:class:`medseg.networks.Ensemble`), which the
+bundle's evaluate and inference configs load as the number of networks the weights hold.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from monai.bundle import ConfigParser
+
+from medseg.engines.workflow import bundle_config_files, working_directory
+from medseg.inference import read_state_dict
+from medseg.networks import IncompatibleMember, ensemble_state_dict
+
+__all__ = [
+    "EnsembleError", "EnsemblePlan", "core_shares", "join_checkpoints", "member_folder", "member_plan",
+    "read_ensemble_plan", "train_members",
+]
+
+# member k of an ensemble trains with seed + MEMBER_SEED_STEP * k, so the members of the ensembles of seeds 0..9
+# never share an initialisation
+MEMBER_SEED_STEP = 10
+
+
+class EnsembleError(ValueError):
+    """An ensemble that cannot be planned, trained or joined, with the bundle, folder or file at fault named."""
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """How many networks an ensemble bundle trains, and the seeds member k trains with: ``seed + 10 k`` on the
+    validation split of ``split_seed``."""
+
+    members: int
+    seed: int
+    split_seed: int
+
+    def member_seed(self, k: int) -> int:
+        return self.seed + MEMBER_SEED_STEP * k
+
+    def member_overrides(self, k: int) -> dict[str, int]:
+        """The config overrides under which member ``k`` trains as a single network."""
+        return {"ensemble_members": 1, "seed": self.member_seed(k), "split_seed": self.split_seed}
+
+
+def read_ensemble_plan(
+    bundle: Path, overlays: Sequence[str | Path] = (), overrides: Mapping[str, Any] | None = None
+) -> EnsemblePlan:
+    """The ``ensemble_members`` (1 for a bundle whose configs build a single network), ``seed`` and ``split_seed``
+    of ``bundle``'s train.yaml as ``overlays`` and ``overrides`` leave them, read without building the workflow.
+
+    Raises:
+        FileNotFoundError: for a missing config or overlay.
+        EnsembleError: for a count that is not a whole number >= 1, or N > 1 for a bundle whose own train.yaml
+            has no ``ensemble_members`` (its evaluate and inference configs build one network).
+    """
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle, "train", overlays))
+    parser.update(dict(overrides or {}))
+    with working_directory(bundle.resolve()):  # where the bundle's %macros resolve
+        members = parser.get_parsed_content("ensemble_members", default=1)
+        seed = parser.get_parsed_content("seed", default=0)
+        split_seed = parser.get_parsed_content("split_seed", default=seed)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise EnsembleError(f"ensemble_members must be a whole number >= 1, got {members!r}")
+    own = bundle.resolve() / "configs" / "train.yaml"
+    if members > 1 and "ensemble_members" not in (yaml.safe_load(own.read_text()) or {}):
+        raise EnsembleError(f"{own}: no ensemble_members; {bundle} builds one network, not an ensemble of {members}")
+    return EnsemblePlan(members, seed, split_seed)
+
+
+def core_shares(members: int) -> list[set[int]] | None:
+    """One set of CPU cores per member, or ``None`` when the members should train one after another (a GPU,
+    fewer cores than members, or no way to pin a process to cores)."""
+    if torch.cuda.is_available() or not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < members:
+        return None
+    return [set(cores[k::members]) for k in range(members)]
+
+
+def member_folder(output: Path, k: int) -> Path:
+    """The folder member ``k`` of an ensemble trained into ``output`` writes to."""
+    return output / f"member{k}"
+
+
+def member_plan(folder: Path, resume: bool) -> str:
+    """``"train"``, ``"resume"`` or ``"done"`` for the member trained in ``folder``."""
+    if not resume:
+        return "train"
+    checkpoints = folder / "checkpoints"
+    if (checkpoints / "model.pt").is_file():
+        return "done"  # the final weights are written once, when the member's training has ended
+    if any(checkpoints.glob("latest_*=*.pt")):
+        return "resume"
+    raise EnsembleError(f"{folder}: no checkpoint of ensemble member {folder.name} to resume from (an output folder "
+                        "of a single network resumes with --set ensemble_members=1)")
+
+
+def train_members(
+    bundle: Path,
+    plan: EnsemblePlan,
+    output: Path,
+    tracking_uri: str,
+    arguments: Sequence[str] = (),
+    resume: bool = False,
+    echo: bool = True,
+) -> list[Path]:
+    """Train the members of ``plan`` into ``member_folder(output, k)``, each as its own ``medseg train`` process,
+    and return the paths of their final weights (``checkpoints/model.pt``).
+
+    Args:
+        bundle: the bundle folder.
+        plan: from :func:`read_ensemble_plan`.
+        output: the ensemble's output folder.
+        tracking_uri: the MLflow store of the members' runs.
+        arguments: further ``medseg train`` arguments for every member (``--config``, ``--set``, ``--data-root``),
+            paths absolute.
+        resume: continue interrupted members and skip finished ones (:func:`member_plan`).
+        echo: also print each member's per-epoch lines on the console after ``member k: ``.
+
+    Raises:
+        EnsembleError: naming the log of the first member that failed; the others are stopped.
+    """
+    folders = [member_folder(output, k) for k in range(plan.members)]
+    plans = [member_plan(folder, resume) for folder in folders]
+    shares = core_shares(plan.members)
+    logs, runs = [folder / "train.log" for folder in folders], {}
+    for k, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        where = f"on cores {sorted(shares[k])}" if shares else "in turn (each with the whole budget)"
+        print(f"member {k}: seed {plan.member_seed(k)}, {plans[k]}, {where}, log {logs[k]}", flush=True)
+    for k, folder in enumerate(folders):
+        if plans[k] == "done":
+            continue
+        sets = [arg for key, value in plan.member_overrides(k).items() for arg in ("--set", f"{key}={value}")]
+        command = [sys.executable, "-m", "medseg", "train", str(bundle.resolve()), *arguments, *sets,
+                   "--output-dir", str(folder), "--tracking-uri", tracking_uri]
+        runs[k] = _start_member(command + (["--resume"] if plans[k] == "resume" else []), logs[k],
+                                shares[k] if shares else None, f"member {k}: " if echo else None)
+        if shares is None:
+            _wait_for_members({k: runs.pop(k)}, logs)
+    _wait_for_members(runs, logs)
+    return [folder / "checkpoints" / "model.pt" for folder in folders]
+
+
+def join_checkpoints(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """The weights in ``checkpoints``: one file's state dict, or the ensemble of several files' networks.
+
+    Raises:
+        EnsembleError: naming the file that is missing, unreadable, or not a copy of the first file's network.
+    """
+    state_dicts = []
+    for checkpoint in checkpoints:
+        if not Path(checkpoint).is_file():
+            raise EnsembleError(f"{checkpoint}: no such checkpoint")
+        try:
+            state_dicts.append(read_state_dict(checkpoint))
+        except ValueError as err:  # names the file
+            raise EnsembleError(str(err)) from None
+    try:
+        return ensemble_state_dict(state_dicts)
+    except IncompatibleMember as err:
+        raise EnsembleError(f"{checkpoints[err.member]}: {err}") from None
+
+
+def _start_member(command: list[str], log: Path, cores: set[int] | None, echo_prefix: str | None) -> subprocess.Popen:
+    """Start a member's training; its output goes to ``log`` and, unless ``echo_prefix`` is ``None``, its
+    progress lines (one per epoch) also to the console after that prefix."""
+    env = dict(os.environ)
+    if cores is not None:
+        # one thread per core of the member's share: more would compete with the other members
+        env["OMP_NUM_THREADS"] = str(len(cores))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                               errors="replace")
+    if cores is not None:
+        os.sched_setaffinity(process.pid, cores)
+    threading.Thread(target=_tee, args=(process, log, "--resume" in command, echo_prefix), daemon=True).start()
+    return process
+
+
+def _tee(process: subprocess.Popen, log: Path, append: bool, echo_prefix: str | None) -> None:
+    with log.open("a" if append else "w") as out:
+        for line in process.stdout:
+            out.write(line)
+            out.flush()
+            if echo_prefix is not None and line.startswith("epoch "):
+                print(f"{echo_prefix}{line}", end="", flush=True)
+
+
+def _wait_for_members(runs: dict[int, subprocess.Popen], logs: list[Path]) -> None:
+    """Wait until every member has ended; on the first failure stop the others and fail naming its log. The
+    members never outlive this process, which a SIGTERM ends as an interrupt does."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        while runs:
+            for k, run in list(runs.items()):
+                code = run.poll()
+                if code is None:
+                    continue
+                del runs[k]
+                if code != 0:
+                    raise EnsembleError(f"training failed: member {k} (exit code {code}, see {logs[k]})")
+            time.sleep(1.0)
+    finally:
+        for run in runs.values():
+            run.terminate()
+        for run in runs.values():
+            run.wait()
+        signal.signal(signal.SIGTERM, previous)
