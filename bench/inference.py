@@ -148,7 +148,7 @@ def child(case: str, method: str, drive: Path, out: Path) -> dict:
         settings = replace(settings, sw_batch_size=int(method.split("@")[1]))
     if method.startswith("window@"):  # the window candidates: the bundle's defaults at another window and overlap
         roi, overlap = method.split("@")[1].split(",")
-        settings = replace(settings, roi_size=(int(roi), int(roi)), overlap=float(overlap))
+        settings = replace(settings, roi_size=(int(roi), int(roi)), sw_overlap=float(overlap))
     per_pixel = flops_per_pixel(model.network, settings.roi_size)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -20,6 +20,11 @@ from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, infer
 from medseg.inference.distributed import combined_summary, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
 
+DEFAULTS = InferenceSettings()
+# the settings a flag of the same name overrides
+OVERRIDABLE = ("sw_overlap", "sw_batch_size", "mode", "threshold", "normalization", "tta", "precision", "fov",
+               "scale", "slice_axis")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -40,10 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--roi", type=_roi, help="window size: N for every axis, or H,W[,D] (default 256 in 2D, 96 in 3D)"
     )
-    parser.add_argument("--overlap", type=float, help="window overlap fraction (default 0.25)")
+    parser.add_argument("--sw-overlap", type=float,
+                        help=f"window overlap fraction (default {DEFAULTS.sw_overlap})")
     parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 4 on a GPU, 1 on the CPU)")
-    parser.add_argument("--mode", choices=("gaussian", "constant"), help="window blending (default gaussian)")
-    parser.add_argument("--threshold", type=float, help="probability threshold of the mask (default 0.5)")
+    parser.add_argument("--mode", choices=("gaussian", "constant"), help=f"window blending (default {DEFAULTS.mode})")
+    parser.add_argument("--threshold", type=float,
+                        help=f"probability threshold of the mask (default {DEFAULTS.threshold})")
     parser.add_argument(
         "--normalization",
         help="scale255 | standardize | standardize_channelwise | minmax | none "
@@ -68,18 +75,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"default {DEFAULT_PROBABILITY_DTYPE}, which keeps the metrics of the probabilities in memory",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--slice-axis", type=int, default=2, help="axis a 2D network slices a volume along")
+    parser.add_argument("--slice-axis", type=int,
+                        help=f"axis a 2D network slices a volume along (default {DEFAULTS.slice_axis})")
     parser.add_argument(
         "--fov",
-        default=None,
         help="2D field of view: auto (fundus estimate) | none | a folder of masks NAME.* or NAME_mask.* "
         "(default auto for fundus models, none otherwise); predictions outside it are zeroed",
     )
     parser.add_argument(
         "--scale",
-        default="auto",
         help="fundus models: auto (to the training FOV width) | none | a resampling FACTOR; "
-        "other models are never rescaled",
+        f"other models are never rescaled (default {DEFAULTS.scale})",
     )
     parser.add_argument(
         "--fundus-width",
@@ -109,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
                 device=rank_device(args.device),
                 save_prob=args.save_prob,
                 overwrite=args.overwrite,
-                fov=args.fov,
-                scale=args.scale,
-                slice_axis=args.slice_axis,
                 progress=rank == 0,
                 shard=(rank, world_size),
             )
@@ -126,20 +129,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(settings: InferenceSettings, args: argparse.Namespace) -> InferenceSettings:
-    """The model's settings with the command line's overrides (a single --roi N is N along every axis)."""
-    overrides = {
-        name: value
-        for name, value in (
-            ("overlap", args.overlap),
-            ("sw_batch_size", args.sw_batch_size),
-            ("mode", args.mode),
-            ("threshold", args.threshold),
-            ("normalization", args.normalization),
-            ("tta", args.tta),
-            ("precision", args.precision),
-        )
-        if value is not None
-    }
+    """The model's settings with the command line's overrides, each flag named as its setting (a single --roi N
+    is N along every axis)."""
+    overrides = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
     if args.fundus_width is not None:
         overrides.update(fundus=True, training_fov_width=args.fundus_width)
     if args.roi is not None:

@@ -27,7 +27,7 @@ class PredictInferer(Inferer):
 
     Args:
         roi_size: sliding-window size.
-        predict_kwargs: any other keyword argument of :func:`~medseg.inference.predict` (``overlap``,
+        predict_kwargs: any other keyword argument of :func:`~medseg.inference.predict` (``sw_overlap``,
             ``sw_batch_size``, ``mode``, ``normalization``, ``activation``, ``tta``, ``precision``, ...).
     """
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,7 +31,8 @@ from medseg.inference.io import (
     write_overlay,
     write_probabilities,
 )
-from medseg.inference.loading import InferenceSettings, complete_settings, match_channels
+from medseg.inference.loading import match_channels
+from medseg.inference.settings import InferenceSettings, complete_settings
 from medseg.inference.predict import predict
 from medseg.utils import full_suffix
 from medseg.inference.runtime import InferenceNetwork, describe_precision
@@ -99,9 +99,6 @@ def infer_files(
     device: str | torch.device = "cpu",
     save_prob: ProbabilityDtype | None = None,
     overwrite: bool = False,
-    fov: Literal["auto", "none"] | str | Path | None = None,
-    scale: Literal["auto", "none"] | float = "auto",
-    slice_axis: int = 2,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
 ) -> InferenceSummary:
@@ -112,16 +109,13 @@ def infer_files(
         inputs: image files (2D images, NIfTI volumes), folders (searched recursively) or glob patterns.
         output_dir: folder for ``NAME_mask``, ``NAME_overlay`` (2D) and ``NAME_prob`` files
             (:func:`~medseg.inference.output_paths`).
-        settings: window, normalisation, activation, threshold, TTA, channels and fundus facts; what is
-            still open is completed from the network (:func:`~medseg.inference.complete_settings`).
+        settings: every inference setting (window, normalisation, activation, threshold, TTA, precision, FOV,
+            scale, slice axis, channels and fundus facts); what is still open is completed from the network
+            (:func:`~medseg.inference.complete_settings`).
         device: where the network runs.
         save_prob: also write probabilities, as ``"uint16"``, ``"uint8"`` or ``"float16"``.
         overwrite: replace existing outputs (an input is never overwritten, and two inputs named alike never
             share an output).
-        fov: 2D field of view, predictions outside it are zeroed: ``"auto"`` (fundus estimate), ``"none"``,
-            or a folder of masks ``NAME.*`` / ``NAME_mask.*``; ``None``: auto for fundus models, else none.
-        scale: fundus models only: ``"auto"`` (to the training FOV width), ``"none"`` or a resampling factor.
-        slice_axis: the axis a 2D network slices a volume along.
         progress: progress bars over the files and, for large inputs, over the windows.
         shard: ``(rank, world_size)``: this process predicts inputs ``rank``, ``rank + world_size``, ... of the
             expanded list (:func:`~medseg.inference.distributed.infer_files_distributed` under torchrun). Every
@@ -132,13 +126,8 @@ def infer_files(
         the :class:`InferenceSummary`; call :meth:`~InferenceSummary.raise_for_failures` to fail on failures.
     """
     settings = complete_settings(network, settings)
-    if scale not in ("auto", "none"):
-        if not settings.fundus:
-            raise ValueError("scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
-        try:
-            scale = float(scale)
-        except ValueError:
-            raise ValueError(f"scale must be auto, none or a number, got {scale!r}") from None
+    if settings.scale not in ("auto", "none") and not settings.fundus:
+        raise ValueError("scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
     output_dir = Path(output_dir)
     network = InferenceNetwork.of(network, device, settings.precision, settings.spatial_dims)  # prepared once
     logger.info("inference in %s", describe_precision(settings.precision, device))
@@ -160,9 +149,8 @@ def infer_files(
     for path, outputs in tqdm(claimed, unit="file", disable=not progress or len(claimed) < 2, file=sys.stderr):
         try:
             image, meta = read_image(path)
-            fov_mask = None if meta.is_volume else fov_for(path, image, fov, settings.fundus)
-            probabilities = predict_image(network, image, meta, settings, fov_mask, device=device, scale=scale,
-                                          slice_axis=slice_axis, progress=progress)
+            fov_mask = None if meta.is_volume else fov_for(path, image, settings.fov, settings.fundus)
+            probabilities = predict_image(network, image, meta, settings, fov_mask, device=device, progress=progress)
             writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
             summary.written[path] = outputs
         except Exception as err:  # one bad input must not stop the others; it is reported by name
@@ -217,8 +205,6 @@ def predict_image(
     fov_mask: np.ndarray | None,
     *,
     device: str | torch.device = "cpu",
-    scale: Literal["auto", "none"] | float = "auto",
-    slice_axis: int = 2,
     progress: bool = False,
 ) -> torch.Tensor:
     """(K, *spatial) probabilities of one image read by :func:`~medseg.inference.read_image`, with the model's
@@ -232,7 +218,7 @@ def predict_image(
         network,
         network_input,
         roi_size=settings.roi_size,
-        overlap=settings.overlap,
+        sw_overlap=settings.sw_overlap,
         sw_batch_size=settings.sw_batch_size,
         mode=settings.mode,
         normalization=settings.normalization or ("scale255" if image.dtype == np.uint8 else "standardize"),
@@ -240,8 +226,8 @@ def predict_image(
         tta=settings.tta,
         device=device,
         precision=settings.precision,
-        slice_axis=slice_axis,
-        scale=scale if fundus and scale != "none" else None,
+        slice_axis=settings.slice_axis,
+        scale=settings.scale if fundus and settings.scale != "none" else None,
         training_fov_width=settings.training_fov_width,
         fov_mask=fov_mask,
         progress=progress and windows > _WINDOWS_FOR_PROGRESS,

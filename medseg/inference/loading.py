@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from medseg.inference.settings import InferenceSettings, complete_settings
 from medseg.networks import ensemble_override, ensemble_size, get_network
 
 __all__ = [
@@ -39,29 +40,6 @@ __all__ = [
 _CHECKPOINT_KEYS = ("model", "network", "state_dict", "net")
 # The id of a bundle's inference config that holds its InferenceSettings.
 SETTINGS_ID = "inference_settings"
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """Defaults for :func:`medseg.inference.predict` that travel with a model (``None``: not known)."""
-
-    roi_size: tuple[int, ...] | None = None
-    overlap: float = 0.25
-    sw_batch_size: int | None = None  # None: predict()'s device-dependent default
-    mode: str = "gaussian"
-    normalization: str | None = None  # None: scale255 for 8-bit images, standardize otherwise
-    activation: str | None = None  # None: sigmoid for one output channel, softmax for more
-    threshold: float = 0.5
-    tta: bool | str = False  # as predict(): False / True, or "none" / "flips" / "dihedral"
-    preprocessing: str = "rgb"
-    precision: str = "auto"  # as predict(): auto (bfloat16 where the device runs it natively), float32, bfloat16
-    fundus: bool = False
-    training_fov_width: float | None = None
-    # the threshold that maximised F1 on the validation images of the shipped weights (metadata.json)
-    validation_threshold: float | None = None
-    in_channels: int | None = None
-    out_channels: int | None = None
-    spatial_dims: int | None = None
 
 
 @dataclass
@@ -127,35 +105,6 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
         in_channels=image.get("num_channels"),
         out_channels=prediction.get("num_channels"),
         spatial_dims=len(spatial_shape) if spatial_shape else None,
-    )
-
-
-def complete_settings(network: torch.nn.Module, settings: InferenceSettings) -> InferenceSettings:
-    """``settings`` with what is still open filled in: channels and spatial dimensions from the network's
-    convolution weights (C_out, C_in, *kernel), then the window (256 in 2D, 96 in 3D) and the activation
-    (sigmoid for one output channel, softmax for more).
-
-    The first convolution gives the input channels and spatial dimensions, the last the output channels
-    (a U-Net's 1x1 output head).
-    """
-    weights = [p for p in network.parameters() if p.ndim >= 4]
-    if weights:
-        settings = replace(
-            settings,
-            in_channels=settings.in_channels or int(weights[0].shape[1]),
-            out_channels=settings.out_channels or int(weights[-1].shape[0]),
-            spatial_dims=settings.spatial_dims or weights[0].ndim - 2,
-        )
-    spatial_dims = len(settings.roi_size) if settings.roi_size else settings.spatial_dims or 2
-    if settings.spatial_dims is not None and spatial_dims != settings.spatial_dims:
-        raise ValueError(
-            f"roi_size {settings.roi_size} has {spatial_dims} sizes but the network is {settings.spatial_dims}D"
-        )
-    return replace(
-        settings,
-        roi_size=tuple(settings.roi_size or ((256, 256) if spatial_dims == 2 else (96, 96, 96))),
-        spatial_dims=spatial_dims,
-        activation=settings.activation or ("softmax" if (settings.out_channels or 1) > 1 else "sigmoid"),
     )
 
 

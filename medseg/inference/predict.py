@@ -30,6 +30,7 @@ from monai.inferers import sliding_window_inference
 
 from medseg.inference.fov import estimate_fov, fov_width
 from medseg.inference.runtime import InferenceNetwork, Precision
+from medseg.inference.settings import InferenceSettings
 
 __all__ = ["AUTO_SCALE_TOLERANCE", "NORMALIZATIONS", "fundus_scale", "predict"]
 
@@ -70,15 +71,15 @@ def predict(
     image: np.ndarray | torch.Tensor,
     *,
     roi_size: Sequence[int],
-    overlap: float = 0.25,
+    sw_overlap: float = InferenceSettings.sw_overlap,
     sw_batch_size: int | None = None,
-    mode: Literal["gaussian", "constant"] = "gaussian",
+    mode: Literal["gaussian", "constant"] = InferenceSettings.mode,
     normalization: Normalization | Callable[[torch.Tensor], torch.Tensor] = "standardize",
     activation: Activation = "sigmoid",
     tta: TestTimeAugmentation = False,
     device: str | torch.device = "cpu",
-    precision: Precision = "auto",
-    slice_axis: int = -1,
+    precision: Precision = InferenceSettings.precision,
+    slice_axis: int = InferenceSettings.slice_axis,
     scale: float | Literal["auto"] | None = None,
     training_fov_width: float | None = None,
     fov_mask: np.ndarray | None = None,
@@ -97,7 +98,7 @@ def predict(
             2D ``roi_size`` it is (C, H, W), or (C, X, Y, Z) to run the 2D network slice by slice.
         roi_size: window size, one entry per spatial dimension of the network; along an axis where the image
             is smaller, the window is the image's size (one pass, no padding).
-        overlap: fraction of a window shared with its neighbour (along the slice axis, none).
+        sw_overlap: fraction of a window shared with its neighbour (along the slice axis, none).
         sw_batch_size: windows (or slices) per forward pass; ``None``: 4 on a GPU, 1 on the CPU, where larger
             batches were measured to gain no speed while multiplying the activations' memory (bench/inference.py).
         mode: ``"gaussian"`` weights window centres more when stitching; ``"constant"`` weighs all equally.
@@ -162,9 +163,9 @@ def predict(
     if sliced:
         image = image.movedim(1 + slice_axis % 3, -1)
     # a fully convolutional network needs no window larger than the image: one pass at the image's own size
-    window_roi, window_overlap = tuple(min(r, s) for r, s in zip(roi_size, image.shape[1:])), overlap
+    window_roi, window_overlap = tuple(min(r, s) for r, s in zip(roi_size, image.shape[1:])), sw_overlap
     if sliced:
-        window_roi, window_overlap = (*window_roi, 1), (overlap, overlap, 0.0)
+        window_roi, window_overlap = (*window_roi, 1), (sw_overlap, sw_overlap, 0.0)
     image, crop = _pad_to(image, window_roi)
 
     predictor = _WindowPredictor(network, image, normalize, activation, tta, network_dims, device, sliced)

@@ -59,7 +59,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"expected one (H, W) or (H, W, C) image, got shape {image.shape}")
         image = image[None] if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))
         meta = ImageMeta(Path("input"))
-        fov = fov_for(meta.path, image, None, self.settings.fundus)
+        fov = fov_for(meta.path, image, self.settings.fov, self.settings.fundus)
         probabilities = predict_image(self.network, image, meta, self.settings, fov)
         return probabilities[0].numpy() if probabilities.shape[0] == 1 else probabilities.numpy()
 

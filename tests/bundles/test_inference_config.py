@@ -65,7 +65,7 @@ def test_inference_settings_are_the_training_ids(bundle):
     with contextlib.chdir(bundle):
         settings = parsed(bundle).get_parsed_content("inference_settings")
     assert list(settings.roi_size) == train["roi_size"]
-    assert (settings.overlap, settings.tta) == (train["sw_overlap"], train["tta"])
+    assert (settings.sw_overlap, settings.tta) == (train["sw_overlap"], train["tta"])
     # the windows per forward pass change no answer, only the speed: inference.yaml may measure its own
     with contextlib.chdir(bundle):
         assert settings.sw_batch_size == parsed(bundle).get_parsed_content("sw_batch_size")
@@ -94,8 +94,8 @@ def test_an_overlay_changes_the_loaded_settings(small_weights, tmp_path):
     default = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights).settings
     changed = load_model(DRIVE_BUNDLE, overlays=[overlay, roi_overlay], checkpoint=weights).settings
     train = ConfigParser.load_config_file(str(DRIVE_BUNDLE / "configs" / "train.yaml"))
-    assert default.roi_size == tuple(train["roi_size"]) and default.overlap == train["sw_overlap"]
-    assert (changed.roi_size, changed.overlap) == ((64, 48), 0.125)
+    assert default.roi_size == tuple(train["roi_size"]) and default.sw_overlap == train["sw_overlap"]
+    assert (changed.roi_size, changed.sw_overlap) == ((64, 48), 0.125)
     assert (changed.fundus, changed.training_fov_width, changed.in_channels) == (True, 540, 3)
 
 

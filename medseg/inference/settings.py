@@ -1,0 +1,88 @@
+"""The settings of inference, each with its one name and its one default.
+
+:class:`InferenceSettings` carries every setting from a bundle's ``configs/inference.yaml`` (the
+``inference_settings`` id, whose keys are these field names) or from ``medseg infer`` (``--sw-overlap`` for
+``sw_overlap``, ...) to :func:`medseg.inference.predict`, whose keyword defaults are the defaults written here;
+the CLI's help reads them from here too. Only the device stays outside: it is where a run computes, not a
+property of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["InferenceSettings", "complete_settings"]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What :func:`medseg.inference.infer_files` and :func:`~medseg.inference.predict` need besides the network
+    and the image (``None``: not known, completed by :func:`complete_settings` or per image)."""
+
+    roi_size: tuple[int, ...] | None = None  # None: 256 x 256 in 2D, 96^3 in 3D
+    sw_overlap: float = 0.25
+    sw_batch_size: int | None = None  # None: predict()'s device-dependent default
+    mode: str = "gaussian"
+    normalization: str | None = None  # None: scale255 for 8-bit images, standardize otherwise
+    activation: str | None = None  # None: sigmoid for one output channel, softmax for more
+    threshold: float = 0.5
+    tta: bool | str = False  # as predict(): False / True, or "none" / "flips" / "dihedral"
+    preprocessing: str = "rgb"
+    precision: str = "auto"  # as predict(): auto (bfloat16 where the device runs it natively), float32, bfloat16
+    # 2D field of view: "auto" (fundus estimate), "none", or a folder of masks NAME.* / NAME_mask.*;
+    # None: auto for fundus models, none otherwise
+    fov: str | None = None
+    # fundus models: "auto" (to the training FOV width), "none" or a resampling factor
+    scale: str | float = "auto"
+    slice_axis: int = 2  # the spatial axis a 2D network slices a volume along
+    fundus: bool = False
+    training_fov_width: float | None = None
+    # the threshold that maximised F1 on the validation images of the shipped weights (metadata.json)
+    validation_threshold: float | None = None
+    in_channels: int | None = None
+    out_channels: int | None = None
+    spatial_dims: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale in ("auto", "none"):
+            return
+        try:
+            factor = float(self.scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale must be auto, none or a number, got {self.scale!r}") from None
+        if not factor > 0:
+            raise ValueError(f"scale must be a positive factor, got {self.scale!r}")
+        object.__setattr__(self, "scale", factor)
+
+
+def complete_settings(network: torch.nn.Module, settings: InferenceSettings) -> InferenceSettings:
+    """``settings`` with what is still open filled in: channels and spatial dimensions from the network's
+    convolution weights (C_out, C_in, *kernel), then the window (256 in 2D, 96 in 3D) and the activation
+    (sigmoid for one output channel, softmax for more).
+
+    The first convolution gives the input channels and spatial dimensions, the last the output channels
+    (a U-Net's 1x1 output head).
+    """
+    weights = [p for p in network.parameters() if p.ndim >= 4]
+    if weights:
+        settings = replace(
+            settings,
+            in_channels=settings.in_channels or int(weights[0].shape[1]),
+            out_channels=settings.out_channels or int(weights[-1].shape[0]),
+            spatial_dims=settings.spatial_dims or weights[0].ndim - 2,
+        )
+    spatial_dims = len(settings.roi_size) if settings.roi_size else settings.spatial_dims or 2
+    if settings.spatial_dims is not None and spatial_dims != settings.spatial_dims:
+        raise ValueError(
+            f"roi_size {settings.roi_size} has {spatial_dims} sizes but the network is {settings.spatial_dims}D"
+        )
+    return replace(
+        settings,
+        roi_size=tuple(settings.roi_size or ((256, 256) if spatial_dims == 2 else (96, 96, 96))),
+        spatial_dims=spatial_dims,
+        activation=settings.activation or ("softmax" if (settings.out_channels or 1) > 1 else "sigmoid"),
+    )
+
+
