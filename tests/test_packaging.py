@@ -57,7 +57,7 @@ def test_version_floors_are_those_the_code_needs_and_the_tests_run():
 
 
 def test_the_monai_internals_medseg_overrides_are_still_there():
-    # medseg.engines.checkpoint swaps the save handlers of these; medseg.engines.tracking wraps _set_experiment
+    # medseg.engines.checkpoint swaps the save handlers of these; medseg.tracking.handler wraps _set_experiment
     saver = CheckpointSaver(save_dir=".", save_dict={"network": torch.nn.Linear(1, 1)}, save_final=True,
                             save_key_metric=True, save_interval=1)
     for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):

@@ -15,7 +15,6 @@ from medseg.engines.evaluation import (
 )
 from medseg.engines.inferers import AutocastInferer, PredictInferer
 from medseg.engines.random_state import RandomStates
-from medseg.engines.tracking import TrackingHandler
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -26,7 +25,6 @@ __all__ = [
     "SegmentationReport",
     "TimeBudget",
     "TrainingProgress",
-    "TrackingHandler",
     "VesselReport",
     "eval_metrics_from_report",
     "latest_checkpoint",

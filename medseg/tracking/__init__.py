@@ -13,8 +13,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
@@ -26,11 +27,13 @@ __all__ = [
     "DEFAULT_RUN_METRICS",
     "DEFAULT_RUN_PARAMS",
     "DEFAULT_RUN_TAGS",
+    "RUN_CONTROL_IDS",
     "TrackingServerError",
     "EXPERIMENT_KIND_TAG",
     "check_tracking_server",
     "default_tracking_uri",
     "evaluation_tags",
+    "hyper_parameters",
     "prepare_tracking_store",
     "run_tags",
     "resumable_run_name",
@@ -73,6 +76,38 @@ def _git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return result.stdout.strip()
+
+
+# top-level ids that steer a run rather than describe its model: not logged as MLflow params (params cannot change
+# within a run, and a resumed run sets resume: true)
+RUN_CONTROL_IDS = frozenset({"bundle_root", "experiment_name", "run_name", "tracking_uri", "resume", "quiet",
+                             "num_workers", "save_execute_config"})
+
+
+def hyper_parameters(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The params of a training run: every top-level id of its executed config (the file MONAI's
+    ``save_execute_config`` writes, or the config itself) whose value is a literal (a number, bool, null, plain
+    string, or list of them) or a reference ``@id`` to one, except the :data:`RUN_CONTROL_IDS`. A new
+    hyper-parameter is tracked by being written in the config; expressions (paths, devices, records) are not."""
+    if not isinstance(config, Mapping):
+        from monai.bundle import ConfigParser
+
+        config = ConfigParser.load_config_file(str(config))
+    params = {}
+    for key, value in config.items():
+        if isinstance(value, str) and value.startswith("@") and value[1:] in config:
+            value = config[value[1:]]
+        if key not in RUN_CONTROL_IDS and _is_literal(value):
+            params[key] = value
+    return params
+
+
+def _is_literal(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_literal(item) and not isinstance(item, list) for item in value)
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def run_tags(network: str, dataset: str, **extra: str) -> dict[str, str]:

@@ -22,7 +22,8 @@ from monai.handlers import ValidationHandler, from_engine
 from monai.losses import DiceCELoss
 from monai.transforms import Activationsd
 
-from medseg.engines import AtomicCheckpointSaver, RunArtifacts, TrackingHandler
+from medseg.engines import AtomicCheckpointSaver, RunArtifacts
+from medseg.tracking.handler import TrackingHandler
 from medseg.metrics import FOVVesselMetricHandler
 from medseg.tracking import run_tags
 

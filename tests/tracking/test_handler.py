@@ -6,7 +6,7 @@ from ignite.engine import Engine
 from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
-from medseg.engines import TrackingHandler
+from medseg.tracking.handler import TrackingHandler
 
 
 def test_a_training_that_loses_the_race_to_create_the_experiment_logs_to_the_winners_experiment(tmp_path):
