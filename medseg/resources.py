@@ -10,9 +10,18 @@ the working directory or to folders the user names, never into these.
 from __future__ import annotations
 
 import importlib.resources
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["bundle_folder", "bundle_names", "bundles_root", "configs_root", "is_packaged", "overlay_file"]
+if TYPE_CHECKING:
+    from monai.bundle import ConfigParser
+
+__all__ = [
+    "bundle_config_files", "bundle_folder", "bundle_names", "bundles_root", "configs_root", "is_packaged", "overlay_file",
+    "read_bundle_config",
+]
 
 
 def _shipped(name: str) -> Path:
@@ -73,3 +82,43 @@ def overlay_file(name_or_path: str | Path) -> Path:
         return shipped
     names = ", ".join(sorted(p.stem for p in configs_root().glob("*.yaml")))
     raise FileNotFoundError(f"{name_or_path}: no such config file, nor a shipped overlay (shipped: {names})")
+
+
+def bundle_config_files(bundle: str | os.PathLike, name: str, overlays: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """Absolute paths of ``<bundle>/configs/<name>.yaml`` followed by the overlay files, each checked to exist."""
+    bundle = Path(bundle).resolve()
+    main = bundle / "configs" / f"{name}.yaml"
+    if not main.is_file():
+        raise FileNotFoundError(f"{main}: no such bundle config ({bundle} is not a bundle with configs/{name}.yaml)")
+    files = [main]
+    for overlay in overlays:
+        path = Path(overlay).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"{overlay}: no such overlay config file")
+        files.append(path)
+    return [str(f) for f in files]
+
+
+def read_bundle_config(
+    bundle: str | os.PathLike,
+    name: str,
+    overlays: Sequence[str | os.PathLike] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> ConfigParser:
+    """The one way medseg reads a bundle config without running it: ``<bundle>/configs/<name>.yaml`` with the
+    overlays merged in order, ``configs/metadata.json`` as ``_meta_``, ``bundle_root`` the bundle folder and
+    ``overrides`` last, as MONAI's runner builds it. Parse content inside ``contextlib.chdir(bundle)``, where the
+    bundle's ``%configs/...`` macros resolve.
+
+    Raises:
+        FileNotFoundError: naming the missing config or overlay.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle, name, overlays))
+    metadata = Path(bundle).resolve() / "configs" / "metadata.json"
+    if metadata.is_file():
+        parser.read_meta(str(metadata))
+    parser.update({"bundle_root": str(Path(bundle).resolve()), **dict(overrides or {})})
+    return parser

@@ -10,26 +10,21 @@ own ``models/model.pt`` is evaluated as the bundle builds it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
 from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, joined_weights, output_dir
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.evaluation import evaluate_vessel_folder, report_table
-from medseg.engines.workflow import (
-    MLFLOW_TRACKING,
-    ConfigError,
-    bundle_config_files,
-    run_bundle_config,
-    working_directory,
-)
-from medseg.tracking import default_tracking_uri, evaluation_tags
+from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
 from medseg.inference import PRECISIONS, load_model
 from medseg.networks import ensemble_override
+from medseg.resources import read_bundle_config
+from medseg.tracking import default_tracking_uri, evaluation_tags
 from medseg.utils import format_table
 
 
@@ -64,22 +59,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     overrides.update(split=args.split, metrics_file=str(metrics_file), tracking_uri=tracking_uri)
     weights_files = args.checkpoints or [args.bundle / "models" / "model.pt"]
+    try:
+        config = read_bundle_config(args.bundle, "evaluate", args.overlays,
+                                    {key: value for key, value in overrides.items() if key == "experiment_name"})
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
     if all(Path(path).is_file() for path in weights_files):
-        parser = ConfigParser()
-        parser.read_config(bundle_config_files(args.bundle, "evaluate", args.overlays))
-        parser.update({key: value for key, value in overrides.items() if key == "experiment_name"})
-        with working_directory(args.bundle):  # its %configs/train.yaml macros
-            experiment = str(parser.get_parsed_content("experiment_name")) if "experiment_name" in parser else ""
+        with contextlib.chdir(args.bundle):  # its %configs/train.yaml macros
+            experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else ""
         overrides["evaluation_tags"] = evaluation_tags(weights_files, tracking_uri, experiment)
     with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
         if args.checkpoints:
             weights = joined_weights(args.checkpoints)
             # the network the bundle builds follows the weights: one network, or the ensemble they hold
             try:
-                config = ConfigParser.load_config_files(bundle_config_files(args.bundle, "evaluate", args.overlays))
                 overrides.update(ensemble_override(config, weights, ", ".join(map(str, args.checkpoints)),
                                                    args.bundle.resolve()))
-            except (FileNotFoundError, ValueError) as err:
+            except ValueError as err:
                 raise CLIError(str(err)) from None
             overrides["ckpt_path"] = str(Path(work) / "model.pt")
             torch.save(weights, overrides["ckpt_path"])

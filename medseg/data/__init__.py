@@ -10,7 +10,7 @@ import importlib
 
 from medseg.data.camvid import CLASS_NAMES, IGNORE_INDEX, PALETTE, camvid_records, class_frequencies, validate_camvid
 from medseg.data.drive import drive_records, read_binary, split_validation, validate_drive
-from medseg.data.files import DatasetError
+from medseg.data.files import DatasetError, as_stored_image, read_pixels
 from medseg.data.vessel_folders import (
     LABEL_POSITIVE,
     LES_AV_LABEL_POSITIVE,
@@ -53,6 +53,8 @@ __all__ = [
     "vessel_folder_records",
     "cached_dataset",
     "pil_reader",
+    "read_pixels",
+    "as_stored_image",
     "vessel_transforms",
     "write_synthetic_drive",
     "write_synthetic_volumes",

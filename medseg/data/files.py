@@ -1,5 +1,9 @@
 """File-level helpers shared by the dataset readers: folder checks and strict image decoding.
 
+:func:`as_stored_image` is the one rule by which a 2D image file becomes pixels, in training (the converter
+of MONAI's PIL reader, :func:`medseg.data.pil_reader`), in dataset checks and in inference
+(:func:`medseg.inference.read_image`): colour as RGB, 16-bit and float grey as stored, any other grey as 8-bit.
+
 Every failure is raised as :class:`medseg.data.DatasetError` naming the offending path.
 """
 
@@ -16,6 +20,11 @@ from PIL import Image, UnidentifiedImageError
 T = TypeVar("T")
 
 
+# PIL modes decoded as RGB, and grey modes kept at their own depth; every other mode becomes 8-bit grey ("L")
+COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"})
+WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
+
+
 class DatasetError(ValueError):
     """A dataset file or folder is missing or invalid; the message names the path and the problem."""
 
@@ -30,25 +39,37 @@ def require_folder(folder: Path, pattern: str) -> list[Path]:
     return files
 
 
+def as_stored_image(image: Image.Image) -> Image.Image:
+    """``image`` in the mode medseg reads every photograph in: colour modes (palette included) as RGB, 16-bit and
+    float grey as they are, other grey modes (1-bit, LA) as 8-bit grey."""
+    if image.mode in COLOUR_MODES:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if image.mode in WIDE_GREY_MODES or image.mode == "L":
+        return image
+    return image.convert("L")
+
+
 def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
     """Decode every pixel of an image file into an array of shape (H, W) or (H, W, C).
 
-    ``mode`` converts with PIL first (``"RGB"``, ``"L"``); ``None`` keeps the stored values, which for palette
-    images are the raw palette indices. Unreadable, corrupt or truncated files raise :class:`DatasetError`.
+    ``mode`` converts with PIL first (``"RGB"``, ``"L"``), ``"image"`` by :func:`as_stored_image`; ``None`` keeps
+    the stored values, which for palette images are the raw palette indices (label maps). Unreadable, corrupt or
+    truncated files raise :class:`DatasetError` naming the file.
     """
     try:
         with Image.open(path) as image:
             image.load()  # decodes all pixel data, so truncation is detected here rather than later
-            if mode is not None and image.mode != mode:
+            if mode == "image":
+                image = as_stored_image(image)
+            elif mode is not None and image.mode != mode:
                 image = image.convert(mode)
-            return np.asarray(image)
+            return np.array(image)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except UnidentifiedImageError:  # its message repeats the path
         raise DatasetError(f"{path}: corrupt or unreadable image (not a recognised image format)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from None
-
 
 
 def check_all(check: Callable[..., T], jobs: Sequence[tuple], dataset: str) -> list[T]:

@@ -43,6 +43,7 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from medseg.data.files import as_stored_image
 from medseg.data.vessel_folders import LABEL_POSITIVE
 from skimage.exposure import equalize_adapthist
 
@@ -63,9 +64,14 @@ def to_greyscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def pil_reader(greyscale: bool = False) -> PILReader:
-    """The reader every 2D chain uses: (H, W[, C]) arrays, optionally converted to greyscale first."""
-    return PILReader(converter=to_greyscale if greyscale else None, reverse_indexing=False)
+def pil_reader(content: str = "image") -> PILReader:
+    """The reader every 2D chain uses, (H, W[, C]) arrays: ``"image"`` decoded as inference decodes it
+    (:func:`medseg.data.files.as_stored_image`), ``"greyscale"`` (labels and masks), ``"indices"`` (the stored
+    values of a label map, palette indices included)."""
+    converters = {"image": as_stored_image, "greyscale": to_greyscale, "indices": None}
+    if content not in converters:
+        raise ValueError(f"pil_reader content must be one of {sorted(converters)}, got {content!r}")
+    return PILReader(converter=converters[content], reverse_indexing=False)
 
 
 def green_channel(image: torch.Tensor) -> torch.Tensor:
@@ -183,7 +189,7 @@ def vessel_transforms(
     keys = list(VESSEL_KEYS)
     deterministic = [
         LoadImaged(keys="image", reader=pil_reader()),
-        LoadImaged(keys=["label", "mask"], reader=pil_reader(greyscale=True)),
+        LoadImaged(keys=["label", "mask"], reader=pil_reader("greyscale")),
         EnsureChannelFirstd(keys=keys),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
         AsDiscreted(keys="mask", threshold=128),  # greyscale > 127, as the DRIVE validation does
@@ -268,7 +274,8 @@ def camvid_transforms(
     _check_choice("phase", phase, PHASES)
     _check_choice("normalization", normalization, NORMALIZATIONS)
     deterministic = [
-        LoadImaged(keys=["image", "label"], reader=pil_reader()),
+        LoadImaged(keys="image", reader=pil_reader()),
+        LoadImaged(keys="label", reader=pil_reader("indices")),
         EnsureChannelFirstd(keys=["image", "label"]),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
         CastToTyped(keys="label", dtype=torch.int64),

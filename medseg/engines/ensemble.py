@@ -13,6 +13,7 @@ bundle's evaluate and inference configs load as the number of networks the weigh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from monai.bundle import ConfigParser
 
-from medseg.engines.workflow import bundle_config_files, working_directory
 from medseg.inference import read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_state_dict
+from medseg.resources import read_bundle_config
 
 __all__ = [
     "EnsembleError", "EnsemblePlan", "core_shares", "join_checkpoints", "member_folder", "member_plan",
@@ -74,17 +73,15 @@ def read_ensemble_plan(
         EnsembleError: for a count that is not a whole number >= 1, or N > 1 for a bundle whose own train.yaml
             has no ``ensemble_members`` (its evaluate and inference configs build one network).
     """
-    parser = ConfigParser()
-    parser.read_config(bundle_config_files(bundle, "train", overlays))
-    parser.update(dict(overrides or {}))
-    with working_directory(bundle.resolve()):  # where the bundle's %macros resolve
+    parser = read_bundle_config(bundle, "train", overlays, overrides)
+    with contextlib.chdir(bundle.resolve()):  # where the bundle's %macros resolve
         members = parser.get_parsed_content("ensemble_members", default=1)
         seed = parser.get_parsed_content("seed", default=0)
         split_seed = parser.get_parsed_content("split_seed", default=seed)
     if not isinstance(members, int) or isinstance(members, bool) or members < 1:
         raise EnsembleError(f"ensemble_members must be a whole number >= 1, got {members!r}")
     own = bundle.resolve() / "configs" / "train.yaml"
-    if members > 1 and "ensemble_members" not in (yaml.safe_load(own.read_text()) or {}):
+    if members > 1 and "ensemble_members" not in read_bundle_config(bundle, "train"):
         raise EnsembleError(f"{own}: no ensemble_members; {bundle} builds one network, not an ensemble of {members}")
     return EnsemblePlan(members, seed, split_seed)
 

@@ -18,11 +18,10 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from medseg.resources import configs_root
+from medseg.resources import bundle_config_files, configs_root
 
 __all__ = [
-    "MLFLOW_TRACKING", "ConfigError", "bundle_config_files", "bundle_workflow", "parse_overrides",
-    "run_bundle_config", "working_directory",
+    "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "parse_overrides", "run_bundle_config",
 ]
 
 # how MONAI words an error raised while it evaluates an expression or instantiates a component of a config
@@ -56,32 +55,6 @@ def _target_of(item: Any) -> str | None:
 
 # medseg's MLflow settings for MONAI's ``tracking`` argument, one of the shipped config files
 MLFLOW_TRACKING = configs_root() / "mlflow_tracking.yaml"
-
-
-@contextlib.contextmanager
-def working_directory(path: Path) -> Iterator[None]:
-    """Run the block from ``path``, where a bundle's ``%configs/...`` macros resolve."""
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def bundle_config_files(bundle: str | os.PathLike, name: str, overlays: Sequence[str | os.PathLike] = ()) -> list[str]:
-    """Absolute paths of ``<bundle>/configs/<name>.yaml`` followed by the overlay files, each checked to exist."""
-    bundle = Path(bundle).resolve()
-    main = bundle / "configs" / f"{name}.yaml"
-    if not main.is_file():
-        raise FileNotFoundError(f"{main}: no such bundle config ({bundle} is not a bundle with configs/{name}.yaml)")
-    files = [main]
-    for overlay in overlays:
-        path = Path(overlay).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"{overlay}: no such overlay config file")
-        files.append(path)
-    return [str(f) for f in files]
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -124,7 +97,7 @@ def bundle_workflow(
     logging_file = configs / "logging.conf"
     # macros are resolved when the workflow is built and initialised; nothing reads files relative to the
     # working directory after that
-    with working_directory(bundle):
+    with contextlib.chdir(bundle):
         workflow = ConfigWorkflow(
             config_file=files,
             meta_file=str(configs / "metadata.json"),

@@ -16,9 +16,9 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medseg.data import DatasetError
+from medseg.data import DatasetError, read_pixels
 from medseg.utils import atomic_path, full_suffix
 
 __all__ = [
@@ -42,8 +42,6 @@ DEFAULT_PROBABILITY_DTYPE: ProbabilityDtype = "uint16"
 
 # PIL modes whose pixels are colour, converted to RGB; every other 8-bit mode is converted to grey ("L").
 # Modes with more than 8 bits ("I;16", "I", "F") keep their values as one grey channel.
-_COLOUR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"}
-_WIDE_GREY_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 _OVERLAY_COLOUR = np.array([0, 255, 0], dtype=np.float32)
 _OVERLAY_OPACITY = 0.5
 
@@ -86,18 +84,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
 
 
 def _read_2d(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode every pixel now, so a truncated file fails here
-            if image.mode in _COLOUR_MODES:
-                image = image.convert("RGB")
-            elif image.mode not in _WIDE_GREY_MODES and image.mode != "L":
-                image = image.convert("L")
-            pixels = np.array(image)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from None
+    pixels = read_pixels(path, mode="image")
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 
 from medseg.inference.settings import InferenceSettings, complete_settings
 from medseg.networks import ensemble_override, ensemble_size, get_network
+from medseg.resources import read_bundle_config
 
 __all__ = [
     "InferenceSettings",
@@ -163,15 +163,7 @@ def _load_bundle(
     for required in (metadata_file, config_file):
         if not required.is_file():
             raise ValueError(f"{folder}: not an inference bundle (no configs/{required.name})")
-    files = [config_file]
-    for overlay in overlays:
-        files.append(Path(overlay).resolve())
-        if not files[-1].is_file():
-            raise FileNotFoundError(f"{overlay}: no such overlay config file")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser.read_meta(str(metadata_file))
-    parser.update({"bundle_root": str(folder), **dict(overrides or {})})
+    parser = read_bundle_config(folder, "inference", overlays, overrides)
     if SETTINGS_ID not in parser:
         raise ValueError(f"{config_file}: no {SETTINGS_ID!r} id (the InferenceSettings of the bundle)")
     # the configs share settings with %configs/train.yaml#... macros, which MONAI reads from the working directory
