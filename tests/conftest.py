@@ -11,12 +11,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from medseg.data.synthetic import write_synthetic_drive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")).resolve()
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# under pytest-xdist (the README's `-n auto`) each worker computes on its share of the cores, as do the processes
+# its tests start, so the workers do not oversubscribe the machine
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _CORE_SHARE = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_CORE_SHARE)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_CORE_SHARE))
 
 
 def _dataset(name: str) -> Path:
