@@ -8,25 +8,28 @@ bundle folder: this command makes paths absolute and fills in the tracking store
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 
 from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, output_dir, passed_arguments
-from medseg.engines.ensemble import EnsembleError, EnsemblePlan, train_members
+from medseg.engines.ensemble import EnsembleError, EnsemblePlan, train_ensemble
+from medseg.engines.evaluation import report_table
 from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
-from medseg.tracking import check_tracking_server, default_tracking_uri, prepare_tracking_store
+from medseg.tracking import check_tracking_server, default_tracking_uri
 
 
 def _train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: str) -> int:
-    prepare_tracking_store(tracking_uri)
     again = passed_arguments(args)
     try:
-        weights = train_members(args.bundle, plan, output_dir(args), tracking_uri, again, resume=args.resume,
-                                echo=not args.quiet)
+        trained = train_ensemble(args.bundle, plan, output_dir(args), tracking_uri, again, args.overlays,
+                                 bundle_overrides(args), resume=args.resume, echo=not args.quiet)
     except EnsembleError as err:
         raise CLIError(str(err)) from None
-    checkpoints = [arg for weight in weights for arg in ("--checkpoint", str(weight))]
+    print(report_table(json.loads(trained.report.read_text())))
+    print(f"the ensemble on its validation images: {trained.report} (MLflow run {trained.run_id}, the members' parent)")
+    checkpoints = [arg for weight in trained.weights for arg in ("--checkpoint", str(weight))]
     print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, *checkpoints]))
-    print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, weights), *again]))
+    print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights), *again]))
     print(f"review the runs: mlflow ui --backend-store-uri {tracking_uri}")
     return 0
 

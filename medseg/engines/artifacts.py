@@ -3,7 +3,9 @@
 After every validation epoch it rewrites ``training_curves.png`` (mean training loss and validation
 metrics against the epoch); when that validation is the best so far (MONAI's ``best_metric_epoch``)
 it also rewrites ``metrics.json``, ``roc_pr.png`` (vessel tasks) and ``overlay_<id>.png`` for the
-first images of the validation set, so they always describe the best checkpoint. Writing during
+first images of the validation set, so they always describe the best checkpoint. During training every
+validation's overlays also go to ``overlays/epoch_<NNNN>/``, which the tracking handler logs as MLflow images
+with the epoch as their step. Writing during
 training, not at the end, keeps the files valid after a crash and leaves no ordering constraint with
 the handler that uploads them: pass ``output_dir`` in MONAI ``MLFlowHandler(artifacts=[...])``, which
 logs them when the engine completes.
@@ -120,6 +122,7 @@ class RunArtifacts:
         self.history.append(entry)
         if self._trainer is not None:
             plot_training_curves(self.history, self.output_dir / "training_curves.png")
+            self._write_overlays(self.output_dir / "overlays" / f"epoch_{epoch:04d}", epoch)
         if getattr(evaluator.state, "best_metric_epoch", epoch) == epoch:
             self._write_best(evaluator, epoch, scalars)
 
@@ -136,12 +139,16 @@ class RunArtifacts:
             summary["metrics_at_best_f1_threshold"] = metric.compute(best_threshold)
             plot_roc_pr(metric.roc_curve(), metric.pr_curve(), self.output_dir / "roc_pr.png", title=f"epoch {epoch}")
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(summary, indent=2))
+        self._write_overlays(self.output_dir, epoch)
+
+    def _write_overlays(self, folder: Path, epoch: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         for example in self._examples:
             plot_overlay(
                 example["image"],
                 example["label"],
                 example["pred"],
-                self.output_dir / f"overlay_{example['id']}.png",
+                folder / f"overlay_{example['id']}.png",
                 title=f"{example['id']} (epoch {epoch})",
                 threshold=self.threshold,
                 ignore_index=self.ignore_index,

@@ -14,10 +14,12 @@ bundle's evaluate and inference configs load as the number of networks the weigh
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -27,13 +29,15 @@ from typing import Any
 
 import torch
 
+from medseg.engines.workflow import ConfigError, run_bundle_config
 from medseg.inference import read_state_dict
-from medseg.networks import IncompatibleMember, ensemble_state_dict
+from medseg.networks import IncompatibleMember, ensemble_size, ensemble_state_dict
 from medseg.resources import read_bundle_config
+from medseg.tracking import ensemble_parent_run, log_ensemble_metrics, prepare_tracking_store, run_tags
 
 __all__ = [
-    "EnsembleError", "EnsemblePlan", "core_shares", "join_checkpoints", "member_folder", "member_plan",
-    "read_ensemble_plan", "train_members",
+    "EnsembleError", "EnsemblePlan", "TrainedEnsemble", "core_shares", "evaluate_ensemble", "join_checkpoints",
+    "member_folder", "member_plan", "read_ensemble_plan", "train_ensemble", "train_members",
 ]
 
 # member k of an ensemble trains with seed + MEMBER_SEED_STEP * k, so the members of the ensembles of seeds 0..9
@@ -53,6 +57,8 @@ class EnsemblePlan:
     members: int
     seed: int
     split_seed: int
+    experiment_name: str = "medseg"
+    dataset_name: str = "-"
 
     def member_seed(self, k: int) -> int:
         return self.seed + MEMBER_SEED_STEP * k
@@ -78,12 +84,13 @@ def read_ensemble_plan(
         members = parser.get_parsed_content("ensemble_members", default=1)
         seed = parser.get_parsed_content("seed", default=0)
         split_seed = parser.get_parsed_content("split_seed", default=seed)
+        names = {key: str(parser.get_parsed_content(key)) for key in ("experiment_name", "dataset_name") if key in parser}
     if not isinstance(members, int) or isinstance(members, bool) or members < 1:
         raise EnsembleError(f"ensemble_members must be a whole number >= 1, got {members!r}")
     own = bundle.resolve() / "configs" / "train.yaml"
     if members > 1 and "ensemble_members" not in read_bundle_config(bundle, "train"):
         raise EnsembleError(f"{own}: no ensemble_members; {bundle} builds one network, not an ensemble of {members}")
-    return EnsemblePlan(members, seed, split_seed)
+    return EnsemblePlan(members, seed, split_seed, **names)
 
 
 def core_shares(members: int) -> list[set[int]] | None:
@@ -123,6 +130,7 @@ def train_members(
     arguments: Sequence[str] = (),
     resume: bool = False,
     echo: bool = True,
+    parent_run: str | None = None,
 ) -> list[Path]:
     """Train the members of ``plan`` into ``member_folder(output, k)``, each as its own ``medseg train`` process,
     and return the paths of their final weights (``checkpoints/model.pt``).
@@ -136,6 +144,7 @@ def train_members(
             paths absolute.
         resume: continue interrupted members and skip finished ones (:func:`member_plan`).
         echo: also print each member's per-epoch lines on the console after ``member k: ``.
+        parent_run: the MLflow run the members' runs are children of.
 
     Raises:
         EnsembleError: naming the log of the first member that failed; the others are stopped.
@@ -152,6 +161,8 @@ def train_members(
         if plans[k] == "done":
             continue
         sets = [arg for key, value in plan.member_overrides(k).items() for arg in ("--set", f"{key}={value}")]
+        if parent_run is not None:
+            sets += ["--set", "parent_run_tags=" + json.dumps({"mlflow.parentRunId": parent_run})]
         command = [sys.executable, "-m", "medseg", "train", str(bundle.resolve()), *arguments, *sets,
                    "--output-dir", str(folder), "--tracking-uri", tracking_uri]
         runs[k] = _start_member(command + (["--resume"] if plans[k] == "resume" else []), logs[k],
@@ -160,6 +171,74 @@ def train_members(
             _wait_for_members({k: runs.pop(k)}, logs)
     _wait_for_members(runs, logs)
     return [folder / "checkpoints" / "model.pt" for folder in folders]
+
+
+@dataclass(frozen=True)
+class TrainedEnsemble:
+    """What :func:`train_ensemble` made: the members' final weights, the ensemble's validation report and its
+    MLflow run (the parent of the members' runs)."""
+
+    weights: list[Path]
+    report: Path
+    run_id: str
+
+
+def train_ensemble(
+    bundle: Path,
+    plan: EnsemblePlan,
+    output: Path,
+    tracking_uri: str,
+    arguments: Sequence[str] = (),
+    overlays: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    echo: bool = True,
+) -> TrainedEnsemble:
+    """Train the members (:func:`train_members`) as child runs of one MLflow run of the ensemble, then evaluate
+    the ensemble on the validation images (:func:`evaluate_ensemble`) and log its metrics to that run.
+
+    ``arguments`` are the members' ``medseg train`` arguments, ``overlays`` and ``overrides`` the same settings
+    for the ensemble's evaluation. Raises :class:`EnsembleError` (the run then ends as failed).
+    """
+    prepare_tracking_store(tracking_uri)
+    params = {"ensemble_members": plan.members, "seed": plan.seed, "split_seed": plan.split_seed,
+              "member_seeds": [plan.member_seed(k) for k in range(plan.members)]}
+    run_id = ensemble_parent_run(tracking_uri, plan.experiment_name, output, resume, params,
+                                 run_tags(f"Ensemble x{plan.members}", plan.dataset_name, **{"medseg.kind": "ensemble"}))
+    try:
+        weights = train_members(bundle, plan, output, tracking_uri, arguments, resume, echo, parent_run=run_id)
+        report = evaluate_ensemble(bundle, weights, output / "metrics_val.json", overlays, overrides)
+    except BaseException:  # a failed member, an interrupt: the run says so
+        log_ensemble_metrics(tracking_uri, run_id, output / "metrics_val.json", failed=True)
+        raise
+    log_ensemble_metrics(tracking_uri, run_id, report)
+    return TrainedEnsemble(weights, report, run_id)
+
+
+def evaluate_ensemble(
+    bundle: Path,
+    weights: Sequence[Path],
+    report: Path,
+    overlays: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the validation report of the ensemble of ``weights`` to ``report``: the bundle's evaluate.yaml on the
+    validation split of its train config, as ``medseg evaluate --split val`` with one ``--checkpoint`` per member.
+
+    Raises:
+        EnsembleError: naming the bundle and the error of a weights file or of the evaluation.
+    """
+    joined = join_checkpoints(weights)
+    with tempfile.TemporaryDirectory(prefix="medseg-ensemble-") as work:
+        checkpoint = Path(work) / "model.pt"
+        torch.save(joined, checkpoint)
+        settings = {**dict(overrides or {}), "split": "val", "ckpt_path": str(checkpoint),
+                    "metrics_file": str(report), "ensemble_members": ensemble_size(joined)}
+        try:
+            run_bundle_config(bundle, "evaluate", overlays=overlays, overrides=settings, workflow_type="eval")
+        except (FileNotFoundError, ConfigError) as err:
+            raise EnsembleError(f"evaluating the ensemble of {bundle} on its validation images failed: {err}") from None
+    return report
 
 
 def join_checkpoints(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:

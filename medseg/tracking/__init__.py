@@ -8,6 +8,7 @@ MONAI's ``MLFlowHandler`` default layout). Any MLflow tracking URI works instead
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from monai.utils import path_to_sqlite_uri
 
 from medseg import __version__
@@ -32,7 +34,10 @@ __all__ = [
     "EXPERIMENT_KIND_TAG",
     "check_tracking_server",
     "default_tracking_uri",
+    "ensemble_parent_run",
     "evaluation_tags",
+    "executed_config",
+    "log_ensemble_metrics",
     "hyper_parameters",
     "prepare_tracking_store",
     "run_tags",
@@ -84,11 +89,25 @@ RUN_CONTROL_IDS = frozenset({"bundle_root", "experiment_name", "run_name", "trac
                              "num_workers", "save_execute_config"})
 
 
-def hyper_parameters(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+def executed_config(save_execute_config: Any, output_dir: str | os.PathLike) -> str | None:
+    """The file MONAI wrote the executed config to (its ``save_execute_config`` tracking setting), or ``None``.
+
+    MONAI writes it to ``<output_dir>/config_<time>.json`` but names that path in the config only when
+    ``output_dir`` is an expression; for a plain ``--output_dir`` the newest such file there is the one."""
+    if isinstance(save_execute_config, str) and os.path.isfile(save_execute_config):
+        return save_execute_config
+    written = sorted(Path(output_dir).glob("config_*.json"), key=lambda path: path.stat().st_mtime)
+    return str(written[-1]) if written else None
+
+
+def hyper_parameters(config: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
     """The params of a training run: every top-level id of its executed config (the file MONAI's
-    ``save_execute_config`` writes, or the config itself) whose value is a literal (a number, bool, null, plain
-    string, or list of them) or a reference ``@id`` to one, except the :data:`RUN_CONTROL_IDS`. A new
-    hyper-parameter is tracked by being written in the config; expressions (paths, devices, records) are not."""
+    ``save_execute_config`` writes, :func:`executed_config`, or the config itself) whose value is a literal (a
+    number, bool, null, plain string, or list of them) or a reference ``@id`` to one, except the
+    :data:`RUN_CONTROL_IDS`. A new hyper-parameter is tracked by being written in the config; expressions (paths,
+    devices, records) are not. ``None`` (no executed config written, e.g. on another rank than 0): none."""
+    if config is None:
+        return {}
     if not isinstance(config, Mapping):
         from monai.bundle import ConfigParser
 
@@ -226,14 +245,15 @@ def runs_table(
 
 
 def evaluation_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str, experiment_name: str) -> dict[str, str]:
-    """Tags of an evaluation run: the sha256 of the weights evaluated and, for one checkpoint that a ``medseg
-    train`` run wrote (``OUTPUT/checkpoints/*.pt`` beside ``OUTPUT/mlflow_run_name.txt``), that training run as
-    ``medseg.source_run`` and as MLflow's ``mlflow.parentRunId``, so the evaluation sits nested under it."""
+    """Tags of an evaluation run: the sha256 of the weights evaluated and the training run they came from, as
+    ``medseg.source_run`` and as MLflow's ``mlflow.parentRunId``, so the evaluation sits nested under it: for one
+    checkpoint that a ``medseg train`` run wrote (``OUTPUT/checkpoints/*.pt`` beside ``OUTPUT/mlflow_run_name.txt``),
+    that run; for the members of one ensemble (``OUTPUT/member<k>/checkpoints/*.pt``), the ensemble's run."""
     from medseg.tracking.models import sha256_of
 
     tags = {"medseg.weights_sha256": ",".join(sha256_of(path) for path in checkpoints)}
-    record = Path(checkpoints[0]).resolve().parent.parent / "mlflow_run_name.txt" if len(checkpoints) == 1 else None
-    if record is None or not record.is_file():
+    record = _training_record(checkpoints)
+    if record is None:
         return tags
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
@@ -244,6 +264,63 @@ def evaluation_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str,
     if runs:
         tags.update({"medseg.source_run": runs[0].info.run_id, "mlflow.parentRunId": runs[0].info.run_id})
     return tags
+
+
+def _training_record(checkpoints: Sequence[str | os.PathLike]) -> Path | None:
+    """The run-name record of the training that wrote ``checkpoints``: one run's folder, or an ensemble's (its
+    members' folders ``member<k>`` side by side)."""
+    folders = {Path(checkpoint).resolve().parent.parent for checkpoint in checkpoints}
+    if len(folders) > 1:
+        parents = {folder.parent for folder in folders}
+        if len(parents) > 1 or not all(folder.name.startswith("member") for folder in folders):
+            return None
+        folders = parents
+    record = folders.pop() / "mlflow_run_name.txt"
+    return record if record.is_file() else None
+
+
+def ensemble_parent_run(
+    tracking_uri: str,
+    experiment_name: str,
+    output_dir: str | os.PathLike,
+    resume: bool,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """The id of the MLflow run of an ensemble trained into ``output_dir``, the parent of its members' runs (they
+    carry ``mlflow.parentRunId``), with ``params`` (members, seeds) and ``tags`` (:func:`run_tags`). A resumed
+    ensemble reuses the run it started (by the name recorded in ``output_dir``, :func:`resumable_run_name`)."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    tag_experiment_kind(client, experiment_id)
+    name = resumable_run_name(output_dir, resume)
+    if resume:
+        quoted = name.replace("'", "\\'")
+        found = client.search_runs([experiment_id], filter_string=f"tags.mlflow.runName = '{quoted}'", max_results=1)
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+    note = ("An ensemble: its members are the child runs; its metrics are the ensemble's own, evaluated on the "
+            "validation images.")
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.note.content": note})
+    client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in params.items()])
+    return run.info.run_id
+
+
+def log_ensemble_metrics(tracking_uri: str, run_id: str, report_path: str | os.PathLike, failed: bool = False) -> None:
+    """End the ensemble's parent run ``run_id``: the metrics of the ensemble's validation report (at threshold 0.5,
+    as ``val_<name>``; a CamVid report's ``val`` section likewise) and the report as an artefact, or, with
+    ``failed``, only its status."""
+    client = MlflowClient(tracking_uri)
+    if not failed:
+        report = json.loads(Path(report_path).read_text())
+        section = report.get("threshold_0.5") or report.get("val") or {}
+        metrics = [Metric(f"val_{key}", float(value), int(time.time() * 1000), 0) for key, value in section.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "threshold"]
+        client.log_batch(run_id, metrics=metrics)
+        client.log_artifact(run_id, str(report_path))
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
 def resumable_run_name(output_dir: str | os.PathLike, resume: bool = False) -> str:

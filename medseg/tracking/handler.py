@@ -27,6 +27,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from monai.handlers import MLFlowHandler
+from PIL import Image
 
 from medseg.tracking import tag_experiment_kind
 
@@ -55,6 +57,8 @@ class TrackingHandler(MLFlowHandler):
             (:func:`medseg.tracking.models.log_bundle_model`): this bundle folder with the network's weights.
         model_network: the network whose weights the model holds (a training's ``eval_network``).
         system_metrics: log the machine's CPU, memory and disk use to the run while it lasts.
+        epoch_images: a folder whose ``epoch_<NNNN>/*.png`` (``medseg.engines.RunArtifacts``'s overlays of each
+            validation) are logged after that epoch as MLflow images, key the file's name, step the epoch.
         model_config: the run's executed train config (MONAI's ``save_execute_config`` file), so that the
             model's network is the one trained whatever ``--set`` overrides built it.
         args, kwargs: ``MLFlowHandler`` arguments.
@@ -68,6 +72,7 @@ class TrackingHandler(MLFlowHandler):
         model_network: torch.nn.Module | None = None,
         model_config: str | None = None,
         system_metrics: bool = False,
+        epoch_images: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -76,6 +81,7 @@ class TrackingHandler(MLFlowHandler):
         self.model_network = model_network
         self.model_config = model_config if isinstance(model_config, str) else None
         self.system_metrics = system_metrics
+        self.epoch_images = epoch_images if isinstance(epoch_images, str) else None
         self.monitor: SystemMetricsMonitor | None = None
         self.tracking_lost = False
 
@@ -126,6 +132,14 @@ class TrackingHandler(MLFlowHandler):
 
     def epoch_completed(self, engine: Engine) -> None:
         self._tracked(partial(super().epoch_completed, engine), f"epoch {engine.state.epoch} metrics")
+        if self.epoch_images is not None and self.cur_run is not None:
+            self._tracked(partial(self._log_epoch_images, engine.state.epoch), f"epoch {engine.state.epoch} images")
+
+    def _log_epoch_images(self, epoch: int) -> None:
+        for path in sorted((Path(self.epoch_images) / f"epoch_{epoch:04d}").glob("*.png")):
+            with Image.open(path) as image:
+                self.client.log_image(self.cur_run.info.run_id, image.convert("RGB"), key=path.stem, step=epoch,
+                                      synchronous=True)
 
     def complete(self) -> None:
         self._tracked(super().complete, "artifacts")
@@ -144,7 +158,6 @@ class TrackingHandler(MLFlowHandler):
         if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             network = network.module
         weights = {name: value.detach().cpu() for name, value in network.state_dict().items()}
-        # MONAI names the executed config after output_dir only when that is an expression (medseg train's is)
         config = self.model_config if self.model_config and os.path.isfile(self.model_config) else None
         log_bundle_model(self.model_bundle, weights, self.cur_run.info.run_id, self.client.tracking_uri,
                          train_config=config)

@@ -170,10 +170,12 @@ def ship_run(
     report: str | Path,
     tracking_uri: str,
     overrides: Mapping[str, Any] | None = None,
+    source_tags: Mapping[str, str] | None = None,
 ) -> mlflow.entities.model_registry.ModelVersion:
     """What ``medseg bundle ship`` records in MLflow: a run in the experiment named after the bundle with the test
     metrics and the evaluation report, the shipped bundle as its model, registered as a new version of the
-    bundle's name with the metrics, the weights' sha256 and the bundle version as version tags."""
+    bundle's name with the metrics, the weights' sha256 and the bundle version as version tags. ``source_tags``
+    (:func:`medseg.tracking.evaluation_tags` of the checkpoints shipped) nest the run under the training run."""
     bundle = Path(bundle)
     weights = bundle / "models" / "model.pt"
     version = json.loads((bundle / "configs" / "metadata.json").read_text()).get("version", "")
@@ -183,8 +185,8 @@ def ship_run(
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(bundle.name)
     tag_experiment_kind(client, experiment_id)
     run = client.create_run(experiment_id, run_name=f"ship {bundle.name} {version}",
-                            tags={"medseg.bundle": bundle.name, "medseg.bundle_version": version,
-                                  "medseg.weights_sha256": digest})
+                            tags={**dict(source_tags or {}), "medseg.bundle": bundle.name,
+                                  "medseg.bundle_version": version, "medseg.weights_sha256": digest})
     client.log_batch(run.info.run_id, metrics=[mlflow.entities.Metric(key, float(value), 0, 0)
                                                for key, value in eval_metrics.items()])
     client.log_artifact(run.info.run_id, str(report))

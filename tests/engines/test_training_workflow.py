@@ -143,6 +143,14 @@ def test_monai_bundle_run_trains_like_medseg_train(synthetic_drive, tmp_path):
         torch.testing.assert_close(monai_run[key], cli[key], msg=key)
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("drive_vessel_unet").experiment_id])
     assert len(runs) == 2 and all("val_f1" in run.data.metrics for run in runs)
+    # the training and validation images are each run's MLflow dataset inputs
+    for run in runs:
+        names = {dataset_input.dataset.name for dataset_input in run.inputs.dataset_inputs}
+        assert {"train_dataset_0", "validation_dataset_0"} <= names, names
+        # and every validation's overlays are MLflow images, one step per epoch
+        images = [item.path for item in MlflowClient(uri).list_artifacts(run.info.run_id, "images")]
+        steps = {found.group(1) for name in images if (found := re.search(r"overlay_.*[%+]step[%+](\d+)[%+]", name))}
+        assert steps == {"1", "2"}, images
 
 
 def test_an_ensemble_bundle_trains_its_members_at_once_with_their_own_seeds_on_one_split(synthetic_drive, tmp_path):
@@ -155,14 +163,24 @@ def test_an_ensemble_bundle_trains_its_members_at_once_with_their_own_seeds_on_o
     assert any(not torch.equal(first[key], second[key]) for key in first)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("drive_vessel_unet").experiment_id])
-    assert sorted((run.data.params["seed"], run.data.params["split_seed"]) for run in runs) == [("13", "3"), ("3", "3")]
+    # one run of the ensemble, holding its own validation metrics, with the members' runs as its children
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    members = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and len(members) == 2
+    assert sorted((run.data.params["seed"], run.data.params["split_seed"]) for run in members) == [("13", "3"), ("3", "3")]
+    assert parent.data.params["ensemble_members"] == "2" and parent.data.tags["medseg.kind"] == "ensemble"
+    report = json.loads((out / "metrics_val.json").read_text())
+    assert parent.data.metrics["val_f1"] == pytest.approx(report["threshold_0.5"]["f1"])
     assert all(run.info.status == "FINISHED" for run in runs)
     # the members' outputs evaluate as one network
     assert main(["evaluate", str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--split", "val",
                  "--checkpoint", str(out / "member0" / "checkpoints" / "model.pt"),
                  "--checkpoint", str(out / "member1" / "checkpoints" / "model.pt"),
-                 "--output-dir", str(tmp_path / "eval")]) == 0
+                 "--output-dir", str(tmp_path / "eval"), "--tracking-uri", uri]) == 0
     assert json.loads((tmp_path / "eval" / "metrics_val.json").read_text())["images"] == 1
+    # and their evaluation is nested under the ensemble's run
+    (evaluation,) = client.search_runs([parent.info.experiment_id], filter_string="tags.mlflow.runName LIKE 'evaluate_%'")
+    assert evaluation.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
 def test_a_failing_member_fails_the_ensemble_training_naming_its_log(synthetic_drive, tmp_path, capsys):

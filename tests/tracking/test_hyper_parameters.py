@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from medseg.tracking import RUN_CONTROL_IDS, hyper_parameters
+from medseg.tracking import RUN_CONTROL_IDS, executed_config, hyper_parameters
 
 DRIVE_TRAIN = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel_unet" / "configs" / "train.yaml"
 
@@ -29,3 +29,13 @@ def test_a_new_id_is_tracked_by_being_written_in_the_config_and_read_from_the_ex
     executed.write_text(json.dumps({"new_knob": 0.25, "resume": True, "output_dir": "$'/tmp/out'",
                                     "split_seed": "@seed", "seed": 3, "run": ["$@trainer.run()"]}))
     assert hyper_parameters(executed) == {"new_knob": 0.25, "split_seed": 3, "seed": 3}
+
+
+def test_the_executed_config_is_found_where_monai_wrote_it_even_when_the_config_does_not_name_it(tmp_path):
+    written = tmp_path / "config_20261203_000000.json"
+    written.write_text("{}")
+    assert executed_config(str(written), tmp_path / "elsewhere") == str(written)
+    # a plain --output_dir: MONAI's setting then reads "<dir> + '/config_....json'", the file is in <dir>
+    assert executed_config(f"{tmp_path} + '/config_20261203_000000.json'", tmp_path) == str(written)
+    assert executed_config(None, tmp_path / "empty") is None
+    assert hyper_parameters(None) == {}
