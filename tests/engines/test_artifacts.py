@@ -51,8 +51,14 @@ def test_training_writes_curves_metrics_roc_and_overlays(tmp_path, vessel_sample
     # written at the best epoch, from that epoch's accumulator: the F1-maximising threshold beats 0.5
     assert summary["metrics_at_best_f1_threshold"]["f1"] >= summary["metrics"]["val_f1"]
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == ["metrics.json", "overlay_img0.png", "overlay_img1.png", "roc_pr.png", "training_curves.png"]
+    assert names == ["metrics.json", "overlay_img0.png", "overlay_img1.png", "overlays", "roc_pr.png",
+                     "training_curves.png"]
     assert all(path.stat().st_size > 1000 for path in tmp_path.glob("*.png"))
+    # every validation's overlays, one folder per epoch (logged to MLflow with the epoch as step)
+    epochs = sorted(path.name for path in (tmp_path / "overlays").iterdir())
+    assert epochs == ["epoch_0001", "epoch_0002", "epoch_0003"]
+    assert all(sorted(p.name for p in (tmp_path / "overlays" / e).iterdir()) == ["overlay_img0.png", "overlay_img1.png"]
+               for e in epochs)
 
 
 def test_evaluation_alone_writes_metrics_and_overlays_without_curves(tmp_path, vessel_samples):
