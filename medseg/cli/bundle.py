@@ -27,7 +27,7 @@ from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
 from medseg.utils import atomic_folder, format_table
-from medseg.tracking import default_tracking_uri, evaluation_tags
+from medseg.tracking import default_tracking_uri, source_run_tags
 from medseg.tracking.models import ship_run
 
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
@@ -223,10 +223,9 @@ def _ship(args: argparse.Namespace) -> int:
     print(f"evaluation report: {report_path}")
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
-        source = evaluation_tags(args.checkpoints, tracking_uri, plan.experiment_name)
         version = ship_run(bundle, meta["eval_metrics"], report_path, tracking_uri,
                            {key: value for key, value in bundle_overrides(args).items() if key != "output_dir"},
-                           source_tags={key: value for key, value in source.items() if key != "medseg.weights_sha256"})
+                           source_tags=source_run_tags(args.checkpoints, tracking_uri, plan.experiment_name))
     except (MlflowException, OSError) as err:  # the bundle is shipped; only its registration failed
         raise CLIError(f"{bundle.name} shipped, but registering it in {tracking_uri} failed: {err}") from None
     print(f"registered in the MLflow Model Registry as models:/{version.name}/{version.version} ({tracking_uri})")

@@ -5,10 +5,9 @@ metrics against the epoch); when that validation is the best so far (MONAI's ``b
 it also rewrites ``metrics.json``, ``roc_pr.png`` (vessel tasks) and ``overlay_<id>.png`` for the
 first images of the validation set, so they always describe the best checkpoint. During training every
 validation's overlays also go to ``overlays/epoch_<NNNN>/``, which the tracking handler logs as MLflow images
-with the epoch as their step. Writing during
-training, not at the end, keeps the files valid after a crash and leaves no ordering constraint with
-the handler that uploads them: pass ``output_dir`` in MONAI ``MLFlowHandler(artifacts=[...])``, which
-logs them when the engine completes.
+with the epoch as their step. Writing during training, not at the end, keeps the files valid after a crash
+and leaves no ordering constraint with the handler that uploads them: pass ``output_dir`` in MONAI
+``MLFlowHandler(artifacts=[...])``, which logs them when the engine completes.
 """
 
 from __future__ import annotations

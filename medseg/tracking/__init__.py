@@ -41,6 +41,7 @@ __all__ = [
     "hyper_parameters",
     "prepare_tracking_store",
     "run_tags",
+    "source_run_tags",
     "resumable_run_name",
     "runs_table",
     "tag_experiment_kind",
@@ -245,25 +246,31 @@ def runs_table(
 
 
 def evaluation_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str, experiment_name: str) -> dict[str, str]:
-    """Tags of an evaluation run: the sha256 of the weights evaluated and the training run they came from, as
-    ``medseg.source_run`` and as MLflow's ``mlflow.parentRunId``, so the evaluation sits nested under it: for one
-    checkpoint that a ``medseg train`` run wrote (``OUTPUT/checkpoints/*.pt`` beside ``OUTPUT/mlflow_run_name.txt``),
-    that run; for the members of one ensemble (``OUTPUT/member<k>/checkpoints/*.pt``), the ensemble's run."""
+    """Tags of an evaluation run: the sha256 of the weights evaluated (``medseg.weights_sha256``) and the
+    :func:`source_run_tags` of the training they came from."""
     from medseg.tracking.models import sha256_of
 
-    tags = {"medseg.weights_sha256": ",".join(sha256_of(path) for path in checkpoints)}
+    return {"medseg.weights_sha256": ",".join(sha256_of(path) for path in checkpoints),
+            **source_run_tags(checkpoints, tracking_uri, experiment_name)}
+
+
+def source_run_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str, experiment_name: str) -> dict[str, str]:
+    """The training run ``checkpoints`` came from, as ``medseg.source_run`` and as MLflow's ``mlflow.parentRunId``,
+    so a run tagged with them sits nested under it: for one checkpoint that a ``medseg train`` run wrote
+    (``OUTPUT/checkpoints/*.pt`` beside ``OUTPUT/mlflow_run_name.txt``), that run; for the members of one ensemble
+    (``OUTPUT/member<k>/checkpoints/*.pt``), the ensemble's run. Empty when there is no such run."""
     record = _training_record(checkpoints)
     if record is None:
-        return tags
+        return {}
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return tags
+        return {}
     name = record.read_text().strip().replace("'", "\\'")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'", max_results=1)
-    if runs:
-        tags.update({"medseg.source_run": runs[0].info.run_id, "mlflow.parentRunId": runs[0].info.run_id})
-    return tags
+    if not runs:
+        return {}
+    return {"medseg.source_run": runs[0].info.run_id, "mlflow.parentRunId": runs[0].info.run_id}
 
 
 def _training_record(checkpoints: Sequence[str | os.PathLike]) -> Path | None:

@@ -175,7 +175,7 @@ def ship_run(
     """What ``medseg bundle ship`` records in MLflow: a run in the experiment named after the bundle with the test
     metrics and the evaluation report, the shipped bundle as its model, registered as a new version of the
     bundle's name with the metrics, the weights' sha256 and the bundle version as version tags. ``source_tags``
-    (:func:`medseg.tracking.evaluation_tags` of the checkpoints shipped) nest the run under the training run."""
+    (:func:`medseg.tracking.source_run_tags` of the checkpoints shipped) nest the run under the training run."""
     bundle = Path(bundle)
     weights = bundle / "models" / "model.pt"
     version = json.loads((bundle / "configs" / "metadata.json").read_text()).get("version", "")
