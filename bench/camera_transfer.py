@@ -13,7 +13,12 @@ of `medseg infer`, `--scale auto`, the FOV estimated since no mask is given). Te
     python bench/camera_transfer.py table > bench/results/camera_transfer.md
 
 Row `preset` is the shipped recipe: member 0 (seed 0) of the shipped `drive_vessel_unet` ensemble, taken out of
-`models/model.pt`, trained for the same budget on one core while member 1 trained on the other.
+`models/model.pt`, trained for the same budget on one core while member 1 trained on the other. The budget is
+wall-clock time, so a row's steps depend on the machine and on what shared it: row `preset_retrained` trains the
+shipped recipe again on one core while a candidate trains on the other, the fair reference for that candidate.
+
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/camera_transfer.py run preset_retrained --seed 0 &
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/camera_transfer.py run all_jitter --seed 0
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Row:
 
 ROWS: dict[str, Row] = {
     "preset": Row("the shipped recipe (member 0 of the shipped ensemble)", shipped_member=0),
+    "preset_retrained": Row("the shipped recipe, retrained beside a candidate (same machine, same hours)"),
     "fov_norm": Row("+ intensity statistics inside the FOV only, the outside set to 0",
                     ("normalization=standardize_fov",)),
     "fov_norm_jitter": Row("+ FOV statistics, blur and sensor noise, scale jitter 0.15",
