@@ -20,7 +20,6 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,7 @@ def score(model: LoadedModel, images: Path, masks: Path, out: Path,
           records: list[dict]) -> tuple[dict[str, float], float]:
     """Pooled FOV metrics of ``model`` on ``images`` through medseg's inference path, and its wall time."""
     start = time.perf_counter()
-    infer_files(model.network, [images], out, replace(model.settings, fov=str(masks)), save_prob="float16",
+    infer_files(model.with_settings(fov=str(masks)), [images], out, save_prob="float16",
                 progress=False).raise_for_failures()
     seconds = time.perf_counter() - start
     probabilities = {r["id"]: np.load(out / f"{r['id']}_test_prob.npy").astype(np.float32) for r in records}

@@ -18,7 +18,6 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ def score_infer_outputs(
     model = load_model(bundle)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        summary = infer_files(model.network, [drive / "test" / "images"], out, replace(model.settings, fov=fov),
+        summary = infer_files(model.with_settings(fov=fov), [drive / "test" / "images"], out,
                               save_prob=save_prob, progress=False).raise_for_failures()
         seconds = time.perf_counter() - start
         probabilities = {path.name.split("_")[0]: read_probabilities(outputs["probabilities"])

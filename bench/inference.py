@@ -136,7 +136,7 @@ def child(case: str, method: str, drive: Path, out: Path) -> dict:
     """One case with one method, in this process; returns wall time, FLOPs, peak RSS."""
     from monai.inferers import sliding_window_inference
 
-    from medseg.inference import InferenceNetwork, infer_files, load_model, read_image, write_mask
+    from medseg.inference import InferenceNetwork, LoadedModel, infer_files, load_model, read_image, write_mask
 
     torch.set_num_threads(1)
     inputs = make_inputs(case, drive, WORK / "inputs")
@@ -174,7 +174,7 @@ def child(case: str, method: str, drive: Path, out: Path) -> dict:
     else:
         network = InferenceNetwork(model.network, "cpu", settings.precision, 2, fuse=method != "previous")
         counter = PixelCounter(network)
-        infer_files(network, inputs, out, settings, save_prob="uint16", progress=False).raise_for_failures()
+        infer_files(LoadedModel(network, settings), inputs, out, save_prob="uint16", progress=False).raise_for_failures()
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,

@@ -15,7 +15,6 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ def run(model: LoadedModel, images: Path, masks: Path, out: Path, scale: str, id
     """Probabilities of ``model`` on ``images`` through medseg's inference path at ``scale``, resized back to
     DRIVE's 565x584, and the wall time."""
     start = time.perf_counter()
-    infer_files(model.network, [images], out, replace(model.settings, fov=str(masks), scale=scale), save_prob="float16",
+    infer_files(model.with_settings(fov=str(masks), scale=scale), [images], out, save_prob="float16",
                 progress=False).raise_for_failures()
     probs = {}
     for i in ids:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, joined_weights, output_dir
 from medseg.data import DatasetError, vessel_folder_records
+from medseg.engines.ensemble import EnsembleError, evaluate_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder, report_table
-from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
+from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError
 from medseg.inference import PRECISIONS, load_model
-from medseg.networks import ensemble_override
 from medseg.resources import read_bundle_config
 from medseg.tracking import default_tracking_uri, evaluation_tags
 from medseg.utils import format_table
@@ -32,11 +31,10 @@ def _evaluate_folder(args: argparse.Namespace) -> int:
     if args.labels is None:
         raise CLIError("--images needs --labels (and optionally --masks)")
     metrics_file = output_dir(args) / f"metrics_{args.images.resolve().name}.json"
-    with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
+    with contextlib.ExitStack() as stack:
         checkpoint = None
         if args.checkpoints:
-            checkpoint = Path(work) / "model.pt"
-            torch.save(joined_weights(args.checkpoints), checkpoint)
+            checkpoint = stack.enter_context(joined_checkpoint(joined_weights(args.checkpoints)))
         try:
             records = vessel_folder_records(args.images, args.labels, args.masks)
             model = load_model(args.bundle, overlays=args.overlays, overrides=bundle_overrides(args),
@@ -68,22 +66,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         with contextlib.chdir(args.bundle):  # its %configs/train.yaml macros
             experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else ""
         overrides["evaluation_tags"] = evaluation_tags(weights_files, tracking_uri, experiment)
-    with tempfile.TemporaryDirectory(prefix="medseg-evaluate-") as work:
-        if args.checkpoints:
-            weights = joined_weights(args.checkpoints)
-            # the network the bundle builds follows the weights: one network, or the ensemble they hold
-            try:
-                overrides.update(ensemble_override(config, weights, ", ".join(map(str, args.checkpoints)),
-                                                   args.bundle.resolve()))
-            except ValueError as err:
-                raise CLIError(str(err)) from None
-            overrides["ckpt_path"] = str(Path(work) / "model.pt")
-            torch.save(weights, overrides["ckpt_path"])
-        try:
-            run_bundle_config(args.bundle, "evaluate", overlays=args.overlays, overrides=overrides,
-                              tracking=str(MLFLOW_TRACKING), workflow_type="eval")
-        except (FileNotFoundError, ConfigError) as err:
-            raise CLIError(str(err)) from None
+    try:
+        evaluate_checkpoints(args.bundle, args.checkpoints, args.overlays, overrides, tracking=str(MLFLOW_TRACKING))
+    except (FileNotFoundError, ConfigError, EnsembleError, ValueError) as err:
+        raise CLIError(str(err)) from None
     print(report_table(json.loads(metrics_file.read_text())))
     print(f"metrics written to {metrics_file}")
     return 0

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from medseg.cli import CLIError, add_overlay_argument, add_precision_argument, bundle_argument
-from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, infer_files, load_model
+from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, LoadedModel, infer_files, load_model
 from medseg.inference.distributed import combined_summary, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
 
@@ -108,10 +107,9 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint=args.checkpoint,
             )
             summary = infer_files(
-                loaded.network,
+                _with_arguments(loaded, args),
                 args.inputs,
                 args.output,
-                _settings(loaded.settings, args),
                 device=rank_device(args.device),
                 save_prob=args.save_prob,
                 overwrite=args.overwrite,
@@ -128,15 +126,15 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
-def _settings(settings: InferenceSettings, args: argparse.Namespace) -> InferenceSettings:
-    """The model's settings with the command line's overrides, each flag named as its setting (a single --roi N
-    is N along every axis)."""
+def _with_arguments(model: LoadedModel, args: argparse.Namespace) -> LoadedModel:
+    """The model with the command line's overrides of its settings, each flag named as its setting (a single
+    --roi N is N along every axis)."""
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
     if args.fundus_width is not None:
         overrides.update(fundus=True, training_fov_width=args.fundus_width)
     if args.roi is not None:
-        overrides["roi_size"] = args.roi * (settings.spatial_dims or 2) if len(args.roi) == 1 else args.roi
-    return replace(settings, **overrides)
+        overrides["roi_size"] = args.roi * model.settings.spatial_dims if len(args.roi) == 1 else args.roi
+    return model.with_settings(**overrides)
 
 
 def _model(text: str) -> Path:

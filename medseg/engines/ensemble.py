@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,13 @@ import torch
 
 from medseg.engines.workflow import ConfigError, run_bundle_config
 from medseg.inference import read_state_dict
-from medseg.networks import IncompatibleMember, ensemble_size, ensemble_state_dict
+from medseg.networks import IncompatibleMember, ensemble_override, ensemble_state_dict
 from medseg.resources import read_bundle_config
 from medseg.tracking import ensemble_parent_run, log_ensemble_metrics, prepare_tracking_store, run_tags
 
 __all__ = [
-    "EnsembleError", "EnsemblePlan", "TrainedEnsemble", "core_shares", "evaluate_ensemble", "join_checkpoints",
-    "member_folder", "member_plan", "read_ensemble_plan", "train_ensemble", "train_members",
+    "EnsembleError", "EnsemblePlan", "TrainedEnsemble", "core_shares", "evaluate_checkpoints", "evaluate_ensemble",
+    "join_checkpoints", "joined_checkpoint", "member_folder", "member_plan", "read_ensemble_plan", "train_ensemble", "train_members",
 ]
 
 # member k of an ensemble trains with seed + MEMBER_SEED_STEP * k, so the members of the ensembles of seeds 0..9
@@ -228,17 +228,49 @@ def evaluate_ensemble(
     Raises:
         EnsembleError: naming the bundle and the error of a weights file or of the evaluation.
     """
-    joined = join_checkpoints(weights)
-    with tempfile.TemporaryDirectory(prefix="medseg-ensemble-") as work:
-        checkpoint = Path(work) / "model.pt"
-        torch.save(joined, checkpoint)
-        settings = {**dict(overrides or {}), "split": "val", "ckpt_path": str(checkpoint),
-                    "metrics_file": str(report), "ensemble_members": ensemble_size(joined)}
-        try:
-            run_bundle_config(bundle, "evaluate", overlays=overlays, overrides=settings, workflow_type="eval")
-        except (FileNotFoundError, ConfigError) as err:
-            raise EnsembleError(f"evaluating the ensemble of {bundle} on its validation images failed: {err}") from None
+    settings = {**dict(overrides or {}), "split": "val", "metrics_file": str(report)}
+    try:
+        evaluate_checkpoints(bundle, weights, overlays, settings)
+    except (FileNotFoundError, ConfigError, ValueError) as err:
+        raise EnsembleError(f"evaluating the ensemble of {bundle} on its validation images failed: {err}") from None
     return report
+
+
+def evaluate_checkpoints(
+    bundle: Path,
+    checkpoints: Sequence[Path] = (),
+    overlays: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    tracking: str | None = None,
+) -> None:
+    """Run ``bundle``'s evaluate.yaml on the network of one checkpoint or the ensemble of several (joined as
+    ``medseg bundle ship`` joins them); no checkpoints: on the bundle's own ``ckpt_path``. The network the bundle
+    builds follows the weights (:func:`medseg.networks.ensemble_override`).
+
+    Raises:
+        EnsembleError: naming a checkpoint that is missing, unreadable or not a copy of the first one's network.
+        ValueError: an ensemble's weights for a bundle that builds one network.
+        FileNotFoundError, ConfigError: from the bundle's config (:func:`~medseg.engines.run_bundle_config`).
+    """
+    settings = dict(overrides or {})
+    with contextlib.ExitStack() as stack:
+        if checkpoints:
+            joined = join_checkpoints(checkpoints)
+            config = read_bundle_config(bundle, "evaluate", overlays)
+            settings.update(ensemble_override(config, joined, ", ".join(map(str, checkpoints)), bundle.resolve()))
+            settings["ckpt_path"] = str(stack.enter_context(joined_checkpoint(joined)))
+        run_bundle_config(bundle, "evaluate", overlays=overlays, overrides=settings, tracking=tracking,
+                          workflow_type="eval")
+
+
+@contextlib.contextmanager
+def joined_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> Iterator[Path]:
+    """A temporary checkpoint file of ``state_dict`` (:func:`join_checkpoints`), for a config's ``ckpt_path``;
+    removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="medseg-weights-") as work:
+        checkpoint = Path(work) / "model.pt"
+        torch.save(dict(state_dict), checkpoint)
+        yield checkpoint
 
 
 def join_checkpoints(checkpoints: Sequence[Path]) -> dict[str, torch.Tensor]:

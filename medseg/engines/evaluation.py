@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from medseg.data import read_binary, read_vessel_label, validate_vessel_records
 from medseg.data.files import read_pixels
-from medseg.inference import InferenceNetwork, LoadedModel, complete_settings, fov_for, predict_image, read_image
+from medseg.inference import InferenceNetwork, LoadedModel, fov_for, predict_image, read_image
 from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
 from medseg.utils import atomic_write_text, format_table
 
@@ -149,7 +149,7 @@ def evaluate_vessel_folder(
     """
     validate_vessel_records(records, label_positive)
     # float32 by default, as the bundles' evaluate.yaml: scores that reproduce on any machine
-    settings = replace(complete_settings(model.network, model.settings), precision=precision)
+    settings = replace(model.settings, precision=precision)
     pooled, per_image = FOVVesselMetrics(), {}
     network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)
     for record in records:

@@ -21,9 +21,7 @@ from medseg.inference.io import (
     write_probabilities,
 )
 from medseg.inference.loading import (
-    InferenceSettings,
     LoadedModel,
-    complete_settings,
     ensemble_members_in,
     load_model,
     match_channels,
@@ -38,6 +36,7 @@ from medseg.inference.runtime import (
     native_bfloat16,
     resolve_precision,
 )
+from medseg.inference.settings import InferenceSettings, complete_settings
 
 __all__ = [
     "AUTO_SCALE_TOLERANCE",

@@ -31,8 +31,8 @@ from medseg.inference.io import (
     write_overlay,
     write_probabilities,
 )
-from medseg.inference.loading import match_channels
-from medseg.inference.settings import InferenceSettings, complete_settings
+from medseg.inference.loading import LoadedModel, match_channels
+from medseg.inference.settings import InferenceSettings
 from medseg.inference.predict import predict
 from medseg.utils import full_suffix
 from medseg.inference.runtime import InferenceNetwork, describe_precision
@@ -91,10 +91,9 @@ def expand_inputs(patterns: Sequence[str | Path]) -> tuple[list[Path], list[str]
 
 
 def infer_files(
-    network: torch.nn.Module,
+    model: LoadedModel,
     inputs: Sequence[str | Path],
     output_dir: str | Path,
-    settings: InferenceSettings,
     *,
     device: str | torch.device = "cpu",
     save_prob: ProbabilityDtype | None = None,
@@ -105,13 +104,12 @@ def infer_files(
     """Predict and write the outputs of every input; one failing input does not stop the others.
 
     Args:
-        network: the network (logits out), e.g. :attr:`LoadedModel.network <medseg.inference.LoadedModel>`.
+        model: the network (logits out) and every inference setting (window, normalisation, activation,
+            threshold, TTA, precision, FOV, scale, slice axis, channels and fundus facts), from
+            :func:`~medseg.inference.load_model` or ``LoadedModel(network, settings)``.
         inputs: image files (2D images, NIfTI volumes), folders (searched recursively) or glob patterns.
         output_dir: folder for ``NAME_mask``, ``NAME_overlay`` (2D) and ``NAME_prob`` files
             (:func:`~medseg.inference.output_paths`).
-        settings: every inference setting (window, normalisation, activation, threshold, TTA, precision, FOV,
-            scale, slice axis, channels and fundus facts); what is still open is completed from the network
-            (:func:`~medseg.inference.complete_settings`).
         device: where the network runs.
         save_prob: also write probabilities, as ``"uint16"``, ``"uint8"`` or ``"float16"``.
         overwrite: replace existing outputs (an input is never overwritten, and two inputs named alike never
@@ -125,11 +123,11 @@ def infer_files(
     Returns:
         the :class:`InferenceSummary`; call :meth:`~InferenceSummary.raise_for_failures` to fail on failures.
     """
-    settings = complete_settings(network, settings)
+    settings = model.settings
     if settings.scale not in ("auto", "none") and not settings.fundus:
         raise ValueError("scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
     output_dir = Path(output_dir)
-    network = InferenceNetwork.of(network, device, settings.precision, settings.spatial_dims)  # prepared once
+    network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)  # prepared once
     logger.info("inference in %s", describe_precision(settings.precision, device))
     rank, world_size = shard
     start = time.perf_counter()
@@ -208,7 +206,7 @@ def predict_image(
     progress: bool = False,
 ) -> torch.Tensor:
     """(K, *spatial) probabilities of one image read by :func:`~medseg.inference.read_image`, with the model's
-    completed ``settings`` (:func:`~medseg.inference.complete_settings`): what ``medseg infer`` writes and
+    completed ``settings`` (:attr:`LoadedModel.settings <medseg.inference.LoadedModel>`): what ``medseg infer`` writes and
     ``medseg evaluate --images`` scores. ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus
     models, sets the scale and the FOV normalisation."""
     fundus = settings.fundus and not meta.is_volume

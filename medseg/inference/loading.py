@@ -27,9 +27,7 @@ from medseg.networks import ensemble_override, ensemble_size, get_network
 from medseg.resources import read_bundle_config
 
 __all__ = [
-    "InferenceSettings",
     "LoadedModel",
-    "complete_settings",
     "ensemble_members_in",
     "load_model",
     "match_channels",
@@ -42,10 +40,21 @@ _CHECKPOINT_KEYS = ("model", "network", "state_dict", "net")
 SETTINGS_ID = "inference_settings"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
+    """A network (logits out) with its inference settings, which are completed from the network when the model
+    is made (:func:`complete_settings`): what :func:`~medseg.inference.infer_files`, the evaluations and the
+    MLflow model take."""
+
     network: torch.nn.Module
     settings: InferenceSettings = field(default_factory=InferenceSettings)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", complete_settings(self.network, self.settings))
+
+    def with_settings(self, **changes: Any) -> LoadedModel:
+        """The same network with some settings changed (``fov=``, ``precision=``, ...)."""
+        return LoadedModel(self.network, replace(self.settings, **changes))
 
 
 def load_model(
@@ -78,12 +87,12 @@ def load_model(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model (expected a bundle folder, a .ts file or a checkpoint)")
     if path.suffix == ".ts":
-        return _loaded(torch.jit.load(str(path), map_location="cpu"), InferenceSettings())
+        return LoadedModel(torch.jit.load(str(path), map_location="cpu").eval())
     if network is None:
         raise ValueError(f"{path}: a checkpoint needs --network NAME (and --network-kwargs for its arguments)")
     module = get_network(network, **(network_kwargs or {}))
     module.load_state_dict(read_state_dict(path))
-    return _loaded(module, InferenceSettings())
+    return LoadedModel(module.eval())
 
 
 def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
@@ -181,7 +190,7 @@ def _load_bundle(
         weights = checkpoint or folder / "models" / "model.pt"
         scripted = folder / "models" / "model.ts"
         if checkpoint is None and not weights.is_file() and scripted.is_file():
-            return _loaded(torch.jit.load(str(scripted), map_location="cpu"), settings)
+            return LoadedModel(torch.jit.load(str(scripted), map_location="cpu").eval(), settings)
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no such checkpoint (give one with --checkpoint)")
         state_dict = read_state_dict(weights)
@@ -191,8 +200,5 @@ def _load_bundle(
         module.load_state_dict(state_dict)
     except RuntimeError as err:  # names, shapes: torch lists every mismatch
         raise ValueError(f"{weights}: these weights do not fit the network of {folder} ({err})") from None
-    return _loaded(module, settings)
+    return LoadedModel(module.eval(), settings)
 
-
-def _loaded(network: torch.nn.Module, settings: InferenceSettings) -> LoadedModel:
-    return LoadedModel(network.eval(), complete_settings(network, settings))

@@ -44,10 +44,10 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     """``mlflow.pyfunc`` model of a medseg bundle: ``predict(image)`` returns its probabilities."""
 
     def load_context(self, context: Any) -> None:
-        from medseg.inference import InferenceNetwork, complete_settings, load_model
+        from medseg.inference import InferenceNetwork, load_model
 
         loaded = load_model(context.artifacts["bundle"])
-        self.settings = complete_settings(loaded.network, loaded.settings)
+        self.settings = loaded.settings
         self.network = InferenceNetwork(loaded.network, "cpu", self.settings.precision, self.settings.spatial_dims)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema

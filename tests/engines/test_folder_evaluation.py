@@ -16,7 +16,7 @@ from PIL import Image
 from medseg.cli import main
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.evaluation import evaluate_vessel_folder
-from medseg.inference import InferenceSettings, LoadedModel, complete_settings, predict_image, read_image
+from medseg.inference import InferenceSettings, LoadedModel, predict_image, read_image
 from medseg.metrics import FOVVesselMetrics
 from medseg.networks import UNet
 
@@ -75,7 +75,7 @@ def test_the_report_pools_the_fov_and_matches_what_infer_predicts(vessel_folders
     # the same pixels scored by hand: infer's probabilities (at evaluation's float32), labels 2 and 3 as vessel,
     # inside the given mask
     expected = FOVVesselMetrics()
-    settings = replace(complete_settings(tiny_model.network, tiny_model.settings), precision="float32")
+    settings = replace(tiny_model.settings, precision="float32")
     for record in records:
         image, meta = read_image(Path(record["image"]))
         fov = np.asarray(Image.open(record["mask"])) > 127

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medseg.inference import InferenceSettings, infer_files
+from medseg.inference import InferenceSettings, LoadedModel, infer_files
 from medseg.networks import UNet
 
 NETWORK_KWARGS = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": [4, 8]}
@@ -37,8 +37,8 @@ def test_each_input_is_predicted_by_exactly_one_rank_and_a_clash_is_reported_onc
     clash = tmp_path / "b" / "photo3.png"  # same name as a/photo3.png: same outputs
     clash.write_bytes(inputs[3].read_bytes())
     settings = InferenceSettings(roi_size=(16, 16))
-    summaries = [infer_files(network, [tmp_path / "a", clash], tmp_path / "out", settings, progress=False,
-                             shard=(rank, 2)) for rank in (0, 1)]
+    summaries = [infer_files(LoadedModel(network, settings), [tmp_path / "a", clash], tmp_path / "out",
+                             progress=False, shard=(rank, 2)) for rank in (0, 1)]
     written = [set(summary.written) for summary in summaries]
     assert written[0].isdisjoint(written[1]) and written[0] | written[1] == set(inputs)
     failures = summaries[0].failures + summaries[1].failures

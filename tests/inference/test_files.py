@@ -14,6 +14,7 @@ from medseg.inference import (
     ImageMeta,
     InferenceFailed,
     InferenceSettings,
+    LoadedModel,
     infer_files,
     write_probabilities,
 )
@@ -37,7 +38,7 @@ def test_summary_lists_outputs_and_failures_and_raises_only_when_asked(network, 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     settings = InferenceSettings(roi_size=(32, 32))
-    summary = infer_files(network, [broken, good, tmp_path / "missing.png"], tmp_path / "out", settings,
+    summary = infer_files(LoadedModel(network, settings), [broken, good, tmp_path / "missing.png"], tmp_path / "out",
                           progress=False)
     assert summary.written == {good: {"mask": tmp_path / "out" / "good_mask.png",
                                       "overlay": tmp_path / "out" / "good_overlay.png"}}
@@ -50,8 +51,8 @@ def test_summary_lists_outputs_and_failures_and_raises_only_when_asked(network, 
 
 def test_settings_left_open_are_completed_from_the_network(network, tmp_path):
     image = write_png(tmp_path / "a.png", 2)
-    summary = infer_files(network, [image], tmp_path / "out", InferenceSettings(roi_size=(32, 32), threshold=0.0),
-                          progress=False)
+    model = LoadedModel(network, InferenceSettings(roi_size=(32, 32), threshold=0.0))
+    summary = infer_files(model, [image], tmp_path / "out", progress=False)
     assert summary.raise_for_failures() is summary
     # sigmoid chosen for one output channel: every probability is >= 0, so threshold 0 keeps every pixel
     assert (np.asarray(Image.open(tmp_path / "out" / "a_mask.png")) == 255).all()
@@ -59,7 +60,7 @@ def test_settings_left_open_are_completed_from_the_network(network, tmp_path):
 
 def test_a_scale_factor_needs_a_fundus_model(network, tmp_path):
     with pytest.raises(ValueError, match="fundus models only"):
-        infer_files(network, [write_png(tmp_path / "a.png", 3)], tmp_path / "out", InferenceSettings(scale=2.0))
+        infer_files(LoadedModel(network, InferenceSettings(scale=2.0)), [write_png(tmp_path / "a.png", 3)], tmp_path / "out")
 
 
 @pytest.mark.parametrize("scale", ["large", "0", -1.5])

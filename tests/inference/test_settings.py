@@ -48,3 +48,20 @@ def test_the_bundles_name_their_inference_settings_as_the_fields_are_named():
     for config in sorted(Path(__file__).resolve().parents[2].glob("bundles/*/configs/inference.yaml")):
         keys = set(yaml.safe_load(config.read_text())["inference_settings"]) - {"_target_"}
         assert keys <= set(FIELDS), f"{config}: {sorted(keys - set(FIELDS))}"
+
+
+def test_a_loaded_model_completes_its_settings_from_the_network_once_for_every_caller():
+    from medseg.inference import LoadedModel
+    from medseg.networks import UNet
+
+    network = UNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 8, 16))
+    model = LoadedModel(network, InferenceSettings(threshold=0.3))
+    assert (model.settings.in_channels, model.settings.out_channels, model.settings.spatial_dims) == (3, 2, 2)
+    assert model.settings.roi_size == (256, 256) and model.settings.activation == "softmax"
+    changed = model.with_settings(fov="none", roi_size=(64, 64))
+    assert changed.network is network and changed.settings.threshold == 0.3
+    assert (changed.settings.fov, changed.settings.roi_size, changed.settings.activation) == ("none", (64, 64), "softmax")
+    with pytest.raises(ValueError, match="3 sizes but the network is 2D"):
+        model.with_settings(roi_size=(8, 8, 8))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.settings = InferenceSettings()  # type: ignore[misc]
