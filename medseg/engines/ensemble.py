@@ -37,7 +37,8 @@ from medseg.tracking import ensemble_parent_run, log_ensemble_metrics, prepare_t
 
 __all__ = [
     "EnsembleError", "EnsemblePlan", "TrainedEnsemble", "core_shares", "evaluate_checkpoints", "evaluate_ensemble",
-    "join_checkpoints", "joined_checkpoint", "member_folder", "member_plan", "read_ensemble_plan", "train_ensemble", "train_members",
+    "join_checkpoints", "joined_checkpoint", "member_folder", "member_plan", "read_ensemble_plan", "train_ensemble",
+    "train_members",
 ]
 
 # member k of an ensemble trains with seed + MEMBER_SEED_STEP * k, so the members of the ensembles of seeds 0..9
@@ -76,10 +77,12 @@ def read_ensemble_plan(
 
     Raises:
         FileNotFoundError: for a missing config or overlay.
-        EnsembleError: for a count that is not a whole number >= 1, or N > 1 for a bundle whose own train.yaml
-            has no ``ensemble_members`` (its evaluate and inference configs build one network).
+        EnsembleError: for a count that is not a whole number >= 1, or N > 1 for a bundle whose configs have no
+            ``ensemble_members`` (its evaluate and inference configs build one network).
     """
-    parser = read_bundle_config(bundle, "train", overlays, overrides)
+    parser = read_bundle_config(bundle, "train", overlays)
+    builds_ensembles = "ensemble_members" in parser  # before an override adds the id
+    parser.update(dict(overrides or {}))
     with contextlib.chdir(bundle.resolve()):  # where the bundle's %macros resolve
         members = parser.get_parsed_content("ensemble_members", default=1)
         seed = parser.get_parsed_content("seed", default=0)
@@ -87,9 +90,9 @@ def read_ensemble_plan(
         names = {key: str(parser.get_parsed_content(key)) for key in ("experiment_name", "dataset_name") if key in parser}
     if not isinstance(members, int) or isinstance(members, bool) or members < 1:
         raise EnsembleError(f"ensemble_members must be a whole number >= 1, got {members!r}")
-    own = bundle.resolve() / "configs" / "train.yaml"
-    if members > 1 and "ensemble_members" not in read_bundle_config(bundle, "train"):
-        raise EnsembleError(f"{own}: no ensemble_members; {bundle} builds one network, not an ensemble of {members}")
+    if members > 1 and not builds_ensembles:
+        raise EnsembleError(f"{bundle.resolve() / 'configs' / 'train.yaml'}: no ensemble_members; {bundle} builds one "
+                            f"network, not an ensemble of {members}")
     return EnsemblePlan(members, seed, split_seed, **names)
 
 
