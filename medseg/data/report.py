@@ -48,40 +48,29 @@ def _percent_range(values: Sequence[float]) -> str:
     return f"{values.mean():.1f} ({values.min():.1f}-{values.max():.1f})"
 
 
+def _vessel_columns(split: str, stats: Sequence) -> list:
+    """split, images, sizes, label values and vessel percentages of one split's image statistics."""
+    values = sorted({v for s in stats for v in s.label_values})
+    return [split, len(stats), _sizes(stats), "{" + ",".join(map(str, values)) + "}",
+            _percent_range([s.vessel_fraction for s in stats])]
+
+
 def _drive_table(root: Path, title: str) -> str:
     stats = validate_drive(root)
     rows = []
     for split in ("training", "test"):
         split_stats = [s for s in stats if s.split == split]
         second = [s.vessel_fraction_2nd for s in split_stats if s.vessel_fraction_2nd is not None]
-        rows.append(
-            [
-                split,
-                len(split_stats),
-                _sizes(split_stats),
-                "{" + ",".join(map(str, sorted({v for s in split_stats for v in s.label_values}))) + "}",
-                _percent_range([s.vessel_fraction for s in split_stats]),
-                _percent_range(second) if second else "-",
-                _percent_range([s.fov_fraction for s in split_stats]),
-            ]
-        )
+        rows.append([*_vessel_columns(split, split_stats), _percent_range(second) if second else "-",
+                     _percent_range([s.fov_fraction for s in split_stats])])
     header = ["split", "images", "size HxW", "label values", "vessel % mean (min-max)", "2nd observer %", "FOV %"]
     return f"{title} {root}: {len(stats)} samples, every file valid\n" + format_table(header, rows, rule=False)
 
 
 def _les_av_table(root: Path) -> str:
     stats = validate_les_av(root)
-    rows = [
-        [
-            split,
-            len(split_stats),
-            _sizes(split_stats),
-            "{" + ",".join(map(str, sorted({v for s in split_stats for v in s.label_values}))) + "}",
-            _percent_range([s.vessel_fraction for s in split_stats]),
-            _percent_range([s.fov_fraction for s in split_stats]),
-        ]
-        for split, split_stats in stats.items()
-    ]
+    rows = [[*_vessel_columns(split, split_stats), _percent_range([s.fov_fraction for s in split_stats])]
+            for split, split_stats in stats.items()]
     header = ["split", "images", "size HxW", "label values (vessel: > 0)", "vessel % mean (min-max)", "FOV %"]
     total = sum(len(split_stats) for split_stats in stats.values())
     return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows, rule=False)

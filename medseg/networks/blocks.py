@@ -110,14 +110,9 @@ class Down(nn.Sequential):
     Shapes: (B, in_channels, *S) -> (B, out_channels, *floor(S / 2)).
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        norm: str | tuple | None = "batch",
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str | tuple | None = "batch",
+                 dropout: float = 0.0) -> None:
+        """Arguments: those of :class:`DoubleConv`."""
         super().__init__()
         self.add_module("max_pooling", Pool[Pool.MAX, spatial_dims](kernel_size=2))
         self.add_module("convs", DoubleConv(spatial_dims, in_channels, out_channels, norm, dropout))
