@@ -28,7 +28,6 @@ from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
 from medseg.utils import atomic_folder, format_table
 from medseg.tracking import default_tracking_uri, source_run_tags
-from medseg.tracking.models import ship_run
 
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
 BUNDLE_PARTS = ("configs", "models", "docs", "scripts")
@@ -223,6 +222,8 @@ def _ship(args: argparse.Namespace) -> int:
     print(f"evaluation report: {report_path}")
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
+        from medseg.tracking.models import ship_run  # MLflow's model machinery: only when shipping
+
         version = ship_run(bundle, meta["eval_metrics"], report_path, tracking_uri,
                            {key: value for key, value in bundle_overrides(args).items() if key != "output_dir"},
                            source_tags=source_run_tags(args.checkpoints, tracking_uri, plan.experiment_name))
