@@ -45,6 +45,8 @@ BUNDLE = REPO / "bundles" / "drive_vessel_unet"
 PRESET = "configs/cpu_budget.yaml"
 DATA = REPO.parent / "shared" / "data"
 WORK = REPO / "bench" / "work" / "camera_transfer"
+# every row's scores, kept with the results (bench/work/ holds the weights and is not kept)
+RECORD = REPO / "bench" / "results" / "camera_transfer.json"
 MINUTES = 55
 
 
@@ -109,36 +111,45 @@ def records(split: str) -> tuple[list[dict], tuple[int, ...] | None]:
     return strip(les_av_records(DATA / "LES-AV", split.removeprefix("les_av_"))), LES_AV_LABEL_POSITIVE
 
 
+def recorded_scores() -> dict[str, dict]:
+    """``{"ROW_seedS": scores}`` of every row scored: the record kept with the results, updated by the scores a
+    run left in ``bench/work`` (a ``run`` started before its row was recorded)."""
+    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    for path in WORK.glob("*_seed*/scores.json"):
+        record[path.parent.name] = json.loads(path.read_text())
+    return record
+
+
 def score(name: str, seed: int, test: bool) -> dict:
     overrides = {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in ROWS[name].sets)}
     model = load_model(BUNDLE, overrides={**overrides, "ensemble_members": 1}, checkpoint=weights(name, seed))
     results_file = row_dir(name, seed) / "scores.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = recorded_scores().get(results_file.parent.name, {})
     for _, split, validation in SETS:
         if validation or test:
             chosen, positive = records(split)
             report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
             results[split] = {"f1": report["threshold_0.5"]["f1"], "auc_roc": report["threshold_0.5"]["auc_roc"],
                               "date": datetime.date.today().isoformat()}
-    results["steps"] = training_steps(name, seed) if "steps" not in results else results["steps"]
+    if "trained" not in results:
+        results.update(training_facts(name, seed))
     results_file.write_text(json.dumps(results, indent=2))
+    RECORD.write_text(json.dumps({**recorded_scores(), results_file.parent.name: results}, indent=2, sort_keys=True)
+                      + "\n")
     return results
 
 
-def training_steps(name: str, seed: int) -> str:
-    """Steps the row's network trained for: as its scores recorded them, else from its MLflow run; the shipped
-    member's are in bundles.md."""
-    scores = row_dir(name, seed) / "scores.json"
-    recorded = json.loads(scores.read_text()).get("steps") if scores.is_file() else None
-    if recorded is not None:
-        return recorded
+def training_facts(name: str, seed: int) -> dict[str, str]:
+    """The steps the row's network trained for and the day it trained, from its MLflow run; the shipped member's
+    are in bundles.md."""
     if ROWS[name].shipped_member is not None:
-        return "12,999"
+        return {"steps": "12,999", "trained": "2026-11-30"}
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{row_dir(name, seed) / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1)
-    return f"{max(m.step for m in client.get_metric_history(run.info.run_id, 'train_loss')):,}"
+    steps = max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    return {"steps": f"{steps:,}", "trained": datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat()}
 
 
 def cpu_name() -> str:
@@ -148,20 +159,26 @@ def cpu_name() -> str:
 
 
 def table() -> str:
-    header = "| row | change | seed | steps | " + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |"
-    lines = [header, "|---|---|---:|---:|" + "---:|" * len(SETS)]
-    dates, validation_f1 = set(), {}
-    order = lambda path: (list(ROWS).index(path.parent.name.rsplit("_seed", 1)[0]), path.parent.name)  # noqa: E731
-    for path in sorted(WORK.glob("*_seed*/scores.json"), key=order):
-        name, seed = path.parent.name.rsplit("_seed", 1)
-        scores = json.loads(path.read_text())
+    header = "| row | change | seed | trained | steps | " + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |"
+    lines = [header, "|---|---|---:|---|---:|" + "---:|" * len(SETS)]
+    dates, validation_f1 = set(), {}  # validation_f1: {day trained: {row: mean F1 of the validation columns}}
+    order = lambda key: (list(ROWS).index(key.rsplit("_seed", 1)[0]), int(key.rsplit("_seed", 1)[1]))  # noqa: E731
+    record = recorded_scores()
+    for key in sorted(record, key=order):
+        name, seed = key.rsplit("_seed", 1)
+        scores = record[key]
         dates |= {s["date"] for s in scores.values() if isinstance(s, dict)}
+        trained = scores.get("trained", "-")
         cells = [f"{scores[split]['f1']:.4f} / {scores[split]['auc_roc']:.4f}" if split in scores else "-"
                  for _, split, _ in SETS]
         if all(split in scores for _, split, validation in SETS if validation):
-            validation_f1[f"{name} (seed {seed})"] = sum(scores[split]["f1"] for _, split, v in SETS if v) / 2
-        steps = training_steps(name, int(seed))
-        lines.append(f"| {name} | {ROWS[name].change} | {seed} | {steps} | " + " | ".join(cells) + " |")
+            mean_f1 = sum(scores[split]["f1"] for _, split, v in SETS if v) / 2
+            validation_f1.setdefault(trained, {})[f"{name} (seed {seed})"] = mean_f1
+        lines.append(f"| {name} | {ROWS[name].change} | {seed} | {trained} | {scores['steps']} | "
+                     + " | ".join(cells) + " |")
+    # a wall-clock budget buys steps by the machine and what shared it: rows compete with the rows trained the
+    # same day, each day's preset_retrained their reference
+    chosen = [f"{day}: **{max(rows, key=rows.get)}**" for day, rows in sorted(validation_f1.items()) if len(rows) > 1]
     commands = [f"- `{name}`: " + ("weights: member 0 of `bundles/drive_vessel_unet/models/model.pt` (0.3.0)"
                                    if row.shipped_member is not None else
                                    f"`OMP_NUM_THREADS=1 taskset -c 0 {' '.join(['medseg', *train_args(name, 0)])}`")
@@ -181,9 +198,9 @@ def table() -> str:
         "",
         *lines,
         "",
-        f"Chosen on validation: **{max(validation_f1, key=validation_f1.get)}**, the highest mean F1 of the two "
-        "validation columns. A row with fewer steps than the preset's shared its core with other work for part of "
-        "its budget (the budget is wall-clock time), which handicaps it.",
+        "Chosen on validation, the highest mean F1 of the two validation columns among the rows trained on the same "
+        "day (the budget is wall-clock time, so its steps depend on the machine and on what shared it: rows trained "
+        "on other days are not compared): " + "; ".join(chosen) + ".",
         "",
         "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
         "",
