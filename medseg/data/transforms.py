@@ -118,10 +118,12 @@ def resample_to_fov_width(record: dict, fov_width: float, tolerance: float = 0.1
     as ``medseg infer --scale auto`` brings a photograph to its network's training scale; a FOV within
     ``1 ± tolerance`` of it is left as it is. The image is resampled bilinearly (anti-aliased when shrinking),
     label and mask bilinearly then thresholded at 0.5."""
-    columns = torch.nonzero(record["mask"][0].amax(0) > 0.5)
-    if not len(columns):
+    from medseg.inference.fov import fov_width as width_of  # the one definition of a FOV's width
+
+    width = width_of(np.asarray(record["mask"][0]) > 0.5)
+    if not width:
         raise ValueError(f"{record.get('mask_path', 'the FOV mask')}: the FOV mask is empty")
-    factor = fov_width / float(columns[-1] - columns[0] + 1)
+    factor = fov_width / width
     if abs(factor - 1.0) <= tolerance:
         return record
     size = [round(side * factor) for side in record["image"].shape[1:]]

@@ -30,6 +30,8 @@ _THUMBNAIL_SIDE = 640
 _DARK_FRACTION = 0.1
 # Background noise (sensor, JPEG) is allowed this many robust standard deviations above the background's median.
 _NOISE_SIGMAS = 5.0
+# A clipped disc's width is fitted to its outline only when this many outline pixels of the thumbnail show.
+_MIN_OUTLINE_POINTS = 50
 # An image whose dark pixels reaching the frame's border cover less than this fraction has no background.
 _MIN_BACKGROUND_FRACTION = 0.005
 
@@ -90,6 +92,30 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fov_width(mask: np.ndarray) -> float:
-    """Width in pixels of a FOV mask: the horizontal extent of its True pixels (0 for an empty mask)."""
-    columns = np.flatnonzero(np.asarray(mask).any(axis=0))
-    return float(columns[-1] - columns[0] + 1) if columns.size else 0.0
+    """Width in pixels of an (H, W) FOV mask: the horizontal extent of its True pixels, or, when the disc is
+    clipped at the left or right of the frame, the diameter of the circle fitted to its outline inside the frame
+    (0 for an empty mask)."""
+    mask = np.asarray(mask, dtype=bool)
+    columns = np.flatnonzero(mask.any(axis=0))
+    if not columns.size:
+        return 0.0
+    extent = float(columns[-1] - columns[0] + 1)
+    if columns[0] > 0 and columns[-1] < mask.shape[1] - 1:
+        return extent
+    return max(extent, _fitted_diameter(mask))
+
+
+def _fitted_diameter(mask: np.ndarray) -> float:
+    """Diameter of the least-squares circle through the outline of ``mask`` that lies inside the frame (the
+    frame's edges are where a camera clipped the disc, not its outline); 0 when too little outline shows."""
+    step = max(1, int(np.ceil(max(mask.shape) / _THUMBNAIL_SIDE)))
+    thumbnail = mask[::step, ::step]
+    outline = thumbnail & ~ndimage.binary_erosion(thumbnail, border_value=1)
+    rows, columns = np.nonzero(outline)
+    if rows.size < _MIN_OUTLINE_POINTS:
+        return 0.0
+    y, x = rows * float(step), columns * float(step)
+    # the circle x² + y² + d x + e y + f = 0, linear in (d, e, f) (Kåsa's fit)
+    (d, e, f), *_ = np.linalg.lstsq(np.stack([x, y, np.ones_like(x)], axis=1), -(x**2 + y**2), rcond=None)
+    radius_squared = (d**2 + e**2) / 4 - f
+    return 2 * float(np.sqrt(radius_squared)) + step if radius_squared > 0 else 0.0

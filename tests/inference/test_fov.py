@@ -2,7 +2,7 @@
 
 Checked against the datasets' own FOV masks on every DRIVE (40) and LES-AV (22) photograph, and on photographs
 altered as other cameras alter them: a periphery darkened by vignetting, a disc clipped at the top and bottom
-of the frame, burnt-in text and a bright rim, and a crop with no dark background at all.
+of the frame or at its sides, burnt-in text and a bright rim, and a crop with no dark background at all.
 """
 
 from __future__ import annotations
@@ -82,6 +82,19 @@ def test_a_disc_clipped_at_the_top_and_bottom_of_the_frame_keeps_its_width(photo
         rows = np.flatnonzero(expected.any(axis=1))
         middle, half = (rows[0] + rows[-1]) // 2, (rows[-1] - rows[0]) // 3
         clipped = slice(middle - half, middle + half)
+        estimated = estimate_fov(image[clipped])
+        assert missed_fraction(estimated, expected[clipped]) <= MAX_MISSED_FRACTION, name
+        assert width_error(estimated, fov_width(expected)) <= MAX_WIDTH_ERROR, name
+
+
+@pytest.mark.parametrize("clip", ["left and right", "all four sides"])
+def test_a_disc_clipped_at_the_sides_of_the_frame_keeps_its_width(photographs, clip):
+    for name, image, expected in photographs[::5]:
+        rows, columns = np.flatnonzero(expected.any(axis=1)), np.flatnonzero(expected.any(axis=0))
+        half = int(0.4 * fov_width(expected))  # of a disc, 80 percent of its width stays in the frame
+        middle_x, middle_y = (columns[0] + columns[-1]) // 2, (rows[0] + rows[-1]) // 2
+        clipped = (slice(middle_y - half, middle_y + half) if clip == "all four sides" else slice(None),
+                   slice(middle_x - half, middle_x + half))
         estimated = estimate_fov(image[clipped])
         assert missed_fraction(estimated, expected[clipped]) <= MAX_MISSED_FRACTION, name
         assert width_error(estimated, fov_width(expected)) <= MAX_WIDTH_ERROR, name
