@@ -32,6 +32,8 @@ _DARK_FRACTION = 0.1
 _NOISE_SIGMAS = 5.0
 # A clipped disc's width is fitted to its outline only when this many outline pixels of the thumbnail show.
 _MIN_OUTLINE_POINTS = 50
+# ... and when its outline lies within this fraction of the radius from the fitted circle, on average.
+_MAX_CIRCLE_MISFIT = 0.02
 # An image whose dark pixels reaching the frame's border cover less than this fraction has no background.
 _MIN_BACKGROUND_FRACTION = 0.005
 
@@ -118,4 +120,10 @@ def _fitted_diameter(mask: np.ndarray) -> float:
     # the circle x² + y² + d x + e y + f = 0, linear in (d, e, f) (Kåsa's fit)
     (d, e, f), *_ = np.linalg.lstsq(np.stack([x, y, np.ones_like(x)], axis=1), -(x**2 + y**2), rcond=None)
     radius_squared = (d**2 + e**2) / 4 - f
-    return 2 * float(np.sqrt(radius_squared)) + step if radius_squared > 0 else 0.0
+    if radius_squared <= 0:
+        return 0.0
+    radius = float(np.sqrt(radius_squared))
+    # an outline that is no circle's (a band, a rectangle) has no diameter to fit
+    if np.abs(np.hypot(x + d / 2, y + e / 2) - radius).mean() > _MAX_CIRCLE_MISFIT * radius:
+        return 0.0
+    return 2 * radius + step

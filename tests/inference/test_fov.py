@@ -147,5 +147,13 @@ def test_large_images_are_estimated_on_a_thumbnail_at_full_size():
     assert abs(fov_width(estimated) - 999) <= 8
 
 
+def test_a_field_clipped_at_the_sides_that_is_no_disc_is_as_wide_as_it_shows():
+    band = np.zeros((300, 400), dtype=bool)
+    band[40:] = True  # a straight edge, clipped at the left, right and bottom: no circle to fit
+    assert fov_width(band) == 400.0
+    yy, xx = np.mgrid[:300, :400]
+    assert abs(fov_width((yy - 150) ** 2 + (xx - 200) ** 2 < 230**2) - 461) <= 2  # a disc clipped on all sides
+
+
 def test_width_of_an_empty_mask_is_zero():
     assert fov_width(np.zeros((5, 5), dtype=bool)) == 0.0
