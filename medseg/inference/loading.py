@@ -201,4 +201,3 @@ def _load_bundle(
     except RuntimeError as err:  # names, shapes: torch lists every mismatch
         raise ValueError(f"{weights}: these weights do not fit the network of {folder} ({err})") from None
     return LoadedModel(module.eval(), settings)
-
