@@ -4,6 +4,8 @@ say."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -108,3 +110,45 @@ def test_camera_transfer_compares_on_validation_sets_and_scores_test_sets_only_w
     assert validation == {"drive_val", "les_av_training"}
     val_records, _ = camera_transfer.records("drive_val")
     assert val_records and not any("/test/" in record["image"] for record in val_records)
+
+
+bundle_results = _load_bench("bundle_results")
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if p.is_dir())
+
+
+def _block(text: str, name: str) -> str:
+    found = re.search(rf"<!-- {name} -->\n(.*?)\n<!-- /{name} -->", text, re.S)
+    assert found, f"no <!-- {name} --> block"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_each_bundle_quotes_its_section_of_the_measured_results(bundle):
+    section = (REPO / "bench" / "results" / "bundles.md").read_text().split(f"## `bundles/{bundle.name}`\n\n")[1]
+    quoted = _block((bundle / "docs" / "README.md").read_text(), bundle_results.TEST_BLOCK)
+    assert section.startswith(quoted)
+    # the training record is the metadata's, as the script renders it
+    assert bundle_results.training_line(bundle) in quoted
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_the_measured_test_results_are_the_eval_metrics_of_metadata(bundle):
+    quoted = _block((bundle / "docs" / "README.md").read_text(), bundle_results.TEST_BLOCK)
+    metrics = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    header, _, first_row = [line.strip("|").split(" | ") for line in quoted.splitlines() if line.startswith("|")][:3]
+    row = dict(zip([name.strip() for name in header], [value.strip() for value in first_row]))
+    if "test_miou" in metrics:
+        expected = {"mIoU": metrics["test_miou"], "pixel accuracy": metrics["test_pixel_accuracy"]}
+    else:
+        assert row["setting"] == "threshold 0.5"
+        expected = {name: metrics[f"test_{name}"] for name in bundle_results.VESSEL_METRICS}
+    for name, value in expected.items():
+        assert float(row[name]) == pytest.approx(value, abs=5e-5), (bundle.name, name)
+
+
+def test_the_camera_tables_of_readme_and_bundle_docs_are_the_measured_file():
+    measured = (REPO / "bench" / "results" / "bundle_cameras.md").read_text().split("\n\n", 1)[1].rstrip("\n")
+    fundus = [bundle for bundle in BUNDLES if bundle_results.is_fundus(bundle)]
+    for docs in [REPO / "README.md", *(bundle / "docs" / "README.md" for bundle in fundus)]:
+        assert _block(docs.read_text(), bundle_results.CAMERA_BLOCK) == measured, docs
+    assert {f"`{bundle.name}`" for bundle in fundus} <= set(re.findall(r"^\| (`\w+`) \|", measured, re.M))

@@ -76,7 +76,7 @@ def test_inference_settings_are_the_training_ids(bundle):
 
 def test_drive_metadata_holds_facts_not_hyper_parameters():
     metadata = json.loads((DRIVE_BUNDLE / "configs" / "metadata.json").read_text())
-    assert metadata["medseg"].keys() == {"fundus", "training_fov_width", "validation_threshold"}
+    assert metadata["medseg"].keys() == {"fundus", "training_fov_width", "validation_threshold", "training"}
     assert not HYPER_PARAMETERS & metadata["medseg"].keys()
 
 
