@@ -124,8 +124,6 @@ def infer_files(
         the :class:`InferenceSummary`; call :meth:`~InferenceSummary.raise_for_failures` to fail on failures.
     """
     settings = model.settings
-    if settings.scale not in ("auto", "none") and not settings.fundus:
-        raise ValueError("scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
     output_dir = Path(output_dir)
     network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)  # prepared once
     logger.info("inference in %s", describe_precision(settings.precision, device))

@@ -54,6 +54,8 @@ class InferenceSettings:
             raise ValueError(f"scale must be auto, none or a number, got {self.scale!r}") from None
         if not factor > 0:
             raise ValueError(f"scale must be a positive factor, got {self.scale!r}")
+        if not self.fundus:
+            raise ValueError("scale applies to fundus models only (a bundle with medseg.fundus, or --fundus-width)")
         object.__setattr__(self, "scale", factor)
 
 

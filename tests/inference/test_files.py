@@ -60,14 +60,15 @@ def test_settings_left_open_are_completed_from_the_network(network, tmp_path):
 
 def test_a_scale_factor_needs_a_fundus_model(network, tmp_path):
     with pytest.raises(ValueError, match="fundus models only"):
-        infer_files(LoadedModel(network, InferenceSettings(scale=2.0)), [write_png(tmp_path / "a.png", 3)], tmp_path / "out")
+        LoadedModel(network).with_settings(scale=2.0)
+    assert LoadedModel(network).with_settings(scale=2.0, fundus=True, training_fov_width=540).settings.scale == 2.0
 
 
 @pytest.mark.parametrize("scale", ["large", "0", -1.5])
 def test_a_scale_is_auto_none_or_a_positive_factor(scale):
     with pytest.raises(ValueError, match="scale must be"):
         InferenceSettings(scale=scale)
-    assert InferenceSettings(scale="1.5").scale == 1.5  # as the command line gives it
+    assert InferenceSettings(scale="1.5", fundus=True).scale == 1.5  # as the command line gives it
 
 
 def test_probability_files_written_by_default_keep_the_metrics_of_the_probabilities_in_memory(network, tmp_path):
