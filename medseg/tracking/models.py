@@ -50,7 +50,9 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         self.settings = loaded.settings
         self.network = InferenceNetwork(loaded.network, "cpu", self.settings.precision, self.settings.spatial_dims)
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
+    # an ndarray hint is one MLflow infers no schema from (the logged signature is the schema), so it neither
+    # validates against the hint nor warns that hints are missing
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Probabilities of one image: (H, W) for a one-channel network, else (K, H, W), float32."""
         from medseg.inference import ImageMeta, fov_for, predict_image
 
