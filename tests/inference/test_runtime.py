@@ -7,7 +7,13 @@ import torch
 import torch.nn as nn
 
 from medseg.inference import InferenceNetwork, describe_precision, native_bfloat16, resolve_precision
-from medseg.inference.runtime import ConvolutionReLU, fold_batch_norms, fuse_convolution_relu
+from medseg.inference.runtime import (
+    ConvolutionReLU,
+    HalvingMaxPool,
+    fold_batch_norms,
+    fuse_convolution_relu,
+    replace_halving_max_pools,
+)
 from medseg.networks import U2NetLite, UNet, ensemble_of
 
 
@@ -56,10 +62,45 @@ def test_batch_norms_after_convolutions_are_folded_and_relus_fused():
     assert sum(isinstance(m, ConvolutionReLU) for m in network.modules()) == relus
 
 
+def test_the_cpu_inference_network_of_a_unet_pools_with_halving_max_pools():
+    network = UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16))
+    pools = sum(isinstance(m, nn.MaxPool2d) for m in network.modules())
+    prepared = InferenceNetwork(network, "cpu", "float32", spatial_dims=2)
+    assert pools > 0 and not any(isinstance(m, nn.MaxPool2d) for m in prepared.modules())
+    assert sum(isinstance(m, HalvingMaxPool) for m in prepared.modules()) == pools
+    as_trained = InferenceNetwork(network, "cpu", "float32", spatial_dims=2, fuse=False)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in as_trained.modules()) == pools
+
+
 def test_a_batch_norm_that_does_not_follow_a_convolution_is_kept():
     network = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4))
     fold_batch_norms(trained_like(network))
     assert [type(m) for m in network] == [nn.BatchNorm2d, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d]
+
+
+@pytest.mark.parametrize(
+    ("pool", "shape", "layout"),
+    [
+        (nn.MaxPool2d(2), (2, 5, 19, 24), torch.channels_last),
+        (nn.MaxPool2d(2), (1, 3, 8, 7), torch.contiguous_format),
+        (nn.MaxPool3d(2), (1, 4, 9, 6, 11), torch.channels_last_3d),
+    ],
+    ids=["2d-odd-rows", "2d-odd-columns", "3d"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_halving_max_pool_gives_the_values_of_max_pooling(pool, shape, layout, dtype):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype).contiguous(memory_format=layout)
+    halved = HalvingMaxPool()(x)
+    assert torch.equal(halved, pool(x))  # a maximum rounds nothing
+    assert halved.is_contiguous(memory_format=layout)
+
+
+def test_only_plain_2x_max_poolings_are_replaced():
+    network = nn.Sequential(nn.MaxPool2d(2), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3), nn.MaxPool2d(2, stride=1),
+                            nn.MaxPool2d(2, padding=1), nn.MaxPool3d((2, 2, 2)), nn.AvgPool2d(2))
+    replace_halving_max_pools(network)
+    assert [type(m) for m in network] == [HalvingMaxPool, nn.MaxPool2d, nn.MaxPool2d, nn.MaxPool2d, nn.MaxPool2d,
+                                          HalvingMaxPool, nn.AvgPool2d]
 
 
 def test_fused_convolution_relu_equals_the_two_layers():
