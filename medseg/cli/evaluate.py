@@ -20,10 +20,9 @@ from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, joined_
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.ensemble import EnsembleError, evaluate_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder, report_table
-from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError
+from medseg.engines.workflow import ConfigError
 from medseg.inference import PRECISIONS, load_model
-from medseg.resources import read_bundle_config
-from medseg.tracking import default_tracking_uri, evaluation_tags
+from medseg.tracking import default_tracking_uri
 from medseg.utils import format_table
 
 
@@ -54,20 +53,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_folder(args)
     overrides = bundle_overrides(args)
     metrics_file = output_dir(args) / f"metrics_{args.split}.json"
-    tracking_uri = args.tracking_uri or default_tracking_uri()
-    overrides.update(split=args.split, metrics_file=str(metrics_file), tracking_uri=tracking_uri)
-    weights_files = args.checkpoints or [args.bundle / "models" / "model.pt"]
+    overrides.update(split=args.split, metrics_file=str(metrics_file))
     try:
-        config = read_bundle_config(args.bundle, "evaluate", args.overlays,
-                                    {key: value for key, value in overrides.items() if key == "experiment_name"})
-    except FileNotFoundError as err:
-        raise CLIError(str(err)) from None
-    if all(Path(path).is_file() for path in weights_files):
-        with contextlib.chdir(args.bundle):  # its %configs/train.yaml macros
-            experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else ""
-        overrides["evaluation_tags"] = evaluation_tags(weights_files, tracking_uri, experiment)
-    try:
-        evaluate_checkpoints(args.bundle, args.checkpoints, args.overlays, overrides, tracking=str(MLFLOW_TRACKING))
+        evaluate_checkpoints(args.bundle, args.checkpoints, args.overlays, overrides,
+                             tracking_uri=args.tracking_uri or default_tracking_uri())
     except (FileNotFoundError, ConfigError, EnsembleError, ValueError) as err:
         raise CLIError(str(err)) from None
     print(report_table(json.loads(metrics_file.read_text())))

@@ -29,11 +29,17 @@ from typing import Any
 
 import torch
 
-from medseg.engines.workflow import ConfigError, run_bundle_config
+from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
 from medseg.inference import read_state_dict
 from medseg.networks import IncompatibleMember, ensemble_override, ensemble_state_dict
 from medseg.resources import read_bundle_config
-from medseg.tracking import ensemble_parent_run, log_ensemble_metrics, prepare_tracking_store, run_tags
+from medseg.tracking import (
+    ensemble_parent_run,
+    evaluation_tags,
+    log_ensemble_metrics,
+    prepare_tracking_store,
+    run_tags,
+)
 
 __all__ = [
     "EnsembleError", "EnsemblePlan", "TrainedEnsemble", "core_shares", "evaluate_checkpoints", "evaluate_ensemble",
@@ -244,11 +250,13 @@ def evaluate_checkpoints(
     checkpoints: Sequence[Path] = (),
     overlays: Sequence[str | Path] = (),
     overrides: Mapping[str, Any] | None = None,
-    tracking: str | None = None,
+    tracking_uri: str | None = None,
 ) -> None:
     """Run ``bundle``'s evaluate.yaml on the network of one checkpoint or the ensemble of several (joined as
     ``medseg bundle ship`` joins them); no checkpoints: on the bundle's own ``ckpt_path``. The network the bundle
-    builds follows the weights (:func:`medseg.networks.ensemble_override`).
+    builds follows the weights (:func:`medseg.networks.ensemble_override`). With ``tracking_uri``, the evaluation
+    is an MLflow run there, tagged with the weights' sha256 and nested under the training run they came from
+    (:func:`medseg.tracking.evaluation_tags`).
 
     Raises:
         EnsembleError: naming a checkpoint that is missing, unreadable or not a copy of the first one's network.
@@ -256,14 +264,22 @@ def evaluate_checkpoints(
         FileNotFoundError, ConfigError: from the bundle's config (:func:`~medseg.engines.run_bundle_config`).
     """
     settings = dict(overrides or {})
+    config = read_bundle_config(bundle, "evaluate", overlays,
+                                {key: value for key, value in settings.items() if key == "experiment_name"})
     with contextlib.ExitStack() as stack:
         if checkpoints:
             joined = join_checkpoints(checkpoints)
-            config = read_bundle_config(bundle, "evaluate", overlays)
             settings.update(ensemble_override(config, joined, ", ".join(map(str, checkpoints)), bundle.resolve()))
             settings["ckpt_path"] = str(stack.enter_context(joined_checkpoint(joined)))
-        run_bundle_config(bundle, "evaluate", overlays=overlays, overrides=settings, tracking=tracking,
-                          workflow_type="eval")
+        if tracking_uri is not None:
+            settings["tracking_uri"] = tracking_uri
+            weights = list(checkpoints) or [bundle / "models" / "model.pt"]
+            if all(Path(path).is_file() for path in weights):
+                with contextlib.chdir(bundle):  # its %configs/train.yaml macros
+                    experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else ""
+                settings["evaluation_tags"] = evaluation_tags(weights, tracking_uri, experiment)
+        run_bundle_config(bundle, "evaluate", overlays=overlays, overrides=settings,
+                          tracking=None if tracking_uri is None else str(MLFLOW_TRACKING), workflow_type="eval")
 
 
 @contextlib.contextmanager
