@@ -14,8 +14,8 @@ Methods, each case and method in its own process (its peak RSS is its own), one 
 
 - ``previous``: the defaults before this benchmark's change: float32, the layers as trained (no folding or
   fusion), the bundle's validation ``sw_batch_size`` (16);
-- ``medseg``: the bundle's inference defaults (``precision: auto``, BN folded and conv + ReLU fused, the
-  ``sw_batch_size`` of ``configs/inference.yaml``);
+- ``medseg``: the bundle's inference defaults (``precision: auto``, BN folded, conv + ReLU fused, 2x max pooling
+  as strided maxima, the ``sw_batch_size`` of ``configs/inference.yaml``);
 - ``monai``: the call a MONAI user writes with the same network: the image as float32, standardised as at
   training, ``sliding_window_inference(x, roi, sw_batch_size=16, network)`` with MONAI's defaults (overlap
   0.25, constant blending, no TTA), sigmoid, masks written as PNGs (fundus scale and FOV not applied).
@@ -349,7 +349,8 @@ def report(
         f"- Matmul peak of this run (1 thread, 2048^2): fp32 {peaks['float32']:.0f} GFLOP/s, "
         f"bf16 {peaks['bfloat16']:.0f} GFLOP/s. GFLOP: network FLOPs of every forward pass (2 per multiply-add).",
         "- `previous`: float32, layers as trained, sw_batch_size 16 (the defaults before this change). `medseg`: "
-        "the bundle's defaults now (precision auto, BN folded, conv + ReLU fused, its sw_batch_size).",
+        "the bundle's defaults now (precision auto, BN folded, conv + ReLU fused, 2x max pooling as strided maxima, "
+        "its sw_batch_size).",
         f"- Load average when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
     if rows:
