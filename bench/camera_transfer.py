@@ -73,6 +73,10 @@ ROWS: dict[str, Row] = {
     # fundus cameras span 30 to 60 degree fields: at one FOV width their vessels differ up to 1.5x in width
     "all_jitter_wide_scale": Row("+ camera jitter, blur and sensor noise, scale jitter 0.5 (zooms 0.67 to 1.5)",
                                  ("camera_jitter=true", "acquisition_jitter=true", "scale_jitter=0.5")),
+    # the green channel holds the vessel contrast of every fundus camera, and none of its colour balance
+    "green_all_jitter": Row("+ camera jitter, blur and sensor noise, scale jitter 0.15, on the green channel only",
+                            ("preprocessing=green", "camera_jitter=true", "acquisition_jitter=true",
+                             "scale_jitter=0.15")),
 }
 
 # (name, split scored, is it validation data?)
