@@ -71,9 +71,11 @@ def complete_settings(network: torch.nn.Module, settings: InferenceSettings) -> 
     if weights:
         settings = replace(
             settings,
-            in_channels=settings.in_channels or int(weights[0].shape[1]),
-            out_channels=settings.out_channels or int(weights[-1].shape[0]),
-            spatial_dims=settings.spatial_dims or weights[0].ndim - 2,
+            # the network's own weights over what a bundle's metadata declares: a checkpoint trained with other
+            # settings (preprocessing=green: one input channel) is still run as it was trained
+            in_channels=int(weights[0].shape[1]),
+            out_channels=int(weights[-1].shape[0]),
+            spatial_dims=weights[0].ndim - 2,
         )
     spatial_dims = len(settings.roi_size) if settings.roi_size else settings.spatial_dims or 2
     if settings.spatial_dims is not None and spatial_dims != settings.spatial_dims:

@@ -87,3 +87,12 @@ def test_probability_files_written_by_default_keep_the_metrics_of_the_probabilit
     from_file.update(read_back, labels, torch.ones_like(labels))
     for name, value in in_memory.compute().items():
         assert from_file.compute()[name] == pytest.approx(value, abs=1e-4), name
+
+
+def test_a_green_channel_network_runs_on_colour_photographs_whatever_the_metadata_declares(tmp_path):
+    green = UNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8)).eval()
+    # a bundle's metadata declares its shipped network's 3 channels; a checkpoint trained on the green channel has 1
+    model = LoadedModel(green, InferenceSettings(preprocessing="green", in_channels=3))
+    assert model.settings.in_channels == 1
+    summary = infer_files(model, [write_png(tmp_path / "a.png", 3)], tmp_path / "out", progress=False)
+    assert summary.raise_for_failures() is summary and (tmp_path / "out" / "a_mask.png").is_file()
