@@ -118,9 +118,13 @@ def report_lines(report: dict) -> list[str]:
                             *(figure(values[f"iou_{name}"]) for name in classes)]])
 
 
+def metadata(bundle: Path) -> dict:
+    return json.loads((bundle / "configs" / "metadata.json").read_text())
+
+
 def training_line(bundle: Path) -> str:
     """The training record of the shipped weights, from the bundle's metadata."""
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta = metadata(bundle)
     record = meta["medseg"]["training"]
     steps = " and ".join(f"{steps:,}" for steps in record["steps"])
     networks = len(record["steps"])
@@ -155,7 +159,7 @@ def fill_block(docs: Path, name: str, block: str) -> None:
 
 
 def is_fundus(bundle: Path) -> bool:
-    return json.loads((bundle / "configs" / "metadata.json").read_text()).get("medseg", {}).get("fundus", False)
+    return metadata(bundle).get("medseg", {}).get("fundus", False)
 
 
 def main() -> None:
