@@ -77,6 +77,9 @@ ROWS: dict[str, Row] = {
     "green_all_jitter": Row("+ camera jitter, blur and sensor noise, scale jitter 0.15, on the green channel only",
                             ("preprocessing=green", "camera_jitter=true", "acquisition_jitter=true",
                              "scale_jitter=0.15")),
+    # CLAHE equalises each region's contrast, which differs between cameras' optics, exposure and illumination
+    "clahe": Row("+ green channel equalised with CLAHE (contrast-limited adaptive histogram equalisation)",
+                 ("preprocessing=clahe",)),
 }
 
 # (name, split scored, is it validation data?)

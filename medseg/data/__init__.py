@@ -39,6 +39,7 @@ __all__ = [
     "camvid_transforms",
     "class_frequencies",
     "drive_records",
+    "equalize_local_contrast",
     "les_av_records",
     "multi_camera_records",
     "read_binary",
@@ -62,7 +63,7 @@ __all__ = [
 
 _LAZY = {
     name: "medseg.data.transforms"
-    for name in ("cached_dataset", "camvid_transforms", "pil_reader", "vessel_transforms")
+    for name in ("cached_dataset", "camvid_transforms", "equalize_local_contrast", "pil_reader", "vessel_transforms")
 }
 
 

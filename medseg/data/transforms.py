@@ -79,10 +79,21 @@ def green_channel(image: torch.Tensor) -> torch.Tensor:
     return image[1:2]
 
 
+def equalize_local_contrast(channel: np.ndarray) -> np.ndarray:
+    """CLAHE (scikit-image's ``equalize_adapthist`` with its defaults: tiles an eighth of the image's sides, clip
+    limit 0.01) of one (H, W) channel in [0, 1]: float64 (H, W) in [0, 1].
+
+    The tiles are a fixed fraction of the image, so a photograph is equalised over the same share of its field
+    whatever its resolution: training (DRIVE's own size) and file inference (any camera's) call this alike.
+    """
+    return equalize_adapthist(np.clip(channel, 0.0, 1.0))
+
+
 def clahe_green(image: torch.Tensor) -> torch.Tensor:
-    """Green channel equalised with CLAHE (scikit-image) for a (3, H, W) image in [0, 1]: (1, H, W) in [0, 1]."""
+    """Green channel equalised with CLAHE (:func:`equalize_local_contrast`) for a (3, H, W) image in [0, 1]:
+    (1, H, W) in [0, 1]."""
     green = green_channel(image).clone()
-    green[0] = torch.as_tensor(equalize_adapthist(np.asarray(green[0]).clip(0.0, 1.0)), dtype=green.dtype)
+    green[0] = torch.as_tensor(equalize_local_contrast(np.asarray(green[0])), dtype=green.dtype)
     return green
 
 

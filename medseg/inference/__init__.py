@@ -24,7 +24,7 @@ from medseg.inference.loading import (
     LoadedModel,
     ensemble_members_in,
     load_model,
-    match_channels,
+    network_input,
     read_state_dict,
     settings_from_metadata,
 )
@@ -60,7 +60,7 @@ __all__ = [
     "infer_files",
     "is_supported",
     "load_model",
-    "match_channels",
+    "network_input",
     "native_bfloat16",
     "output_paths",
     "predict",

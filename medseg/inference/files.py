@@ -31,7 +31,7 @@ from medseg.inference.io import (
     write_overlay,
     write_probabilities,
 )
-from medseg.inference.loading import LoadedModel, match_channels
+from medseg.inference.loading import LoadedModel, network_input
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.predict import predict
 from medseg.utils import full_suffix
@@ -208,16 +208,16 @@ def predict_image(
     ``medseg evaluate --images`` scores. ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus
     models, sets the scale and the FOV normalisation."""
     fundus = settings.fundus and not meta.is_volume
-    network_input = match_channels(image, settings, str(meta.path))
-    windows = np.prod(network_input.shape[1:]) / np.prod(settings.roi_size)
+    inputs = network_input(image, settings, str(meta.path))
+    windows = np.prod(inputs.shape[1:]) / np.prod(settings.roi_size)
     return predict(
         network,
-        network_input,
+        inputs,
         roi_size=settings.roi_size,
         sw_overlap=settings.sw_overlap,
         sw_batch_size=settings.sw_batch_size,
         mode=settings.mode,
-        normalization=settings.normalization or ("scale255" if image.dtype == np.uint8 else "standardize"),
+        normalization=settings.normalization or ("scale255" if inputs.dtype == np.uint8 else "standardize"),
         activation=settings.activation,
         tta=settings.tta,
         device=device,

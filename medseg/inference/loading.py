@@ -30,7 +30,7 @@ __all__ = [
     "LoadedModel",
     "ensemble_members_in",
     "load_model",
-    "match_channels",
+    "network_input",
     "read_state_dict",
     "settings_from_metadata",
 ]
@@ -117,17 +117,27 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
     )
 
 
-def match_channels(image: np.ndarray, settings: InferenceSettings, name: str) -> np.ndarray:
-    """Adapt a channel-first image to the network's input channels, without copying where possible.
+def network_input(image: np.ndarray, settings: InferenceSettings, name: str) -> np.ndarray:
+    """A channel-first image as the network was trained to see it: its preprocessing, then its input channels,
+    without copying where possible.
 
-    ``preprocessing="green"`` keeps channel 1 of a colour image; a grey image is repeated for a colour network;
-    a colour image is converted to grey (ITU-R 601 luma) for a one-channel network. ``name`` labels errors.
+    ``preprocessing="green"`` keeps channel 1 of a colour image; ``"clahe"`` equalises that channel (a grey image's
+    only one) with :func:`medseg.data.equalize_local_contrast`, as training does, and returns it as float32 in
+    [0, 1] (integer images scaled by their type's maximum). Then a grey image is repeated for a colour network and a
+    colour image converted to grey (ITU-R 601 luma) for a one-channel network. ``name`` labels errors.
     """
-    if settings.preprocessing not in ("rgb", "green"):
-        raise ValueError(f"{name}: file inference supports preprocessing rgb or green, not {settings.preprocessing!r}")
+    if settings.preprocessing not in ("rgb", "green", "clahe"):
+        raise ValueError(f"{name}: file inference supports preprocessing rgb, green or clahe, not {settings.preprocessing!r}")
     channels, wanted = image.shape[0], settings.in_channels
-    if settings.preprocessing == "green" and channels == 3:
+    if settings.preprocessing in ("green", "clahe") and channels == 3:
         image, channels = image[1:2], 1
+    if settings.preprocessing == "clahe":
+        if channels != 1:
+            raise ValueError(f"{name}: CLAHE takes a grey or colour image, got {channels} channels")
+        from medseg.data import equalize_local_contrast  # imports MONAI's transforms: only for CLAHE models
+
+        scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+        image = equalize_local_contrast(image[0] / scale)[None].astype(np.float32)
     if wanted is None or channels == wanted:
         return image
     if channels == 1:

@@ -16,6 +16,8 @@ from medseg.inference import (
     InferenceSettings,
     LoadedModel,
     infer_files,
+    network_input,
+    read_image,
     write_probabilities,
 )
 from medseg.metrics import FOVVesselMetrics
@@ -95,4 +97,23 @@ def test_a_green_channel_network_runs_on_colour_photographs_whatever_the_metadat
     model = LoadedModel(green, InferenceSettings(preprocessing="green", in_channels=3))
     assert model.settings.in_channels == 1
     summary = infer_files(model, [write_png(tmp_path / "a.png", 3)], tmp_path / "out", progress=False)
+    assert summary.raise_for_failures() is summary and (tmp_path / "out" / "a_mask.png").is_file()
+
+
+def test_a_clahe_network_sees_in_file_inference_what_it_was_trained_on(synthetic_drive_template):
+    from medseg.data import drive_records, vessel_transforms
+
+    record = drive_records(synthetic_drive_template, "test")[0]
+    trained_on = vessel_transforms("eval", preprocessing="clahe")(record)["image"]
+    image, meta = read_image(Path(record["image"]))
+    settings = InferenceSettings(preprocessing="clahe", in_channels=1)
+    inputs = network_input(image, settings, str(meta.path))
+    assert inputs.shape == (1, 584, 565) and inputs.dtype == np.float32
+    np.testing.assert_allclose(inputs, trained_on.numpy(), atol=1e-6)
+
+
+def test_a_clahe_network_runs_on_colour_photographs(tmp_path):
+    clahe = UNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8)).eval()
+    model = LoadedModel(clahe, InferenceSettings(preprocessing="clahe", normalization="standardize"))
+    summary = infer_files(model, [write_png(tmp_path / "a.png", 4)], tmp_path / "out", progress=False)
     assert summary.raise_for_failures() is summary and (tmp_path / "out" / "a_mask.png").is_file()
