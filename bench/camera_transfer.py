@@ -121,45 +121,58 @@ def records(split: str) -> tuple[list[dict], tuple[int, ...] | None]:
     return strip(les_av_records(DATA / "LES-AV", split.removeprefix("les_av_"))), LES_AV_LABEL_POSITIVE
 
 
-def recorded_scores() -> dict[str, dict]:
-    """``{"ROW_seedS": scores}`` of every row scored: the record kept with the results, updated by the scores a
-    run left in ``bench/work`` (a ``run`` started before its row was recorded)."""
-    record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+# what makes two runs one: a row trained again on another day or machine is another run
+RUN_FIELDS = ("row", "seed", "trained", "machine")
+
+
+def same_run(a: dict, b: dict) -> bool:
+    return all(a.get(field) == b.get(field) for field in RUN_FIELDS)
+
+
+def recorded_runs() -> list[dict]:
+    """Every run scored ({"row", "seed", "trained", "machine", "steps", split: scores}): the record kept with the
+    results, updated by the scores a run left in ``bench/work`` (a ``run`` started before its row was recorded)."""
+    runs = json.loads(RECORD.read_text()) if RECORD.is_file() else []
     for path in WORK.glob("*_seed*/scores.json"):
-        record[path.parent.name] = json.loads(path.read_text())
-    return record
+        runs = with_run(runs, json.loads(path.read_text()))
+    return runs
+
+
+def with_run(runs: list[dict], run: dict) -> list[dict]:
+    return [other for other in runs if not same_run(other, run)] + [run]
 
 
 def score(name: str, seed: int, test: bool) -> dict:
     overrides = {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in ROWS[name].sets)}
     model = load_model(BUNDLE, overrides={**overrides, "ensemble_members": 1}, checkpoint=weights(name, seed))
     results_file = row_dir(name, seed) / "scores.json"
-    results = recorded_scores().get(results_file.parent.name, {})
+    results = json.loads(results_file.read_text()) if results_file.is_file() else training_facts(name, seed)
     for _, split, validation in SETS:
         if validation or test:
             chosen, positive = records(split)
             report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
             results[split] = {"f1": report["threshold_0.5"]["f1"], "auc_roc": report["threshold_0.5"]["auc_roc"],
                               "date": datetime.date.today().isoformat()}
-    if "trained" not in results:
-        results.update(training_facts(name, seed))
     results_file.write_text(json.dumps(results, indent=2))
-    RECORD.write_text(json.dumps({**recorded_scores(), results_file.parent.name: results}, indent=2, sort_keys=True)
-                      + "\n")
+    RECORD.write_text(json.dumps(with_run(recorded_runs(), results), indent=2, sort_keys=True) + "\n")
     return results
 
 
-def training_facts(name: str, seed: int) -> dict[str, str]:
-    """The steps the row's network trained for and the day it trained, from its MLflow run; the shipped member's
-    are in bundles.md."""
+def training_facts(name: str, seed: int) -> dict:
+    """Which run this is (row, seed, the day and machine it trained on) and its steps, from its MLflow run; the
+    shipped members' from the bundle's metadata."""
+    facts = {"row": name, "seed": seed}
     if ROWS[name].shipped_member is not None:
-        return {"steps": "12,999", "trained": "2026-11-30"}
+        training = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["medseg"]["training"]
+        steps = training["steps"][ROWS[name].shipped_member]
+        return {**facts, "steps": f"{steps:,}", "trained": training["date"], "machine": training["machine"]}
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{row_dir(name, seed) / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1)
     steps = max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
-    return {"steps": f"{steps:,}", "trained": datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat()}
+    trained = datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat()
+    return {**facts, "steps": f"{steps:,}", "trained": trained, "machine": cpu_name()}
 
 
 def cpu_name() -> str:
@@ -169,26 +182,25 @@ def cpu_name() -> str:
 
 
 def table() -> str:
-    header = "| row | change | seed | trained | steps | " + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |"
-    lines = [header, "|---|---|---:|---|---:|" + "---:|" * len(SETS)]
-    dates, validation_f1 = set(), {}  # validation_f1: {day trained: {row: mean F1 of the validation columns}}
-    order = lambda key: (list(ROWS).index(key.rsplit("_seed", 1)[0]), int(key.rsplit("_seed", 1)[1]))  # noqa: E731
-    record = recorded_scores()
-    for key in sorted(record, key=order):
-        name, seed = key.rsplit("_seed", 1)
-        scores = record[key]
-        dates |= {s["date"] for s in scores.values() if isinstance(s, dict)}
-        trained = scores.get("trained", "-")
-        cells = [f"{scores[split]['f1']:.4f} / {scores[split]['auc_roc']:.4f}" if split in scores else "-"
+    header = ("| row | change | seed | trained | machine | steps | "
+              + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |")
+    lines = [header, "|---|---|---:|---|---|---:|" + "---:|" * len(SETS)]
+    dates = set()
+    validation_f1 = {}  # {(day trained, machine): {row: mean F1 of the validation columns}}
+    for run in sorted(recorded_runs(), key=lambda run: (list(ROWS).index(run["row"]), run["seed"], run["trained"])):
+        name, seed, trained, machine = (run[field] for field in RUN_FIELDS)
+        dates |= {s["date"] for s in run.values() if isinstance(s, dict)}
+        cells = [f"{run[split]['f1']:.4f} / {run[split]['auc_roc']:.4f}" if split in run else "-"
                  for _, split, _ in SETS]
-        if all(split in scores for _, split, validation in SETS if validation):
-            mean_f1 = sum(scores[split]["f1"] for _, split, v in SETS if v) / 2
-            validation_f1.setdefault(trained, {})[f"{name} (seed {seed})"] = mean_f1
-        lines.append(f"| {name} | {ROWS[name].change} | {seed} | {trained} | {scores['steps']} | "
+        if all(split in run for _, split, validation in SETS if validation):
+            mean_f1 = sum(run[split]["f1"] for _, split, v in SETS if v) / 2
+            validation_f1.setdefault((trained, machine), {})[f"{name} (seed {seed})"] = mean_f1
+        lines.append(f"| {name} | {ROWS[name].change} | {seed} | {trained} | {machine} | {run['steps']} | "
                      + " | ".join(cells) + " |")
     # a wall-clock budget buys steps by the machine and what shared it: rows compete with the rows trained the
-    # same day, each day's preset_retrained their reference
-    chosen = [f"{day}: **{max(rows, key=rows.get)}**" for day, rows in sorted(validation_f1.items()) if len(rows) > 1]
+    # same day on the same machine, each such group's preset_retrained their reference
+    chosen = [f"{day} ({machine}): **{max(rows, key=rows.get)}**"
+              for (day, machine), rows in sorted(validation_f1.items()) if len(rows) > 1]
     commands = [f"- `{name}`: " + ("weights: member 0 of `bundles/drive_vessel_unet/models/model.pt` (0.3.0)"
                                    if row.shipped_member is not None else
                                    f"`OMP_NUM_THREADS=1 taskset -c 0 {' '.join(['medseg', *train_args(name, 0)])}`")
@@ -196,8 +208,9 @@ def table() -> str:
     return "\n".join([
         "# DRIVE-trained vessel networks on another camera, compared on validation data",
         "",
-        f"- Machine: {cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}; scored on "
-        f"{', '.join(sorted(dates))}. Written by `python bench/camera_transfer.py table`.",
+        f"- Scored on {cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}, on "
+        f"{', '.join(sorted(dates))}; each row trained on the machine its column names (\"not recorded\": runs "
+        "scored before the record kept it). Written by `python bench/camera_transfer.py table`.",
         "- Every row: one U-Net (features 16-256) trained on DRIVE's training photographs for the 55-minute preset "
         "(`configs/cpu_budget.yaml`, one core), validated on the 4 DRIVE photographs of split seed 0.",
         "- Scored with `medseg.engines.evaluate_vessel_folder` (`medseg evaluate --images --labels`): the bundle's "
@@ -209,8 +222,8 @@ def table() -> str:
         *lines,
         "",
         "Chosen on validation, the highest mean F1 of the two validation columns among the rows trained on the same "
-        "day (the budget is wall-clock time, so its steps depend on the machine and on what shared it: rows trained "
-        "on other days are not compared): " + "; ".join(chosen) + ".",
+        "day on the same machine (the budget is wall-clock time, so its steps depend on the machine and on what shared it: rows trained "
+        "on other days or machines are not compared): " + "; ".join(chosen) + ".",
         "",
         "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
         "",
@@ -233,6 +246,7 @@ def main() -> None:
         print(table())
         return
     if args.action == "run" and ROWS[args.row].shipped_member is None:
+        (row_dir(args.row, args.seed) / "scores.json").unlink(missing_ok=True)  # a new run: new facts, new scores
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "medseg", *train_args(args.row, args.seed)], cwd=REPO, check=True)
         print(f"trained in {time.perf_counter() - start:.0f} s")
