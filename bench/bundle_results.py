@@ -125,7 +125,10 @@ def metadata(bundle: Path) -> dict:
 def training_line(bundle: Path) -> str:
     """The training record of the shipped weights, from the bundle's metadata."""
     meta = metadata(bundle)
-    record = meta["medseg"]["training"]
+    record = meta["medseg"].get("training")
+    if record is None:
+        return (f"Shipped weights (version {meta['version']}): no training record (`medseg bundle ship` found no "
+                "MLflow run of them).")
     steps = " and ".join(f"{steps:,}" for steps in record["steps"])
     networks = len(record["steps"])
     return (f"Shipped weights (version {meta['version']}): `{record['command']}` on {record['date']} "

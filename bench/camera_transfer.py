@@ -39,6 +39,7 @@ import yaml
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import load_model, read_state_dict
+from medseg.tracking import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "drive_vessel_unet"
@@ -172,13 +173,7 @@ def training_facts(name: str, seed: int) -> dict:
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1)
     steps = max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
     trained = datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat()
-    return {**facts, "steps": f"{steps:,}", "trained": trained, "machine": cpu_name()}
-
-
-def cpu_name() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]
-    return f"{names[0]} x {len(names)}" if names else platform.machine()
+    return {**facts, "steps": f"{steps:,}", "trained": trained, "machine": machine_description()}
 
 
 def table() -> str:
@@ -208,7 +203,7 @@ def table() -> str:
     return "\n".join([
         "# DRIVE-trained vessel networks on another camera, compared on validation data",
         "",
-        f"- Scored on {cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}, on "
+        f"- Scored on {machine_description()}, torch {torch.__version__}, Python {platform.python_version()}, on "
         f"{', '.join(sorted(dates))}; each row trained on the machine its column names (\"not recorded\": runs "
         "scored before the record kept it). Written by `python bench/camera_transfer.py table`.",
         "- Every row: one U-Net (features 16-256) trained on DRIVE's training photographs for the 55-minute preset "

@@ -27,7 +27,7 @@ from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
 from medseg.utils import atomic_folder, format_table
-from medseg.tracking import default_tracking_uri, source_run_tags
+from medseg.tracking import default_tracking_uri, source_run_tags, training_record
 
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
 BUNDLE_PARTS = ("configs", "models", "docs", "scripts")
@@ -211,6 +211,13 @@ def _ship(args: argparse.Namespace) -> int:
                            f"{bundle.name} failed, nothing shipped ({type(err).__name__}: {err})") from None
         report = json.loads(report_path.read_text())
         meta["eval_metrics"] = eval_metrics_from_report(report)
+        tracking_uri = args.tracking_uri or default_tracking_uri()
+        record = training_record(args.checkpoints, tracking_uri, plan.experiment_name)
+        if record is None:  # the record of the weights replaced would describe weights no longer shipped
+            meta.get("medseg", {}).pop("training", None)
+            print(f"no training run of {shipped} in {tracking_uri}: the metadata keeps no training record")
+        else:
+            meta.setdefault("medseg", {})["training"] = record
         if "threshold_val" in report:  # what medseg evaluate --images scores these weights at beside 0.5
             meta.setdefault("medseg", {})["validation_threshold"] = report["threshold_val"]["threshold"]
         new_metadata = Path(work) / "metadata.json"
@@ -220,7 +227,6 @@ def _ship(args: argparse.Namespace) -> int:
     print(f"{models / 'model.pt'}: {format_size(size)} ({args.dtype})")
     print("eval_metrics: " + metrics_line(meta["eval_metrics"]))
     print(f"evaluation report: {report_path}")
-    tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         from medseg.tracking.models import ship_run  # MLflow's model machinery: only when shipping
 

@@ -8,9 +8,14 @@ MONAI's ``MLFlowHandler`` default layout). Any MLflow tracking URI works instead
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
+import re
+import shlex
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +31,8 @@ from medseg import __version__
 from medseg.utils import atomic_write_text, format_table
 
 __all__ = [
+    "COMMAND_TAG",
+    "MACHINE_TAG",
     "DEFAULT_RUN_METRICS",
     "DEFAULT_RUN_PARAMS",
     "DEFAULT_RUN_TAGS",
@@ -38,10 +45,12 @@ __all__ = [
     "evaluation_tags",
     "executed_config",
     "log_ensemble_metrics",
+    "machine_description",
     "hyper_parameters",
     "prepare_tracking_store",
     "run_tags",
     "source_run_tags",
+    "training_record",
     "resumable_run_name",
     "runs_table",
     "tag_experiment_kind",
@@ -131,14 +140,43 @@ def _is_literal(value: Any) -> bool:
 
 
 def run_tags(network: str, dataset: str, **extra: str) -> dict[str, str]:
-    """MLflow run tags: ``network``, ``dataset``, ``git_commit``, ``medseg_version``, MLflow's standard source tags
-    (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.source.type``), plus ``extra``."""
+    """MLflow run tags: ``network``, ``dataset``, ``git_commit``, ``medseg_version``, ``medseg.machine``
+    (:func:`machine_description`), ``medseg.command`` (the command line that started the run), MLflow's standard
+    source tags (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.source.type``), plus ``extra``."""
     commit = _git_commit()
     source = {"mlflow.source.name": "medseg", "mlflow.source.type": "LOCAL"}
     if commit != "unknown":
         source["mlflow.source.git.commit"] = commit
-    return {"network": network, "dataset": dataset, "git_commit": commit, "medseg_version": __version__, **source,
-            **extra}
+    return {"network": network, "dataset": dataset, "git_commit": commit, "medseg_version": __version__,
+            MACHINE_TAG: machine_description(), COMMAND_TAG: _command_line(), **source, **extra}
+
+
+MACHINE_TAG, COMMAND_TAG = "medseg.machine", "medseg.command"
+
+
+def machine_description() -> str:
+    """Where a run computes, as a training record names it: the GPU when torch sees one, else the CPU's model
+    name and its cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _command_line() -> str:
+    program = Path(sys.argv[0])
+    if program.name == "medseg" or program.parent.name == "medseg":  # `python -m medseg` is the console script
+        name = ["medseg"]
+    elif program.name == "__main__.py":  # python -m monai.bundle runs monai/bundle/__main__.py
+        package = program.parent
+        module = package.name if package.parent.name.endswith("-packages") else f"{package.parent.name}.{package.name}"
+        name = ["python", "-m", module]
+    else:
+        name = ["python", program.name]
+    return shlex.join([*name, *sys.argv[1:]])
 
 
 # MLflow's UI opens an experiment with this tag on its runs table and metric charts (not the GenAI overview)
@@ -259,7 +297,7 @@ def source_run_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str,
     so a run tagged with them sits nested under it: for one checkpoint that a ``medseg train`` run wrote
     (``OUTPUT/checkpoints/*.pt`` beside ``OUTPUT/mlflow_run_name.txt``), that run; for the members of one ensemble
     (``OUTPUT/member<k>/checkpoints/*.pt``), the ensemble's run. Empty when there is no such run."""
-    record = _training_record(checkpoints)
+    record = _run_name_record(checkpoints)
     if record is None:
         return {}
     client = MlflowClient(tracking_uri)
@@ -273,7 +311,32 @@ def source_run_tags(checkpoints: Sequence[str | os.PathLike], tracking_uri: str,
     return {"medseg.source_run": runs[0].info.run_id, "mlflow.parentRunId": runs[0].info.run_id}
 
 
-def _training_record(checkpoints: Sequence[str | os.PathLike]) -> Path | None:
+def training_record(checkpoints: Sequence[str | os.PathLike], tracking_uri: str, experiment_name: str) -> dict | None:
+    """What a bundle's metadata records of the training behind ``checkpoints`` (``medseg.training``), from the
+    MLflow run they came from (:func:`source_run_tags`): the day it started, its machine and command (its
+    ``medseg.machine`` and ``medseg.command`` tags), its wall time in minutes and the training steps of each
+    network (an ensemble's members are its child runs, in member order). ``None`` when there is no such run."""
+    source = source_run_tags(checkpoints, tracking_uri, experiment_name).get("medseg.source_run")
+    if source is None:
+        return None
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(source)
+    members = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{source}'")
+    # a member's run is named after its folder, member<k>
+    networks = sorted(members, key=lambda member: int(re.sub(r"\D", "", member.info.run_name.rsplit("_", 1)[-1]) or 0))
+    networks = networks or [run]
+    end = run.info.end_time or int(time.time() * 1000)
+    return {
+        "date": datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat(),
+        "machine": run.data.tags.get(MACHINE_TAG, "not recorded"),
+        "command": run.data.tags.get(COMMAND_TAG, "not recorded"),
+        "wall_minutes": round((end - run.info.start_time) / 60000, 1),
+        "steps": [max((m.step for m in client.get_metric_history(network.info.run_id, "train_loss")), default=0)
+                  for network in networks],
+    }
+
+
+def _run_name_record(checkpoints: Sequence[str | os.PathLike]) -> Path | None:
     """The run-name record of the training that wrote ``checkpoints``: one run's folder, or an ensemble's (its
     members' folders ``member<k>`` side by side)."""
     folders = {Path(checkpoint).resolve().parent.parent for checkpoint in checkpoints}

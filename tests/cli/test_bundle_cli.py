@@ -154,6 +154,8 @@ def test_ship_writes_the_weights_and_the_metrics_of_exactly_those_weights(shippa
     assert json.loads(kept_report.read_text())["threshold_0.5"]["f1"] == recorded["test_f1"]
     # the threshold chosen on the validation images travels with the weights, for medseg evaluate --images
     assert metadata["medseg"]["validation_threshold"] == json.loads(kept_report.read_text())["threshold_val"]["threshold"]
+    # no MLflow run trained these weights: the record of the weights they replace is not kept for them
+    assert "training" not in metadata["medseg"] and "the metadata keeps no training record" in out
     assert f"evaluation report: {kept_report}" in out
     # `medseg evaluate` of the shipped file prints the numbers that were recorded
     code, out, _ = run_cli(capsys, "evaluate", str(bundle), *args)

@@ -1,13 +1,22 @@
-"""Evaluations and shipped releases sit nested under the training run their checkpoints came from."""
+"""Evaluations and shipped releases sit nested under the training run their checkpoints came from, and take their
+training record from it."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
-from medseg.tracking import evaluation_tags
+from medseg.tracking import (
+    COMMAND_TAG,
+    MACHINE_TAG,
+    evaluation_tags,
+    machine_description,
+    run_tags,
+    training_record,
+)
 
 
 def checkpoint(path: Path) -> Path:
@@ -47,3 +56,37 @@ def test_checkpoints_of_unrelated_trainings_nest_under_none(tmp_path):
     tags = evaluation_tags([checkpoint(tmp_path / "a" / "checkpoints" / "model.pt"),
                             checkpoint(tmp_path / "b" / "checkpoints" / "model.pt")], uri, "bundle")
     assert "mlflow.parentRunId" not in tags
+
+
+def test_a_training_run_is_tagged_with_its_machine_and_command():
+    tags = run_tags("UNet", "drive")
+    assert tags[MACHINE_TAG] == machine_description() and tags[MACHINE_TAG]
+    assert tags[COMMAND_TAG].split()[0] in ("medseg", "python")
+
+
+def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and_its_members(tmp_path):
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("bundle")
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "ensemble" / "mlflow_run_name.txt").write_text("run_ensemble\n")
+    start = 1_796_000_000_000  # 2026-11-29, in milliseconds
+    parent = client.create_run(experiment, start_time=start, run_name="run_ensemble",
+                               tags={MACHINE_TAG: "AMD EPYC, 2 cores", COMMAND_TAG: "medseg train bundles/x"}).info.run_id
+    client.set_terminated(parent, end_time=start + 55 * 60_000 + 12_000)
+    # member 1 started a second later, so its run name sorts first by time; the record follows the member folders
+    for member, last_step, second in ((1, 130, "01"), (0, 120, "00")):
+        run = client.create_run(experiment, run_name=f"run_20261129_0000{second}_member{member}",
+                                tags={"mlflow.parentRunId": parent}).info.run_id
+        for step in (1, last_step // 2, last_step):
+            client.log_metric(run, "train_loss", 1.0 / step, step=step)
+    members = [checkpoint(tmp_path / "ensemble" / f"member{k}" / "checkpoints" / "model.pt") for k in range(2)]
+    assert training_record(members, uri, "bundle") == {
+        "date": datetime.date.fromtimestamp(start / 1000).isoformat(), "machine": "AMD EPYC, 2 cores",
+        "command": "medseg train bundles/x", "wall_minutes": 55.2, "steps": [120, 130],
+    }
+
+
+def test_weights_of_no_recorded_training_have_no_training_record(tmp_path):
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    assert training_record([checkpoint(tmp_path / "elsewhere" / "model.pt")], uri, "bundle") is None
