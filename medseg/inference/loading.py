@@ -81,7 +81,8 @@ def load_model(
     """
     path = Path(model)
     if path.is_dir():
-        return _load_bundle(path, overlays, overrides, None if checkpoint is None else Path(checkpoint))
+        # resolved here: the bundle is loaded from inside its folder, where a relative path would point elsewhere
+        return _load_bundle(path, overlays, overrides, None if checkpoint is None else Path(checkpoint).resolve())
     if overlays or overrides or checkpoint is not None:
         raise ValueError(f"{path}: config overlays, overrides and a separate checkpoint apply to a bundle folder only")
     if not path.is_file():

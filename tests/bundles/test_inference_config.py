@@ -136,3 +136,12 @@ def test_traced_export_matches_the_eager_network(small_weights, tmp_path):
     windows = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(exported))(windows), eager(windows))
+
+
+def test_a_bundles_checkpoint_given_as_a_relative_path_is_read_from_the_working_directory(small_weights, tmp_path):
+    weights, overlay = small_weights
+    with contextlib.chdir(weights.parent):
+        relative = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights.name).network
+    absolute = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights).network
+    for (name, value), other in zip(relative.state_dict().items(), absolute.state_dict().values()):
+        torch.testing.assert_close(value, other, msg=name)
