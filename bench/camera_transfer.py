@@ -203,8 +203,8 @@ def table() -> str:
     return "\n".join([
         "# DRIVE-trained vessel networks on another camera, compared on validation data",
         "",
-        f"- Scored on {machine_description()}, torch {torch.__version__}, Python {platform.python_version()}, on "
-        f"{', '.join(sorted(dates))}; each row trained on the machine its column names (\"not recorded\": runs "
+        f"- Written on {machine_description()}, torch {torch.__version__}, Python {platform.python_version()}; rows "
+        f"scored on {', '.join(sorted(dates))}, each trained on the machine its column names (\"not recorded\": runs "
         "scored before the record kept it). Written by `python bench/camera_transfer.py table`.",
         "- Every row: one U-Net (features 16-256) trained on DRIVE's training photographs for the 55-minute preset "
         "(`configs/cpu_budget.yaml`, one core), validated on the 4 DRIVE photographs of split seed 0.",
