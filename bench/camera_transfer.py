@@ -217,8 +217,8 @@ def table() -> str:
         *lines,
         "",
         "Chosen on validation, the highest mean F1 of the two validation columns among the rows trained on the same "
-        "day on the same machine (the budget is wall-clock time, so its steps depend on the machine and on what shared it: rows trained "
-        "on other days or machines are not compared): " + "; ".join(chosen) + ".",
+        "day on the same machine (the budget is wall-clock time, so its steps depend on the machine and on what "
+        "shared it: rows trained on other days or machines are not compared): " + "; ".join(chosen) + ".",
         "",
         "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
         "",

@@ -128,7 +128,9 @@ def network_input(image: np.ndarray, settings: InferenceSettings, name: str) -> 
     colour image converted to grey (ITU-R 601 luma) for a one-channel network. ``name`` labels errors.
     """
     if settings.preprocessing not in ("rgb", "green", "clahe"):
-        raise ValueError(f"{name}: file inference supports preprocessing rgb, green or clahe, not {settings.preprocessing!r}")
+        raise ValueError(
+            f"{name}: file inference supports preprocessing rgb, green or clahe, not {settings.preprocessing!r}"
+        )
     channels, wanted = image.shape[0], settings.in_channels
     if settings.preprocessing in ("green", "clahe") and channels == 3:
         image, channels = image[1:2], 1

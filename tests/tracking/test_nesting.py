@@ -71,8 +71,8 @@ def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and
     (tmp_path / "ensemble").mkdir()
     (tmp_path / "ensemble" / "mlflow_run_name.txt").write_text("run_ensemble\n")
     start = 1_796_000_000_000  # 2026-11-29, in milliseconds
-    parent = client.create_run(experiment, start_time=start, run_name="run_ensemble",
-                               tags={MACHINE_TAG: "AMD EPYC, 2 cores", COMMAND_TAG: "medseg train bundles/x"}).info.run_id
+    tags = {MACHINE_TAG: "AMD EPYC, 2 cores", COMMAND_TAG: "medseg train bundles/x"}
+    parent = client.create_run(experiment, start_time=start, run_name="run_ensemble", tags=tags).info.run_id
     client.set_terminated(parent, end_time=start + 55 * 60_000 + 12_000)
     # member 1 started a second later, so its run name sorts first by time; the record follows the member folders
     for member, last_step, second in ((1, 130, "01"), (0, 120, "00")):
