@@ -35,6 +35,7 @@ import torch
 from mlflow import MlflowClient
 
 from medseg.engines.ensemble import member_folder
+from medseg.tracking import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "bundles/drive_vessel_unet"
@@ -129,13 +130,6 @@ def shell(args: list[str]) -> str:
     return line.replace(f"{REPO}/", "")
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return f"{names[0]} x {len(names)}" if names else platform.machine()
-
-
 def training_steps(out: Path, bundle: str, networks: int) -> list[int]:
     """Steps of the row's last training, per network (ensemble members by run name, i.e. member0 first)."""
     client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
@@ -211,7 +205,7 @@ def table(root: Path) -> str:
         )
     commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): {row_commands(r, root)}"
                 + (f"; {ROWS[r['row']].notes}" if ROWS[r["row"]].notes else "") for r in results]
-    machine = f"{cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}"
+    machine = f"{machine_description()}, torch {torch.__version__}, Python {platform.python_version()}"
     return "\n".join([*lines, "", f"Machine: {machine}. Rows run on {sorted({r['date'] for r in results})}.", "",
                       "Commands (run from the repository root, one core per network):", "", *commands, ""])
 
