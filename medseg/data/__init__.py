@@ -35,6 +35,7 @@ __all__ = [
     "LES_AV_LABEL_POSITIVE",
     "PALETTE",
     "DatasetError",
+    "RandConvolutiond",
     "camvid_records",
     "camvid_transforms",
     "class_frequencies",
@@ -63,7 +64,10 @@ __all__ = [
 
 _LAZY = {
     name: "medseg.data.transforms"
-    for name in ("cached_dataset", "camvid_transforms", "equalize_local_contrast", "pil_reader", "vessel_transforms")
+    for name in (
+        "RandConvolutiond", "cached_dataset", "camvid_transforms", "equalize_local_contrast", "pil_reader",
+        "vessel_transforms",
+    )
 }
 
 

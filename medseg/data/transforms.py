@@ -11,11 +11,13 @@ Arrays are channel-first with spatial axes (H, W): the PIL reader is built with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from functools import partial
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
 from monai.data import CacheDataset, PILReader
 from monai.transforms import (
     AsDiscreted,
@@ -27,6 +29,7 @@ from monai.transforms import (
     Lambda,
     Lambdad,
     LoadImaged,
+    MapTransform,
     NormalizeIntensityd,
     RandAdjustContrastd,
     RandBiasFieldd,
@@ -39,8 +42,10 @@ from monai.transforms import (
     RandShiftIntensityd,
     RandSpatialCropd,
     RandZoomd,
+    RandomizableTransform,
     ScaleIntensityRanged,
 )
+from monai.utils import convert_to_dst_type, convert_to_tensor
 from PIL import Image
 
 from medseg.data.files import as_stored_image
@@ -147,6 +152,58 @@ def resample_to_fov_width(record: dict, fov_width: float, tolerance: float = 0.1
     return record
 
 
+class RandConvolutiond(RandomizableTransform, MapTransform):
+    """Random convolution (RandConv, Xu et al., ICLR 2021): a style randomisation of image patches.
+
+    With probability ``prob`` each (C, H, W) image is convolved with a random C x C x k x k kernel (k drawn from
+    ``kernel_sizes``, weights from N(0, 1 / (C k^2)), reflected borders): another mix of colour channels and
+    another local texture filter, as another camera's optics and processing give. Each output channel keeps the
+    mean and spread of its input channel, and the result is blended with the image, ``a * image + (1 - a) *
+    convolved`` with ``a`` uniform in ``image_weight`` ([0, 1] by default), so shapes stay where they were and labels
+    stay as drawn.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        kernel_sizes: Sequence[int] = (1, 3),
+        image_weight: tuple[float, float] = (0.0, 1.0),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd and positive, got {tuple(kernel_sizes)}")
+        if not 0.0 <= image_weight[0] <= image_weight[1] <= 1.0:
+            raise ValueError(f"image_weight must be a range within [0, 1], got {tuple(image_weight)}")
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        self.image_weight = image_weight
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self._convolve(d[key])
+        return d
+
+    def _convolve(self, image: torch.Tensor) -> torch.Tensor:
+        channels, size = image.shape[0], int(self.R.choice(self.kernel_sizes))
+        kernel = self.R.normal(0.0, (channels * size * size) ** -0.5, (channels, channels, size, size))
+        blend = float(self.R.uniform(*self.image_weight))
+        plain = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+        padded = F.pad(plain[None], [size // 2] * 4, mode="reflect") if size > 1 else plain[None]
+        convolved = F.conv2d(padded, torch.as_tensor(kernel, dtype=plain.dtype))[0]
+        # each channel keeps its mean and spread: another style of the patch, not another brightness or contrast
+        mean, spread = plain.mean(dim=(1, 2), keepdim=True), plain.std(dim=(1, 2), keepdim=True)
+        centred = convolved - convolved.mean(dim=(1, 2), keepdim=True)
+        restyled = centred / (centred.std(dim=(1, 2), keepdim=True) + 1e-6) * spread + mean
+        result = blend * plain + (1.0 - blend) * restyled
+        return convert_to_dst_type(result, image)[0]
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
@@ -163,6 +220,7 @@ def vessel_transforms(
     scale_jitter: float = 0.0,
     acquisition_jitter: bool = False,
     camera_jitter: bool = False,
+    random_convolution: bool = False,
     fov_width: float | None = None,
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
@@ -179,7 +237,8 @@ def vessel_transforms(
     as cameras other than DRIVE's do; labels stay as drawn. ``camera_jitter`` scales and shifts each colour channel
     of half of the image patches on its own (another white balance and sensor response) and multiplies half of them
     by a smooth random field (MONAI's bias field, degree 3, log-gain up to 0.3: uneven illumination and vignetting
-    across the patch).
+    across the patch). ``random_convolution`` gives half of the image patches another style: a random convolution
+    blended with the patch (:class:`RandConvolutiond`), after the other jitters.
 
     Records may come from several cameras: a record's ``label_positive`` names the vessel values of an index-map
     label (LES-AV's), and ``fov_width`` brings every image to that FOV width first
@@ -267,6 +326,8 @@ def vessel_transforms(
             RandShiftIntensityd(keys="image", prob=0.5, offsets=CAMERA_SHIFT[normalization], channel_wise=True),
             RandBiasFieldd(keys="image", prob=0.5, degree=3, coeff_range=(0.0, 0.3)),
         ]
+    if random_convolution:
+        random.append(RandConvolutiond(keys="image", prob=0.5))
     return Compose(deterministic + random)
 
 

@@ -11,7 +11,7 @@ from monai.data import ThreadDataLoader
 from monai.transforms import RandCropByPosNegLabeld
 from monai.transforms.transform import RandomizableTrait
 
-from medseg.data import cached_dataset, drive_records, read_binary, vessel_transforms
+from medseg.data import RandConvolutiond, cached_dataset, drive_records, read_binary, vessel_transforms
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,35 @@ def test_photographs_are_brought_to_the_training_fov_width(record):
     assert set(halved["label"].unique().tolist()) <= {0.0, 1.0}
     within_tolerance = vessel_transforms("eval", fov_width=width * 1.05)(record)
     assert within_tolerance["image"].shape == native["image"].shape
+
+
+def test_random_convolution_restyles_some_image_patches_and_leaves_labels_as_drawn(record):
+    def patches(random_convolution: bool) -> list[dict]:
+        chain = vessel_transforms("train", patch_size=(32, 32), num_samples=16, normalization="standardize",
+                                  intensity_jitter=False, random_convolution=random_convolution)
+        chain.set_random_state(seed=0)  # the same crops, flips and rotations either way
+        return chain(record)
+
+    plain, restyled = patches(False), patches(True)
+    changed = [not torch.equal(r["image"], p["image"]) for r, p in zip(restyled, plain)]
+    assert any(changed) and not all(changed)
+    for r, p in zip(restyled, plain):
+        assert torch.equal(r["label"], p["label"]) and torch.equal(r["mask"], p["mask"])
+        assert r["image"].shape == p["image"].shape and r["image"].dtype == torch.float32
+
+
+def test_random_convolution_keeps_each_channels_mean_and_spread_when_not_blended():
+    image = torch.rand(3, 40, 40) * torch.tensor([1.0, 2.0, 0.5])[:, None, None]
+    restyle = RandConvolutiond(keys="image", prob=1.0, kernel_sizes=(3,), image_weight=(0.0, 0.0))
+    restyle.set_random_state(seed=1)
+    out = restyle({"image": image})["image"]
+    assert not torch.allclose(out, image)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), image.mean(dim=(1, 2)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(dim=(1, 2)), image.std(dim=(1, 2)), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"kernel_sizes": (1, 2)}, "kernel_sizes"),
+                                             ({"image_weight": (0.5, 1.5)}, "image_weight")])
+def test_random_convolution_rejects_even_kernels_and_weights_outside_0_1(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RandConvolutiond(keys="image", **kwargs)
