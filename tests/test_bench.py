@@ -112,6 +112,26 @@ def test_camera_transfer_compares_on_validation_sets_and_scores_test_sets_only_w
     assert val_records and not any("/test/" in record["image"] for record in val_records)
 
 
+def _scored_run(row: str, trained: str, drive_val: float, les_av: float) -> dict:
+    return {"row": row, "seed": 0, "trained": trained, "machine": "a CPU", "steps": "6,000",
+            "drive_val": {"f1": drive_val, "auc_roc": 0.97, "date": trained},
+            "les_av_training": {"f1": les_av, "auc_roc": 0.97, "date": trained}}
+
+
+def test_camera_transfer_chooses_only_beside_a_baseline_trained_the_same_day(monkeypatch):
+    runs = [_scored_run("preset_retrained", "2026-12-01", 0.80, 0.79),
+            _scored_run("clahe", "2026-12-01", 0.79, 0.81),
+            _scored_run("camera_jitter", "2026-12-01", 0.79, 0.78),
+            # a better pair of candidates, but with no reference trained beside them
+            _scored_run("bce_loss", "2026-12-02", 0.82, 0.82),
+            _scored_run("random_convolution", "2026-12-02", 0.81, 0.82)]
+    monkeypatch.setattr(camera_transfer, "recorded_runs", lambda: runs)
+    choice = camera_transfer.table().split("Chosen on validation", 1)[1].split("\n\n", 1)[0]
+    assert "2026-12-01 (a CPU): **clahe (seed 0)**" in choice
+    assert "2026-12-02 (a CPU): nothing (no preset_retrained beside them)" in choice
+    assert "bce_loss" not in choice
+
+
 bundle_results = _load_bench("bundle_results")
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if p.is_dir())
 
