@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from mlflow import MlflowClient
 
 from medseg.engines.ensemble import member_folder
-from medseg.tracking import machine_description
+from medseg.tracking import machine_description, training_record
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "bundles/drive_vessel_unet"
@@ -130,16 +129,6 @@ def shell(args: list[str]) -> str:
     return line.replace(f"{REPO}/", "")
 
 
-def training_steps(out: Path, bundle: str, networks: int) -> list[int]:
-    """Steps of the row's last training, per network (ensemble members by run name, i.e. member0 first)."""
-    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
-    (experiment,) = [e for e in client.search_experiments() if e.name == Path(bundle).name]
-    runs = client.search_runs([experiment.experiment_id], max_results=networks,
-                              order_by=["attributes.start_time DESC"])
-    return [max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
-            for run in sorted(runs, key=lambda run: run.info.run_name)]
-
-
 def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
     row = ROWS[name]
     out = root / f"{name}_seed{seed}"
@@ -148,10 +137,11 @@ def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
         args = train_args(row, minutes, seed, out)
         start = time.perf_counter()
         subprocess.run(medseg_command(*args), cwd=REPO, check=True)
-        counts = training_steps(out, row.bundle, row.members)
+        weights = [member / "checkpoints" / "model.pt" for member in member_dirs(row, out)]
+        # the steps of each network, from the MLflow run that wrote the weights
+        counts = training_record(weights, f"sqlite:///{(out / 'mlflow.db').resolve()}", Path(row.bundle).name)["steps"]
         result.update(train_command=shell(args), train_wall_s=time.perf_counter() - start,
                       steps=counts[0] if row.members == 1 else counts)
-        weights = [member / "checkpoints" / "model.pt" for member in member_dirs(row, out)]
     else:
         source = json.loads((root / f"{row.weights_of}_seed{seed}" / "result.json").read_text())
         result.update(train_command=f"weights of row {row.weights_of}", steps=source["steps"])

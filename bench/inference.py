@@ -333,13 +333,13 @@ def report(
     windows: dict[str, dict] | None = None,
     source: str | None = None,
 ) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     from medseg.inference import native_bfloat16
+    from medseg.tracking import machine_description
 
     lines = [
         "# Inference benchmark: the shipped bundles against the previous defaults, plain MONAI and the matmul peak",
         "",
-        f"- Date: {date.today().isoformat()}. Machine: {cpu}, {os.cpu_count()} cores, native bf16: "
+        f"- Date: {date.today().isoformat()}. Machine: {machine_description()}, native bf16: "
         f"{native_bfloat16('cpu') or 'none'}; torch {torch.__version__}, Python {platform.python_version()}.",
         f"- Command: `{command}`",
         *([f"- {source}"] if source else []),

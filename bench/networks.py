@@ -40,6 +40,7 @@ from monai.networks.nets import UNet as MonaiUNet
 from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.networks import BackboneUNet, U2Net, U2NetLite, UNet
+from medseg.tracking import machine_description
 
 REFERENCE = "MONAI BasicUNet"
 # (height, width) -> batch size, timed steps
@@ -196,10 +197,8 @@ def command() -> str:
 
 
 def machine() -> str:
-    cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
     return (
-        f"{cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} logical CPUs "
-        f"({torch.get_num_threads()} torch threads), Python {platform.python_version()}, "
+        f"{machine_description()} ({torch.get_num_threads()} torch threads), Python {platform.python_version()}, "
         f"torch {torch.__version__}, MONAI {monai.__version__}"
     )
 
