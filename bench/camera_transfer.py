@@ -158,7 +158,8 @@ def score(name: str, seed: int, test: bool) -> dict:
         if validation or test:
             chosen, positive = records(split)
             report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
-            results[split] = {"f1": report["threshold_0.5"]["f1"], "auc_roc": report["threshold_0.5"]["auc_roc"],
+            pooled = report["threshold_0.5"]
+            results[split] = {**{metric: pooled[metric] for metric in ("f1", "auc_roc", "sensitivity", "precision")},
                               "date": datetime.date.today().isoformat()}
     results_file.write_text(json.dumps(results, indent=2))
     RECORD.write_text(json.dumps(with_run(recorded_runs(), results), indent=2, sort_keys=True) + "\n")
@@ -183,8 +184,8 @@ def training_facts(name: str, seed: int) -> dict:
 
 def table() -> str:
     header = ("| row | change | seed | trained | machine | steps | "
-              + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + " |")
-    lines = [header, "|---|---|---:|---|---|---:|" + "---:|" * len(SETS)]
+              + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + f" | {SETS[1][0]} Se / precision |")
+    lines = [header, "|---|---|---:|---|---|---:|" + "---:|" * (len(SETS) + 1)]
     dates = set()
     validation_f1 = {}  # {(day trained, machine): {row: mean F1 of the validation columns}}
     for run in sorted(recorded_runs(), key=lambda run: (list(ROWS).index(run["row"]), run["seed"], run["trained"])):
@@ -192,6 +193,10 @@ def table() -> str:
         dates |= {s["date"] for s in run.values() if isinstance(s, dict)}
         cells = [f"{run[split]['f1']:.4f} / {run[split]['auc_roc']:.4f}" if split in run else "-"
                  for _, split, _ in SETS]
+        # over- or under-segmenting the other camera's labels (runs scored before 2026-12-04 did not keep them)
+        other_camera = run.get(SETS[1][1], {})
+        cells.append(f"{other_camera['sensitivity']:.3f} / {other_camera['precision']:.3f}"
+                     if "precision" in other_camera else "-")
         if all(split in run for _, split, validation in SETS if validation):
             mean_f1 = sum(run[split]["f1"] for _, split, v in SETS if v) / 2
             validation_f1.setdefault((trained, machine), {})[f"{name} (seed {seed})"] = mean_f1
