@@ -15,7 +15,8 @@ of `medseg infer`, `--scale auto`, the FOV estimated since no mask is given). Te
 Row `preset` is the shipped recipe: member 0 (seed 0) of the shipped `drive_vessel_unet` ensemble, taken out of
 `models/model.pt`, trained for the same budget on one core while member 1 trained on the other. The budget is
 wall-clock time, so a row's steps depend on the machine and on what shared it: row `preset_retrained` trains the
-shipped recipe again on one core while a candidate trains on the other, the fair reference for that candidate.
+shipped recipe again on one core while a candidate trains on the other, the fair reference for that candidate: a
+day's candidates are chosen among only beside it.
 
     OMP_NUM_THREADS=1 taskset -c 0 python bench/camera_transfer.py run preset_retrained --seed 0 &
     OMP_NUM_THREADS=1 taskset -c 1 python bench/camera_transfer.py run all_jitter --seed 0
@@ -229,7 +230,8 @@ def table() -> str:
         "",
         "Chosen on validation, the highest mean F1 of the two validation columns among the rows trained on the same "
         "day on the same machine (the budget is wall-clock time, so its steps depend on the machine and on what "
-        "shared it: rows trained on other days or machines are not compared): " + "; ".join(chosen) + ".",
+        "shared it: rows trained on other days or machines are not compared, and a day without a `preset_retrained` "
+        "run, the reference, chooses nothing): " + "; ".join(chosen) + ".",
         "",
         "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
         "",
