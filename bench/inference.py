@@ -26,7 +26,8 @@ the window size (``torch.utils.flop_counter``, 2 per multiply-add), giving achie
 the training step of the CPU preset (``configs/cpu_budget.yaml``: the bundle's U-Net, 16 patches of 96 x 96,
 bf16 autocast, Dice + BCE, AdamW) against MONAI's BasicUNet baseline (``bench/drive_baseline``, float32, the
 same batch), in patches/s and GFLOP/s (forward and backward counted). ``--processes`` compares one process of
-one thread with ``torchrun --nproc_per_node 2`` of one thread each on the DRIVE photographs.
+one thread with ``torchrun --nproc_per_node 2`` of one thread each on the DRIVE photographs, each launch timed
+``PROCESS_REPEATS`` times in turns, their medians compared.
 
     python bench/inference.py --out bench/results/inference.md
 """
@@ -63,6 +64,8 @@ CASES = {
 }
 METHODS = ("previous", "medseg", "monai")
 PREVIOUS_SW_BATCH_SIZE = 16
+# two processes on a 2-core host are at the mercy of what else runs there: each launch is timed this many times
+PROCESS_REPEATS = 3
 # what the plain MONAI call runs with (the settings of the bundle do not apply to it)
 MONAI_SETTINGS = {"precision": "float32", "sw_batch_size": 16}
 
@@ -279,8 +282,9 @@ def train_steps(network: str, seconds: float = 20.0) -> dict:
             "batch": batch, "precision": dtype or "float32"}
 
 
-def processes_comparison(drive: Path, photographs: int) -> dict:
-    """Wall time of one process of one thread and of two torchrun processes of one thread each."""
+def processes_comparison(drive: Path, photographs: int, repeats: int = PROCESS_REPEATS) -> dict:
+    """Wall and inference times of one process of one thread and of two torchrun processes of one thread each:
+    ``repeats`` runs of each, the two launches taking turns so that a slower spell of a shared host falls on both."""
     folder = WORK / "processes_inputs"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -288,18 +292,21 @@ def processes_comparison(drive: Path, photographs: int) -> dict:
         shutil.copy(path, folder / path.name)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = ["-m", "medseg", "infer", str(BUNDLE), str(folder), "--overwrite"]
-    times = {}
-    for name, launcher in (("1 process", [sys.executable]),
-                           ("torchrun, 2 processes", [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                      "--nproc_per_node", "2"])):
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            result = subprocess.run([*launcher, *base, "-o", out], check=True, env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-        # the summary's time: reading, predicting and writing (the slowest rank), without start-up and loading
-        inference = float(re.search(r"in (\d+\.\d+) s", result.stdout).group(1))
-        times[name] = {"wall": wall, "inference": inference}
-    return times
+    launchers = {"1 process": [sys.executable],
+                 "torchrun, 2 processes": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                           "--nproc_per_node", "2"]}
+    runs: dict[str, list[dict]] = {name: [] for name in launchers}
+    for _ in range(repeats):
+        for name, launcher in launchers.items():
+            with tempfile.TemporaryDirectory() as out:
+                start = time.perf_counter()
+                result = subprocess.run([*launcher, *base, "-o", out], check=True, env=env, capture_output=True,
+                                        text=True)
+                wall = time.perf_counter() - start
+            # the summary's time: reading, predicting and writing (the slowest rank), without start-up and loading
+            runs[name].append({"wall": wall, "inference": float(re.search(r"in (\d+\.\d+) s", result.stdout).group(1))})
+    return {name: {key: float(np.median([run[key] for run in launched])) for key in ("wall", "inference")}
+            | {"inference_runs": [run["inference"] for run in launched]} for name, launched in runs.items()}
 
 
 def read_log(path: Path) -> tuple[dict, dict[str, dict[str, dict]], dict[int, dict]]:
@@ -321,6 +328,10 @@ def read_log(path: Path) -> tuple[dict, dict[str, dict[str, dict]], dict[int, di
 
 def read_command(path: Path) -> str:
     return next(line.partition(" ")[2] for line in path.read_text().splitlines() if line.startswith("command "))
+
+
+def _seconds(launch: dict) -> str:
+    return ", ".join(f"{t:.1f}" for t in launch["inference_runs"]) + " s"
 
 
 def report(
@@ -416,7 +427,9 @@ def report(
             "photographs",
             "",
             "Inference time: what `medseg infer` reports (reading, predicting, writing; the slowest rank), without "
-            "the interpreter's start-up and the model's loading, which the wall time includes.",
+            "the interpreter's start-up and the model's loading, which the wall time includes. Each launch ran "
+            f"{len(one['inference_runs'])} times, the two taking turns; the table gives the medians "
+            f"(every run's inference time: 1 process {_seconds(one)}, 2 processes {_seconds(two)}).",
             "",
             "| launch | wall (s) | inference (s) | throughput vs 1 process (inference) | (wall) |",
             "|---|---:|---:|---:|---:|",
