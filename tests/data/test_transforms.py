@@ -87,18 +87,27 @@ def test_scale_jitter_zooms_some_patches_and_keeps_labels_binary(record):
         assert set(patch["mask"].unique().tolist()) <= {0.0, 1.0}
 
 
-def test_acquisition_jitter_blurs_or_noises_some_image_patches_and_leaves_labels_as_drawn(record):
-    def patches(acquisition_jitter: bool) -> list[dict]:
+def _patches_with_and_without(record: dict, jitter: str) -> tuple[list[dict], list[dict]]:
+    """16 standardised training patches of ``record`` without and with one jitter (a ``vessel_transforms``
+    flag), from the same random state: the same crops, flips and rotations either way."""
+
+    def patches(on: bool) -> list[dict]:
         chain = vessel_transforms("train", patch_size=(32, 32), num_samples=16, normalization="standardize",
-                                  intensity_jitter=False, acquisition_jitter=acquisition_jitter)
-        chain.set_random_state(seed=0)  # the same crops, flips and rotations either way
+                                  intensity_jitter=False, **{jitter: on})
+        chain.set_random_state(seed=0)
         return chain(record)
 
     plain, altered = patches(False), patches(True)
     changed = [not torch.equal(a["image"], p["image"]) for a, p in zip(altered, plain)]
-    assert any(changed) and not all(changed)
+    assert any(changed) and not all(changed), f"{jitter} should alter some patches, not all"
     for a, p in zip(altered, plain):
         assert torch.equal(a["label"], p["label"]) and torch.equal(a["mask"], p["mask"])
+    return plain, altered
+
+
+def test_acquisition_jitter_blurs_or_noises_some_image_patches_and_leaves_labels_as_drawn(record):
+    plain, altered = _patches_with_and_without(record, "acquisition_jitter")
+    for a, p in zip(altered, plain):
         # blur and zero-mean noise move intensities about, not the patch's brightness
         assert abs(float(a["image"].mean() - p["image"].mean())) < 0.05
 
@@ -169,17 +178,8 @@ def test_photographs_are_brought_to_the_training_fov_width(record):
 
 
 def test_random_convolution_restyles_some_image_patches_and_leaves_labels_as_drawn(record):
-    def patches(random_convolution: bool) -> list[dict]:
-        chain = vessel_transforms("train", patch_size=(32, 32), num_samples=16, normalization="standardize",
-                                  intensity_jitter=False, random_convolution=random_convolution)
-        chain.set_random_state(seed=0)  # the same crops, flips and rotations either way
-        return chain(record)
-
-    plain, restyled = patches(False), patches(True)
-    changed = [not torch.equal(r["image"], p["image"]) for r, p in zip(restyled, plain)]
-    assert any(changed) and not all(changed)
+    plain, restyled = _patches_with_and_without(record, "random_convolution")
     for r, p in zip(restyled, plain):
-        assert torch.equal(r["label"], p["label"]) and torch.equal(r["mask"], p["mask"])
         assert r["image"].shape == p["image"].shape and r["image"].dtype == torch.float32
 
 
