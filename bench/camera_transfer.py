@@ -16,7 +16,7 @@ Row `preset` is the shipped recipe: member 0 (seed 0) of the shipped `drive_vess
 `models/model.pt`, trained for the same budget on one core while member 1 trained on the other. The budget is
 wall-clock time, so a row's steps depend on the machine and on what shared it: row `preset_retrained` trains the
 shipped recipe again on one core while a candidate trains on the other, the fair reference for that candidate: a
-day's candidates are chosen among only beside it.
+day's candidates are chosen from only when it trained that day too.
 
     OMP_NUM_THREADS=1 taskset -c 0 python bench/camera_transfer.py run preset_retrained --seed 0 &
     OMP_NUM_THREADS=1 taskset -c 1 python bench/camera_transfer.py run all_jitter --seed 0
