@@ -139,7 +139,10 @@ def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
         subprocess.run(medseg_command(*args), cwd=REPO, check=True)
         weights = [member / "checkpoints" / "model.pt" for member in member_dirs(row, out)]
         # the steps of each network, from the MLflow run that wrote the weights
-        counts = training_record(weights, f"sqlite:///{(out / 'mlflow.db').resolve()}", Path(row.bundle).name)["steps"]
+        training = training_record(weights, f"sqlite:///{(out / 'mlflow.db').resolve()}", Path(row.bundle).name)
+        if training is None:
+            raise SystemExit(f"{out}: no MLflow run of the training that wrote {weights[0]}")
+        counts = training["steps"]
         result.update(train_command=shell(args), train_wall_s=time.perf_counter() - start,
                       steps=counts[0] if row.members == 1 else counts)
     else:
