@@ -81,8 +81,10 @@ def camera_table(bundles: list[Path]) -> str:
         f"Scored on {datetime.date.today()} ({platform.machine()}, torch {torch.__version__}) by "
         "`python bench/bundle_results.py`, each cell "
         "`medseg evaluate BUNDLE --images DIR --labels DIR [--masks DIR]` (LES-AV labels: `--label-positive 1 2 3 "
-        "4`): the shipped weights through the inference path of `medseg infer` (`--scale auto`), pooled inside "
-        "the given or the estimated FOV, threshold 0.5. No test photograph of either dataset was trained on.",
+        "4`): the shipped weights through the inference path of `medseg infer` (`--scale auto`; probabilities of a "
+        "shrunk photograph resampled back with their edges eroded where the bundle's `upsampled_edge_erosion` is "
+        "on: the DRIVE bundles), pooled inside the given or the estimated FOV, threshold 0.5. No test photograph of "
+        "either dataset was trained on.",
         "",
         *lines,
     ])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from monai.networks.nets import BasicUNet
 
+from medseg.data import multi_camera_records
 from medseg.engines.workflow import bundle_workflow, parse_overrides
 from medseg.networks import Ensemble, U2NetLite, UNet
 
@@ -28,6 +29,7 @@ def _load_bench(name: str):
 
 ablation = _load_bench("drive_ablation")
 acquisition_shift = _load_bench("acquisition_shift")
+upsampled_edges = _load_bench("upsampled_edges")
 
 
 def _parser(config: str, row):
@@ -172,3 +174,15 @@ def test_the_camera_tables_of_readme_and_bundle_docs_are_the_measured_file():
     for docs in [REPO / "README.md", *(bundle / "docs" / "README.md" for bundle in fundus)]:
         assert _block(docs.read_text(), bundle_results.CAMERA_BLOCK) == measured, docs
     assert {f"`{bundle.name}`" for bundle in fundus} <= set(re.findall(r"^\| (`\w+`) \|", measured, re.M))
+
+
+@pytest.mark.parametrize("bundle", ["drive_vessel_unet", "fundus_vessel_unet"])
+def test_upsampled_edge_erosion_is_chosen_on_photographs_neither_trained_on_nor_tested(bundle, drive_root, les_av_root):
+    _, records = upsampled_edges.validation_photographs(REPO / "bundles" / bundle, les_av_root.parent)
+    images = {record["image"] for record in records}
+    assert images and all("/LES-AV/training/" in image for image in images)
+    if bundle == "fundus_vessel_unet":  # trained on LES-AV training photographs but for the held-out ones
+        trained, _ = multi_camera_records(drive_root, les_av_root, seed=0)
+        assert len(images) == 2 and not images & {record["image"] for record in trained}
+    else:
+        assert len(images) == 11

@@ -22,7 +22,7 @@ from medseg.inference.predict import TTA_MODES
 DEFAULTS = InferenceSettings()
 # the settings a flag of the same name overrides
 OVERRIDABLE = ("sw_overlap", "sw_batch_size", "mode", "threshold", "normalization", "tta", "precision", "fov",
-               "scale", "slice_axis")
+               "scale", "upsampled_edge_erosion", "slice_axis")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--scale",
         help="fundus models: auto (to the training FOV width) | none | a resampling FACTOR; "
         f"other models are never rescaled (default {DEFAULTS.scale})",
+    )
+    parser.add_argument(
+        "--upsampled-edge-erosion",
+        action=argparse.BooleanOptionalAction,
+        help="fundus models whose training labels mark every pixel a vessel touches: after --scale shrank a "
+        "photograph by F, erode the probabilities resampled back by (1/F - 1)/2 of its pixels, so vessels keep "
+        "their width at its resolution (default: the bundle's, else off)",
     )
     parser.add_argument(
         "--fundus-width",

@@ -225,6 +225,7 @@ def predict_image(
         slice_axis=settings.slice_axis,
         scale=settings.scale if fundus and settings.scale != "none" else None,
         training_fov_width=settings.training_fov_width,
+        upsampled_edge_erosion=settings.upsampled_edge_erosion,
         fov_mask=fov_mask,
         progress=progress and windows > _WINDOWS_FOR_PROGRESS,
     )

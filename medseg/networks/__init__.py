@@ -17,13 +17,14 @@ from medseg.networks.ensemble import (
     ensemble_override,
     ensemble_size,
     ensemble_state_dict,
+    member_state_dict,
 )
 from medseg.networks.u2net import U2Net, U2NetLite
 from medseg.networks.unet import UNet
 
 __all__ = [
     "NETWORKS", "BackboneUNet", "Ensemble", "IncompatibleMember", "U2Net", "U2NetLite", "UNet", "ensemble_of",
-    "ensemble_override", "ensemble_size", "ensemble_state_dict", "get_network",
+    "ensemble_override", "ensemble_size", "ensemble_state_dict", "get_network", "member_state_dict",
 ]
 
 NETWORKS: dict[str, type[nn.Module]] = {

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 __all__ = [
     "Ensemble", "IncompatibleMember", "ensemble_of", "ensemble_override", "ensemble_size", "ensemble_state_dict",
+    "member_state_dict",
 ]
 
 _MEMBER_KEY = re.compile(r"members\.\d+\.")
@@ -90,6 +91,16 @@ def ensemble_state_dict(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[
             raise IncompatibleMember(k, f"not the same network as the first member's weights ({different[0]} "
                                         f"differs{f' and {len(different) - 1} more' if len(different) > 1 else ''})")
     return {f"members.{k}.{name}": value for k, state in enumerate(state_dicts) for name, value in state.items()}
+
+
+def member_state_dict(state_dict: Mapping[str, torch.Tensor], member: int) -> dict[str, torch.Tensor]:
+    """The weights of member ``member`` of an ensemble's ``state_dict``, as those of a single network (the inverse of
+    :func:`ensemble_state_dict`)."""
+    size = ensemble_size(state_dict)
+    if size == 1 or not 0 <= member < size:
+        raise ValueError(f"no member {member} in weights of {size} network{'s' if size > 1 else ''}")
+    prefix = f"members.{member}."
+    return {name[len(prefix):]: value for name, value in state_dict.items() if name.startswith(prefix)}
 
 
 def ensemble_override(

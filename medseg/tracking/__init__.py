@@ -167,15 +167,17 @@ def machine_description() -> str:
 
 
 def _command_line() -> str:
-    program = Path(sys.argv[0])
-    if program.name == "medseg" or program.parent.name == "medseg":  # `python -m medseg` is the console script
+    """The command that started this process, as its user typed it: ``medseg ...`` (the console script or
+    ``python -m medseg``), ``python -m MODULE ...`` (the module ``-m`` ran, e.g. ``monai.bundle``) or
+    ``python SCRIPT ...``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set when python -m ran a module
+    module = spec.name.removesuffix(".__main__") if spec is not None else None
+    if module == "medseg" or (module is None and Path(sys.argv[0]).name == "medseg"):
         name = ["medseg"]
-    elif program.name == "__main__.py":  # python -m monai.bundle runs monai/bundle/__main__.py
-        package = program.parent
-        module = package.name if package.parent.name.endswith("-packages") else f"{package.parent.name}.{package.name}"
+    elif module is not None:
         name = ["python", "-m", module]
     else:
-        name = ["python", program.name]
+        name = ["python", Path(sys.argv[0]).name]
     return shlex.join([*name, *sys.argv[1:]])
 
 

@@ -238,16 +238,23 @@ def test_two_inputs_with_one_name_do_not_share_an_output(checkpoint, tmp_path, c
     assert f"{tmp_path / 'second' / 'a.png'}: output" in capsys.readouterr().err
 
 
+def sharp_network() -> UNet:
+    """A network whose probabilities lie far apart from pixel to pixel (its last convolution scaled by 50), so that
+    what moves them differs by far more than float16 rounding."""
+    torch.manual_seed(0)
+    network = UNet(**NETWORK_KWARGS).eval()
+    with torch.no_grad():
+        [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(50)
+    return network
+
+
 @pytest.mark.parametrize(
     ("tta", "mode"), [([], "none"), (["--tta"], "flips"), (["--tta", "dihedral"], "dihedral"), (["--tta", "none"], "none")]
 )
 def test_tta_option_names_the_views_a_bare_flag_meaning_flips(tmp_path, tta, mode):
     from medseg.inference import predict, read_image
 
-    torch.manual_seed(0)
-    network = UNet(**NETWORK_KWARGS).eval()
-    with torch.no_grad():  # sharper logits, so that the views' averages differ by far more than float16 rounding
-        [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.mul_(50)
+    network = sharp_network()
     checkpoint = tmp_path / "sharp.pt"
     torch.save({"network": network.state_dict()}, checkpoint)
     image = write_png(tmp_path / "a.png", 3, size=(64, 64))
@@ -267,3 +274,22 @@ def test_the_log_says_which_precision_auto_chose(checkpoint, tmp_path, capsys):
     assert main(["infer", *checkpoint_args(checkpoint), str(image), "-o", str(tmp_path / "out32"),
                  "--precision", "float32"]) == 0
     assert "INFO: inference in float32 on cpu" in capsys.readouterr().err
+
+
+def test_upsampled_edge_erosion_flag_erodes_what_a_shrunk_photograph_gives_back(tmp_path):
+    from medseg.inference.predict import erode
+
+    checkpoint = tmp_path / "sharp.pt"
+    torch.save({"network": sharp_network().state_dict()}, checkpoint)
+    image = write_png(tmp_path / "a.png", 4, size=(64, 64))
+    # a fundus model trained at 32 pixels: the 64-pixel photograph (no dark surround: its FOV is all of it) is
+    # shrunk by 0.5, its probabilities resampled back and, with the flag, eroded by (1 / 0.5 - 1) / 2 pixels
+    fundus = [*checkpoint_args(checkpoint), str(image), "--fundus-width", "32", "--fov", "none", "--save-prob",
+              "float16"]
+    plain, eroded = tmp_path / "plain", tmp_path / "eroded"
+    assert main(["infer", *fundus, "-o", str(plain), "--no-upsampled-edge-erosion"]) == 0
+    assert main(["infer", *fundus, "-o", str(eroded), "--upsampled-edge-erosion"]) == 0
+    plain_probs, eroded_probs = (torch.from_numpy(np.load(folder / "a_prob.npy").astype(np.float32))
+                                 for folder in (plain, eroded))
+    torch.testing.assert_close(eroded_probs, erode(plain_probs, 0.5), atol=2e-3, rtol=0)
+    assert (eroded_probs < plain_probs - 0.01).any()

@@ -8,6 +8,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medseg.inference import fundus_scale, predict, resolve_precision
+from medseg.inference.predict import erode
 from medseg.networks import UNet
 
 
@@ -159,6 +160,50 @@ def test_auto_scale_resamples_to_the_training_width(image):
     probs = predict(RecordingNet(), image, roi_size=(-1, -1), scale="auto", training_fov_width=45, fov_mask=fov)
     assert probs.shape == (1, 70, 90)
     assert seen_sizes == [(35, 45)]  # roi -1 means the whole (resampled) image in one window
+
+
+def test_erosion_moves_a_smooth_edge_inward_by_its_radius_and_raises_nothing():
+    columns = torch.arange(60, dtype=torch.float32)
+    ramp = ((columns - 30) / 8 + 0.5).clamp(0, 1).expand(2, 40, 60)  # rises along x, 0.5 at x = 30
+    for radius in (0.4, 1.5, 2.7):
+        eroded = erode(ramp, radius)
+        assert (eroded <= ramp).all()
+        torch.testing.assert_close(eroded[:, :, 10:50], ((columns[10:50] - radius - 30) / 8 + 0.5).clamp(0, 1)
+                                   .expand(2, 40, 40), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="positive"):
+        erode(ramp, 0.0)
+
+
+class _MarksTouchedPixels(torch.nn.Module):
+    """A "network" labelling as DRIVE's annotators do: vessel wherever a vessel covers any of its pixel."""
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return 1000 * (windows[:, :1] - 0.02)
+
+
+@pytest.mark.parametrize("left, width", [(30, 8), (31, 8), (29, 9), (30, 5)])
+def test_upsampled_edge_erosion_narrows_a_vessel_predicted_on_a_4x_coarser_grid(left, width):
+    image = np.zeros((1, 64, 96), np.float32)
+    image[:, :, left : left + width] = 1  # a vertical vessel
+    run = lambda **kwargs: predict(_MarksTouchedPixels(), image, roi_size=(-1, -1), normalization="none",  # noqa: E731
+                                   precision="float32", **kwargs)
+    coarse, eroded = run(scale=0.25), run(scale=0.25, upsampled_edge_erosion=True)
+    widths = [int((probs[0, 32] >= 0.5).sum()) for probs in (coarse, eroded)]
+    # a pixel of the 4x coarser grid puts each edge up to 4 pixels out, 2 on average; the erosion takes back
+    # (4 - 1) / 2 = 1.5 on each side
+    assert 2 <= widths[0] - widths[1] <= 4
+    assert widths[1] >= width
+    assert (eroded <= coarse).all()
+
+
+def test_upsampled_edge_erosion_leaves_an_image_at_its_own_scale_as_it_is(net2d, image):
+    torch.testing.assert_close(predict(net2d, image, roi_size=(32, 32), upsampled_edge_erosion=True),
+                               predict(net2d, image, roi_size=(32, 32)), atol=0, rtol=0)
+
+
+def test_upsampled_edge_erosion_needs_sigmoid_probabilities(net2d, image):
+    with pytest.raises(ValueError, match="sigmoid"):
+        predict(net2d, image, roi_size=(32, 32), scale=0.5, activation="softmax", upsampled_edge_erosion=True)
 
 
 def test_wrong_dimensions_are_reported(net2d):

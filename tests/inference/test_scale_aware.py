@@ -1,5 +1,8 @@
 """Scale-aware fundus inference with the shipped DRIVE weights: a photograph at 4x DRIVE's resolution is
-resampled to the training scale, so its probabilities match those of the native-size image."""
+resampled to the training scale, so its probabilities match those of the native-size image.
+
+The enlarged photographs are scored against DRIVE's own labels, drawn on the native grid, so the bundle's erosion
+of upsampled edges (for labels drawn at a photograph's own resolution) is left off here."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def _pooled(probability_maps: dict[str, np.ndarray], drive_root: Path) -> dict[s
 
 def _infer(images: Path, masks: Path, out: Path, scale: str) -> dict[str, np.ndarray]:
     argv = ["infer", str(BUNDLE), str(images), "--output", str(out), "--fov", str(masks), "--scale", scale,
-            "--save-prob", "float16"]
+            "--save-prob", "float16", "--no-upsampled-edge-erosion"]
     assert main(argv) == 0
     return {i: np.load(out / f"{i}_test_prob.npy").astype(np.float32)[0] for i in IDS}
 

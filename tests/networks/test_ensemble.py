@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.networks import Ensemble, IncompatibleMember, UNet, ensemble_of, ensemble_size, ensemble_state_dict
+from medseg.networks import (
+    Ensemble, IncompatibleMember, UNet, ensemble_of, ensemble_size, ensemble_state_dict, member_state_dict,
+)
 
 FEATURES = (4, 8, 16)
 
@@ -42,6 +44,19 @@ def test_the_weights_of_separately_trained_networks_load_into_an_ensemble_of_cop
     x = torch.randn(1, 3, 24, 24)
     with torch.no_grad():
         torch.testing.assert_close(ensemble(x), (members[0](x) + members[1](x)) / 2)
+
+
+def test_each_members_weights_come_back_out_of_the_ensembles():
+    members = [trained_like(seed) for seed in (0, 1)]
+    weights = ensemble_state_dict([member.state_dict() for member in members])
+    for k, member in enumerate(members):
+        alone = member_state_dict(weights, k)
+        assert alone.keys() == member.state_dict().keys()
+        assert all(torch.equal(alone[name], value) for name, value in member.state_dict().items())
+    with pytest.raises(ValueError, match="no member 2 in weights of 2 networks"):
+        member_state_dict(weights, 2)
+    with pytest.raises(ValueError, match="no member 0 in weights of 1 network"):
+        member_state_dict(members[0].state_dict(), 0)
 
 
 def test_copies_are_independent_networks():

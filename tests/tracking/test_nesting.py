@@ -4,6 +4,8 @@ training record from it."""
 from __future__ import annotations
 
 import datetime
+import subprocess
+import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -62,6 +64,19 @@ def test_a_training_run_is_tagged_with_its_machine_and_command():
     tags = run_tags("UNet", "drive")
     assert tags[MACHINE_TAG] == machine_description() and tags[MACHINE_TAG]
     assert tags[COMMAND_TAG].split()[0] in ("medseg", "python")
+
+
+def test_the_command_tag_names_the_module_python_m_ran(tmp_path):
+    package = tmp_path / "trainer"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("from medseg.tracking import run_tags, COMMAND_TAG\n"
+                                         "print(run_tags('UNet', 'drive')[COMMAND_TAG])\n")
+    (tmp_path / "script.py").write_text("import runpy\nrunpy.run_module('trainer', run_name='__main__')\n")
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True,  # noqa: E731
+                                       check=True).stdout.strip()
+    assert run("-m", "trainer", "run", "--x", "a b") == "python -m trainer run --x 'a b'"
+    assert run("script.py", "go") == "python script.py go"
 
 
 def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and_its_members(tmp_path):
