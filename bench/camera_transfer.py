@@ -65,7 +65,7 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    "preset": Row("the shipped recipe (a member of the shipped ensemble: seed 0 or 10)", shipped=True),
+    "preset": Row("the shipped recipe (the member of the shipped ensemble trained with the row's seed)", shipped=True),
     "preset_retrained": Row("the shipped recipe, retrained beside a candidate (same machine, same hours)"),
     "fov_norm": Row("+ intensity statistics inside the FOV only, the outside set to 0",
                     ("normalization=standardize_fov",)),
@@ -203,7 +203,7 @@ def table() -> str:
               + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + f" | {SETS[1][0]} Se / precision |")
     lines = [header, "|---|---|---:|---|---|---:|" + "---:|" * (len(SETS) + 1)]
     dates = set()
-    validation_f1 = {}  # {(day trained, machine): {row: mean F1 of the validation columns}}
+    validation_f1 = {}  # {(day trained, machine): {(row, seed): mean F1 of the validation columns}}
     for run in sorted(recorded_runs(), key=lambda run: (list(ROWS).index(run["row"]), run["seed"], run["trained"])):
         name, seed, trained, machine = (run[field] for field in RUN_FIELDS)
         dates |= {s["date"] for s in run.values() if isinstance(s, dict)}
@@ -215,17 +215,23 @@ def table() -> str:
                      if "precision" in other_camera else "-")
         if all(split in run for _, split, validation in SETS if validation):
             mean_f1 = sum(run[split]["f1"] for _, split, v in SETS if v) / 2
-            validation_f1.setdefault((trained, machine), {})[f"{name} (seed {seed})"] = mean_f1
+            validation_f1.setdefault((trained, machine), {})[name, seed] = mean_f1
         lines.append(f"| {name} | {ROWS[name].change} | {seed} | {trained} | {machine} | {run['steps']} | "
                      + " | ".join(cells) + " |")
     # a wall-clock budget buys steps by the machine and what shared it: rows compete with the rows trained the
     # same day on the same machine, and only where that group has its reference, preset_retrained
-    chosen = [f"{day} ({machine}): " + (f"**{max(rows, key=rows.get)}**" if any(
-                  row.startswith("preset_retrained ") for row in rows) else "nothing (no preset_retrained beside them)")
-              for (day, machine), rows in sorted(validation_f1.items())
-              if len({row.split(" (seed ")[0] for row in rows}) > 1]  # seeds of one row alone compare nothing
+    chosen = []
+    for (day, machine), scores in sorted(validation_f1.items()):
+        names = {name for name, _ in scores}
+        if len(names) < 2:
+            continue  # seeds of one row alone compare nothing
+        if "preset_retrained" in names:
+            name, seed = max(scores, key=scores.get)
+            chosen.append(f"{day} ({machine}): **{name} (seed {seed})**")
+        else:
+            chosen.append(f"{day} ({machine}): nothing (no preset_retrained beside them)")
     commands = [f"- `{name}`: " + ("weights: member k of `bundles/drive_vessel_unet/models/model.pt` (0.3.0 weights), "
-                                   "the one trained with seed 10 k" if row.shipped else
+                                   f"the one trained with seed {MEMBER_SEED_STEP} k" if row.shipped else
                                    f"`OMP_NUM_THREADS=1 taskset -c 0 {' '.join(['medseg', *train_args(name, 0)])}`")
                 for name, row in ROWS.items()]
     return "\n".join([
@@ -244,7 +250,7 @@ def table() -> str:
         "only for rows already chosen and chose nothing.",
         "- Rows `preset` (seeds 0 and 10) are the two members of the shipped ensemble, the shipped recipe's two "
         "seeds; with the erosion of upsampled edges, the inference choice measured apart on the same LES-AV "
-        "photographs, they are the final row: `bench/results/upsampled_edges.md`.",
+        "photographs (with their own FOV masks there), they are the final row: `bench/results/upsampled_edges.md`.",
         "",
         *lines,
         "",

@@ -86,8 +86,8 @@ def bundle_rows(bundle: Path) -> list[list[str]]:
                 report = evaluate_vessel_folder(model.with_settings(upsampled_edge_erosion=erosion), records,
                                                 Path(work) / "report.json", label_positive=LES_AV_LABEL_POSITIVE)
                 scores = report["threshold_0.5"]
-                shipped = " (shipped)" if erosion == model.settings.upsampled_edge_erosion else ""
-                rows.append([name, described, ("on" if erosion else "off") + shipped,
+                bundles = " (the bundle's)" if erosion == model.settings.upsampled_edge_erosion else ""
+                rows.append([name, described, ("on" if erosion else "off") + bundles,
                              *(f"{scores[metric]:.4f}" for metric in METRICS)])
                 print(f"{name}, erosion {erosion}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
@@ -104,8 +104,10 @@ def main() -> None:
         "",
         f"- Date: {datetime.date.today()}. Machine: {machine_description()}, torch {torch.__version__}.",
         f"- Command: `python bench/upsampled_edges.py {' '.join(str(b) for b in args.bundles)}`",
-        "- Each row: the shipped weights through `medseg.engines.evaluate_vessel_folder` (float32, `--scale auto`, "
-        "LES-AV's own FOV masks), pooled over the photographs, threshold 0.5. No test photograph is scored here.",
+        "- Each row: the shipped weights, or one member of the shipped ensemble alone, through "
+        "`medseg.engines.evaluate_vessel_folder` (float32, `--scale auto`, LES-AV's own FOV masks), pooled over the "
+        "photographs, threshold 0.5; \"the bundle's\": the setting of its `configs/inference.yaml`. No test "
+        "photograph is scored here.",
         "",
         "| " + " | ".join(header) + " |",
         "|---|---|---|" + "---:|" * (len(header) - 3),

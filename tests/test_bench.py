@@ -182,7 +182,10 @@ def test_upsampled_edge_erosion_is_chosen_on_photographs_neither_trained_on_nor_
     images = {record["image"] for record in records}
     assert images and all("/LES-AV/training/" in image for image in images)
     if bundle == "fundus_vessel_unet":  # trained on LES-AV training photographs but for the held-out ones
-        trained, _ = multi_camera_records(drive_root, les_av_root, seed=0)
+        train = bundle_workflow(REPO / "bundles" / bundle, "train").parser
+        trained, _ = multi_camera_records(drive_root, les_av_root, val_drive=train["val_images"],
+                                          val_les_av=train["val_images_les_av"],
+                                          seed=train.get_parsed_content("split_seed"))
         assert len(images) == 2 and not images & {record["image"] for record in trained}
     else:
         assert len(images) == 11

@@ -89,9 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--upsampled-edge-erosion",
         action=argparse.BooleanOptionalAction,
-        help="fundus models whose training labels mark every pixel a vessel touches: after --scale shrank a "
-        "photograph by F, erode the probabilities resampled back by (1/F - 1)/2 of its pixels, so vessels keep "
-        "their width at its resolution (default: the bundle's, else off)",
+        help="after --scale shrank a photograph by F, erode the probabilities resampled back by (1/F - 1)/2 of its "
+        "pixels, for networks whose training labels mark every pixel a vessel touches (default: the bundle's, else "
+        f"{'on' if DEFAULTS.upsampled_edge_erosion else 'off'})",
     )
     parser.add_argument(
         "--fundus-width",

@@ -51,7 +51,8 @@ AUTO_SCALE_TOLERANCE = 0.1
 # The erosion of upsampled edges samples its disc's circle in this many directions: an edge between two of them
 # moves by at least cos(22.5 degrees) = 0.92 of the radius.
 _EROSION_DIRECTIONS = 8
-# ... and works through the map in strips of this many rows, so that its temporaries stay small on huge images.
+# ... and works through the map in strips of this many rows: besides its padded copy and its result, it holds
+# temporaries of one strip only.
 _EROSION_ROWS = 1024
 
 # Intensity statistics are summed over chunks of about this many elements, so a large uint8 image is never
@@ -150,8 +151,6 @@ def predict(
     network_dims = len(roi_size)
     image_dims = image.ndim - 1
     sliced = image_dims == network_dims + 1 and network_dims == 2
-    if upsampled_edge_erosion and activation != "sigmoid":
-        raise ValueError(f"upsampled_edge_erosion erodes sigmoid probabilities, not {activation} outputs")
     if image_dims != network_dims and not sliced:
         raise ValueError(
             f"a {network_dims}D roi_size {roi_size} needs a channel-first image with {network_dims} spatial "
@@ -166,6 +165,10 @@ def predict(
     if fov is None and needs_fov and image.ndim == 3 and not sliced:
         fov = _estimated_fov(image)  # once, for the scale and the FOV statistics
     factor = _resolve_scale(image, scale, training_fov_width, fov)
+    erode_edges = upsampled_edge_erosion and factor < 1.0
+    if erode_edges and (activation != "sigmoid" or image.ndim != 3):
+        raise ValueError("upsampled_edge_erosion erodes the sigmoid probabilities of 2D images, "
+                         f"not {activation} outputs of shape {tuple(image.shape)}")
     if factor != 1.0:
         image = _resample(image.to(torch.float32), [round(s * factor) for s in spatial_shape])
     if normalization == "standardize_fov":
@@ -207,7 +210,7 @@ def predict(
         probs = probs.movedim(-1, 1 + slice_axis % 3)
     if factor != 1.0:
         probs = _resample(probs, list(spatial_shape))
-        if upsampled_edge_erosion and factor < 1.0:
+        if erode_edges:
             probs = erode(probs, (1.0 / factor - 1.0) / 2)
         probs = probs.to(accumulate_dtype)
     if fov_mask is not None:

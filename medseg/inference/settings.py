@@ -36,8 +36,7 @@ class InferenceSettings:
     fov: str | None = None
     # fundus models: "auto" (to the training FOV width), "none" or a resampling factor
     scale: str | float = "auto"
-    # fundus models whose training labels mark every pixel a vessel touches: thin the edges of probabilities
-    # resampled up from a shrunk photograph to its own pixels (predict's upsampled_edge_erosion)
+    # erode the edges of probabilities resampled up from a shrunk photograph (why: predict's docstring)
     upsampled_edge_erosion: bool = False
     slice_axis: int = 2  # the spatial axis a 2D network slices a volume along
     fundus: bool = False

@@ -74,6 +74,15 @@ def test_inference_settings_are_the_training_ids(bundle):
     assert settings.fundus == metadata.get("medseg", {}).get("fundus", False)
 
 
+@pytest.mark.parametrize(("name", "erodes"), [("drive_vessel_unet", True), ("drive_vessel_u2net", True),
+                                              ("fundus_vessel_unet", False)])
+def test_only_networks_trained_on_drives_labels_alone_erode_upsampled_edges(name, erodes):
+    # DRIVE's labels mark every pixel a vessel touches; fundus_vessel_unet also learned LES-AV's labels shrunk at
+    # half coverage (bench/results/upsampled_edges.md)
+    with contextlib.chdir(BUNDLES / name):
+        assert parsed(BUNDLES / name).get_parsed_content("inference_settings").upsampled_edge_erosion is erodes
+
+
 def test_drive_metadata_holds_facts_not_hyper_parameters():
     metadata = json.loads((DRIVE_BUNDLE / "configs" / "metadata.json").read_text())
     assert metadata["medseg"].keys() == {"fundus", "training_fov_width", "validation_threshold", "training"}

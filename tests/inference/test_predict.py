@@ -196,14 +196,24 @@ def test_upsampled_edge_erosion_narrows_a_vessel_predicted_on_a_4x_coarser_grid(
     assert (eroded <= coarse).all()
 
 
-def test_upsampled_edge_erosion_leaves_an_image_at_its_own_scale_as_it_is(net2d, image):
-    torch.testing.assert_close(predict(net2d, image, roi_size=(32, 32), upsampled_edge_erosion=True),
-                               predict(net2d, image, roi_size=(32, 32)), atol=0, rtol=0)
+@pytest.mark.parametrize("scale", [None, 1.0, 2.0])
+def test_upsampled_edge_erosion_leaves_an_image_not_shrunk_as_it_is(net2d, image, scale):
+    torch.testing.assert_close(predict(net2d, image, roi_size=(32, 32), scale=scale, upsampled_edge_erosion=True),
+                               predict(net2d, image, roi_size=(32, 32), scale=scale), atol=0, rtol=0)
 
 
-def test_upsampled_edge_erosion_needs_sigmoid_probabilities(net2d, image):
+def test_upsampled_edge_erosion_refuses_what_it_cannot_erode_before_any_window_runs(net2d, image):
+    class MustNotRun(torch.nn.Module):
+        def forward(self, windows: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the network ran")
+
     with pytest.raises(ValueError, match="sigmoid"):
-        predict(net2d, image, roi_size=(32, 32), scale=0.5, activation="softmax", upsampled_edge_erosion=True)
+        predict(MustNotRun(), image, roi_size=(32, 32), scale=0.5, activation="softmax", upsampled_edge_erosion=True)
+    volume = np.zeros((3, 40, 40, 6), dtype=np.uint8)  # a 2D network slice by slice
+    with pytest.raises(ValueError, match="2D images"):
+        predict(MustNotRun(), volume, roi_size=(32, 32), scale=0.5, upsampled_edge_erosion=True)
+    # no shrinking, nothing to erode: a softmax network runs as usual
+    assert predict(net2d, image, roi_size=(32, 32), activation="softmax", upsampled_edge_erosion=True).shape[0] == 1
 
 
 def test_wrong_dimensions_are_reported(net2d):

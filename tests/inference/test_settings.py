@@ -30,7 +30,7 @@ def test_predict_defaults_are_the_settings_defaults():
 
 
 @pytest.mark.parametrize("name", ["sw_overlap", "sw_batch_size", "mode", "threshold", "normalization", "tta",
-                                  "precision", "fov", "scale", "slice_axis"])
+                                  "precision", "fov", "scale", "upsampled_edge_erosion", "slice_axis"])
 def test_each_setting_the_command_line_changes_has_a_flag_of_its_own_name(name):
     flags = infer_flags()
     assert name in flags, f"medseg infer has no --{name.replace('_', '-')}"
