@@ -13,11 +13,11 @@ of `medseg infer`, `--scale auto`, the FOV estimated since no mask is given). Te
     python bench/camera_transfer.py table > bench/results/camera_transfer.md
 
 Row `preset` is the shipped recipe: a member of the shipped `drive_vessel_unet` ensemble taken out of
-`models/model.pt`, `--seed 0` member 0 and `--seed 10` member 1 (its two seeds), each trained for the same budget on
-one core while the other trained on the other core. The budget is
-wall-clock time, so a row's steps depend on the machine and on what shared it: row `preset_retrained` trains the
-shipped recipe again on one core while a candidate trains on the other, the fair reference for that candidate: a
-day's candidates are chosen from only when it trained that day too.
+`models/model.pt`, `--seed 0` member 0 and `--seed 10` member 1 (its two seeds), each trained for the same budget
+on one core while the other trained on the other core. The budget is wall-clock time, so a row's steps depend on
+the machine and on what shared it: row `preset_retrained` trains the shipped recipe again on one core while a
+candidate trains on the other, the fair reference for that candidate: a day's candidates are chosen from only when
+it trained that day too.
 
     OMP_NUM_THREADS=1 taskset -c 0 python bench/camera_transfer.py run preset_retrained --seed 0 &
     OMP_NUM_THREADS=1 taskset -c 1 python bench/camera_transfer.py run all_jitter --seed 0
