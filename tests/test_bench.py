@@ -30,6 +30,7 @@ def _load_bench(name: str):
 ablation = _load_bench("drive_ablation")
 acquisition_shift = _load_bench("acquisition_shift")
 upsampled_edges = _load_bench("upsampled_edges")
+inference_bench = _load_bench("inference")
 
 
 def _parser(config: str, row):
@@ -189,3 +190,20 @@ def test_upsampled_edge_erosion_is_chosen_on_photographs_neither_trained_on_nor_
         assert len(images) == 2 and not images & {record["image"] for record in trained}
     else:
         assert len(images) == 11
+
+
+def test_the_inference_report_bounds_each_row_by_its_flops_at_the_one_thread_bf16_peak():
+    peaks = {"float32": 90.0, "bfloat16": 200.0}  # a log from before the all-core peaks were measured
+    previous = {"case": "drive", "method": "previous", "precision": "float32", "sw_batch_size": 16, "wall_s": 150.0,
+                "gflop": 10000.0, "peak_rss_mib": 1000.0, "vs_previous": 1.0, "vs_monai": float("nan"),
+                "agreement": 1.0}
+    previous["ceiling"] = inference_bench.ceiling_vs_previous(previous, previous, peaks)
+    assert previous["ceiling"] == pytest.approx(3.0)  # 10000 GFLOP at 200 GFLOP/s: 50 s, against 150 s
+
+    text = inference_bench.report([previous], peaks, {}, [], None, "python bench/inference.py")
+    row = next(line for line in text.splitlines() if line.startswith("| DRIVE test"))
+    assert "| 1.00x | 3.00x | - |" in row  # speed vs previous, its ceiling, vs monai (not measured)
+    assert "threads: fp32" not in text
+    all_cores = inference_bench.report([previous], {**peaks, "float32_all_cores": 180.0, "bfloat16_all_cores": 400.0},
+                                       {}, [], None, "python bench/inference.py")
+    assert "fp32 180, bf16 400)" in all_cores
