@@ -190,7 +190,7 @@ def training_facts(name: str, seed: int) -> dict:
         steps = training["steps"][shipped_member(seed)]
     else:
         out = row_dir(name, seed)
-        training = training_record([weights(name, seed)], f"sqlite:///{out / 'mlflow.db'}", BUNDLE.name)
+        training = training_record([weights(name, seed)], f"sqlite:///{out / 'mlflow.db'}")
         if training is None:
             raise SystemExit(f"{out}: no MLflow run of the training that wrote {weights(name, seed)}")
         (steps,) = training["steps"]

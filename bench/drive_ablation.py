@@ -139,7 +139,7 @@ def run_row(name: str, minutes: float, seed: int, root: Path) -> dict:
         subprocess.run(medseg_command(*args), cwd=REPO, check=True)
         weights = [member / "checkpoints" / "model.pt" for member in member_dirs(row, out)]
         # the steps of each network, from the MLflow run that wrote the weights
-        training = training_record(weights, f"sqlite:///{(out / 'mlflow.db').resolve()}", Path(row.bundle).name)
+        training = training_record(weights, f"sqlite:///{(out / 'mlflow.db').resolve()}")
         if training is None:
             raise SystemExit(f"{out}: no MLflow run of the training that wrote {weights[0]}")
         counts = training["steps"]

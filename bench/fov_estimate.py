@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medseg.inference import estimate_fov, fov_width
+from medseg.fundus import estimate_fov, fov_width
 
 
 def photographs(data: Path) -> dict[str, list[tuple[Path, Path]]]:
@@ -76,7 +76,7 @@ def main() -> None:
         "",
         f"- Date: {datetime.date.today()}. Machine: {platform.machine()}, Python {platform.python_version()}.",
         "- Command: `python bench/fov_estimate.py --data ../shared/data > bench/results/fov_estimate.md`",
-        "- Method (`medseg.inference.estimate_fov`): on a thumbnail of the brightest channel, the pixels above the "
+        "- Method (`medseg.fundus.estimate_fov`): on a thumbnail of the brightest channel, the pixels above the "
         "dark background's own level (its median plus 5 robust standard deviations, at most a tenth of the "
         "retina's brightness), the largest component, holes filled, closed to its convex hull, grown by one "
         "thumbnail pixel. Its width is the horizontal extent, or, for a disc clipped at the left or right of the frame, "

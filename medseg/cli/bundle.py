@@ -212,7 +212,7 @@ def _ship(args: argparse.Namespace) -> int:
         report = json.loads(report_path.read_text())
         meta["eval_metrics"] = eval_metrics_from_report(report)
         tracking_uri = args.tracking_uri or default_tracking_uri()
-        record = training_record(args.checkpoints, tracking_uri, plan.experiment_name)
+        record = training_record(args.checkpoints, tracking_uri)
         if record is None:  # the record of the weights replaced would describe weights no longer shipped
             meta.get("medseg", {}).pop("training", None)
             print(f"no training run of {shipped} in {tracking_uri}: the metadata keeps no training record")
@@ -232,7 +232,7 @@ def _ship(args: argparse.Namespace) -> int:
 
         version = ship_run(bundle, meta["eval_metrics"], report_path, tracking_uri,
                            {key: value for key, value in bundle_overrides(args).items() if key != "output_dir"},
-                           source_tags=source_run_tags(args.checkpoints, tracking_uri, plan.experiment_name))
+                           source_tags=source_run_tags(args.checkpoints, tracking_uri))
     except (MlflowException, OSError) as err:  # the bundle is shipped; only its registration failed
         raise CLIError(f"{bundle.name} shipped, but registering it in {tracking_uri} failed: {err}") from None
     print(f"registered in the MLflow Model Registry as models:/{version.name}/{version.version} ({tracking_uri})")

@@ -1,4 +1,5 @@
-"""Datasets (DRIVE, CamVid, synthetic retina and volumes), their validation, and MONAI transform chains.
+"""Datasets (DRIVE, LES-AV, CamVid, labelled vessel folders, synthetic retina and volumes), their validation, and
+MONAI transform chains. Fundus geometry and appearance (FOV, scale, contrast) come from :mod:`medseg.fundus`.
 
 The transform chains (``medseg.data.transforms``) are imported on first use, so that ``medseg data check``
 and code that only needs :class:`DatasetError` do not pay for importing MONAI's transforms.
@@ -10,7 +11,7 @@ import importlib
 
 from medseg.data.camvid import CLASS_NAMES, IGNORE_INDEX, PALETTE, camvid_records, class_frequencies, validate_camvid
 from medseg.data.drive import drive_records, read_binary, split_validation, validate_drive
-from medseg.data.files import DatasetError, as_stored_image, read_pixels
+from medseg.data.files import DatasetError, as_stored_image, read_photograph, read_pixels
 from medseg.data.vessel_folders import (
     LABEL_POSITIVE,
     LES_AV_LABEL_POSITIVE,
@@ -40,7 +41,6 @@ __all__ = [
     "camvid_transforms",
     "class_frequencies",
     "drive_records",
-    "equalize_local_contrast",
     "les_av_records",
     "multi_camera_records",
     "read_binary",
@@ -55,6 +55,7 @@ __all__ = [
     "vessel_folder_records",
     "cached_dataset",
     "pil_reader",
+    "read_photograph",
     "read_pixels",
     "as_stored_image",
     "vessel_transforms",
@@ -65,7 +66,7 @@ __all__ = [
 _LAZY = {
     name: "medseg.data.transforms"
     for name in (
-        "RandConvolutiond", "cached_dataset", "camvid_transforms", "equalize_local_contrast", "pil_reader",
+        "RandConvolutiond", "cached_dataset", "camvid_transforms", "pil_reader",
         "vessel_transforms",
     )
 }

@@ -56,14 +56,33 @@ def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
     the stored values, which for palette images are the raw palette indices (label maps). Unreadable, corrupt or
     truncated files raise :class:`DatasetError` naming the file.
     """
+
+    def convert(image: Image.Image) -> np.ndarray:
+        if mode == "image":
+            return np.array(as_stored_image(image))
+        return np.array(image if mode is None or image.mode == mode else image.convert(mode))
+
+    return _decoded(path, convert)
+
+
+def read_photograph(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pixels of an image file as :func:`read_pixels` with ``mode="image"`` gives them, (H, W[, 3]), and its
+    alpha channel (H, W) where the file has one (RGBA, LA, PA), else ``None``."""
+
+    def split(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        alpha = np.array(image.getchannel("A")) if "A" in image.getbands() else None
+        return np.array(as_stored_image(image)), alpha
+
+    return _decoded(path, split)
+
+
+def _decoded(path: Path, convert: Callable[[Image.Image], T]) -> T:
+    """``convert`` of the fully decoded image at ``path``; unreadable, corrupt or truncated files raise
+    :class:`DatasetError` naming the file."""
     try:
         with Image.open(path) as image:
             image.load()  # decodes all pixel data, so truncation is detected here rather than later
-            if mode == "image":
-                image = as_stored_image(image)
-            elif mode is not None and image.mode != mode:
-                image = image.convert(mode)
-            return np.array(image)
+            return convert(image)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except UnidentifiedImageError:  # its message repeats the path

@@ -50,7 +50,7 @@ from PIL import Image
 
 from medseg.data.files import as_stored_image
 from medseg.data.vessel_folders import LABEL_POSITIVE
-from skimage.exposure import equalize_adapthist
+from medseg.fundus import equalize_local_contrast, fundus_scale, resample, standardize_inside_fov
 
 PHASES = ("train", "eval")
 PREPROCESSING = ("rgb", "green", "clahe")
@@ -84,16 +84,6 @@ def green_channel(image: torch.Tensor) -> torch.Tensor:
     return image[1:2]
 
 
-def equalize_local_contrast(channel: np.ndarray) -> np.ndarray:
-    """CLAHE (scikit-image's ``equalize_adapthist`` with its defaults: tiles an eighth of the image's sides, clip
-    limit 0.01) of one (H, W) channel in [0, 1]: float64 (H, W) in [0, 1].
-
-    The tiles are a fixed fraction of the image, so a photograph is equalised over the same share of its field
-    whatever its resolution: training (DRIVE's own size) and file inference (any camera's) call this alike.
-    """
-    return equalize_adapthist(np.clip(channel, 0.0, 1.0))
-
-
 def clahe_green(image: torch.Tensor) -> torch.Tensor:
     """Green channel equalised with CLAHE (:func:`equalize_local_contrast`) for a (3, H, W) image in [0, 1]:
     (1, H, W) in [0, 1]."""
@@ -102,52 +92,44 @@ def clahe_green(image: torch.Tensor) -> torch.Tensor:
     return green
 
 
-def standardize_inside_fov(record: dict) -> dict:
-    """Standardise each channel of ``record["image"]`` (C, H, W) with the mean and spread of its pixels inside
-    ``record["mask"]`` (1, H, W), and set the pixels outside to 0.
+def standardize_record_inside_fov(record: dict) -> dict:
+    """``record["image"]`` (C, H, W) standardised inside ``record["mask"]`` (1, H, W), 0 outside
+    (:func:`medseg.fundus.standardize_inside_fov`, what inference does with ``normalization="standardize_fov"``).
 
-    The black surround of a fundus photograph covers 20 to 40 percent of the frame depending on the camera: left
-    in the statistics, it shifts every retina pixel by a camera-dependent amount. :func:`medseg.inference.predict`
-    does the same with ``normalization="standardize_fov"`` and the (given or estimated) FOV.
-    """
-    image, inside = record["image"], record["mask"][0] > 0.5
+    MONAI's ``MaskIntensityd`` + ``NormalizeIntensityd(nonzero=True)`` lack the mask: they take the statistics of
+    the nonzero pixels, which a black retina pixel leaves out and a bright surround (text, a rim) adds to."""
+    inside = torch.as_tensor(record["mask"][0]) > 0.5
     if not bool(inside.any()):
         raise ValueError(f"{record.get('mask_path', 'the FOV mask')}: the FOV mask is empty")
-    pixels = image[:, inside]
-    mean, std = pixels.mean(1), pixels.std(1).clamp(min=1e-6)
-    standardized = (image - mean[:, None, None]) / std[:, None, None]
-    record["image"] = standardized * inside.to(image.dtype)
+    record["image"] = standardize_inside_fov(record["image"], inside)
     return record
 
 
 def binarize_vessel_label(record: dict) -> dict:
     """``record["label"]`` (1, H, W) as {0, 1}: the values in ``record["label_positive"]`` (popped, so batches
-    do not carry it) for an index map, else greyscale >= 128 as DRIVE's binary files."""
+    do not carry it) for an index map, else greyscale >= 128 as DRIVE's binary files.
+
+    MONAI's ``LabelToMaskd`` takes one set of labels for every record; records of several cameras name their own."""
     label, positive = record["label"], record.pop(LABEL_POSITIVE, None)
     vessel = torch.isin(label, torch.as_tensor(positive, dtype=label.dtype)) if positive else label >= 128
     record["label"] = vessel.to(torch.float32)
     return record
 
 
-def resample_to_fov_width(record: dict, fov_width: float, tolerance: float = 0.1) -> dict:
+def resample_to_fov_width(record: dict, fov_width: float) -> dict:
     """Resample ``record``'s image, label and mask (C, H, W) so that the FOV mask is ``fov_width`` pixels wide,
-    as ``medseg infer --scale auto`` brings a photograph to its network's training scale; a FOV within
-    ``1 ± tolerance`` of it is left as it is. The image is resampled bilinearly (anti-aliased when shrinking),
-    label and mask bilinearly then thresholded at 0.5."""
-    from medseg.inference.fov import fov_width as width_of  # the one definition of a FOV's width
-
-    width = width_of(np.asarray(record["mask"][0]) > 0.5)
-    if not width:
+    by the factor ``medseg infer --scale auto`` gives the photograph (:func:`medseg.fundus.fundus_scale`, 1 within
+    its tolerance). The image is resampled bilinearly (anti-aliased when shrinking), label and mask bilinearly then
+    thresholded at 0.5."""
+    mask = np.asarray(record["mask"][0]) > 0.5
+    if not mask.any():
         raise ValueError(f"{record.get('mask_path', 'the FOV mask')}: the FOV mask is empty")
-    factor = fov_width / width
-    if abs(factor - 1.0) <= tolerance:
+    factor = fundus_scale(mask, fov_width)
+    if factor == 1.0:
         return record
     size = [round(side * factor) for side in record["image"].shape[1:]]
     for key in VESSEL_KEYS:
-        values = torch.nn.functional.interpolate(
-            torch.as_tensor(record[key])[None].float(), size=size, mode="bilinear", align_corners=False,
-            antialias=factor < 1,
-        )[0]
+        values = resample(torch.as_tensor(record[key]), size)
         record[key] = values if key == "image" else (values >= 0.5).float()
     return record
 
@@ -258,11 +240,23 @@ def vessel_transforms(
         raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
     if scale_jitter < 0.0:
         raise ValueError(f"scale_jitter must be >= 0, got {scale_jitter}")
-    keys = list(VESSEL_KEYS)
+    deterministic = _vessel_loading(preprocessing, normalization, fov_width)
+    if phase == "eval":
+        return Compose(deterministic)
+    # Index maps of vessel pixels and of background pixels inside the FOV: computed once, cached with the rest.
+    deterministic.append(FgBgToIndicesd(keys="label", image_key="mask", image_threshold=0.5))
+    patches = _vessel_patches(patch_size, num_samples, pos_fraction, scale_jitter)
+    jitters = _vessel_jitters(normalization, intensity_jitter, acquisition_jitter, camera_jitter, random_convolution)
+    return Compose(deterministic + patches + jitters)
+
+
+def _vessel_loading(preprocessing: str, normalization: str, fov_width: float | None) -> list:
+    """The deterministic head of :func:`vessel_transforms`: read, scale to [0, 1], binarise, bring to the FOV
+    width, preprocess, normalise."""
     deterministic = [
         LoadImaged(keys="image", reader=pil_reader()),
         LoadImaged(keys=["label", "mask"], reader=pil_reader("greyscale")),
-        EnsureChannelFirstd(keys=keys),
+        EnsureChannelFirstd(keys=list(VESSEL_KEYS)),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
         AsDiscreted(keys="mask", threshold=128),  # greyscale > 127, as the DRIVE validation does
         Lambda(func=binarize_vessel_label),
@@ -276,12 +270,15 @@ def vessel_transforms(
     if normalization == "standardize":
         deterministic.append(NormalizeIntensityd(keys="image"))
     elif normalization == "standardize_fov":
-        deterministic.append(Lambda(func=standardize_inside_fov))
-    if phase == "eval":
-        return Compose(deterministic)
-    # Index maps of vessel pixels and of background pixels inside the FOV: computed once, cached with the rest.
-    deterministic.append(FgBgToIndicesd(keys="label", image_key="mask", image_threshold=0.5))
-    random = [
+        deterministic.append(Lambda(func=standardize_record_inside_fov))
+    return deterministic
+
+
+def _vessel_patches(patch_size: Sequence[int], num_samples: int, pos_fraction: float, scale_jitter: float) -> list:
+    """The random patches of :func:`vessel_transforms`: crops centred on vessels or FOV background, flips,
+    rotations and, with ``scale_jitter``, zooms."""
+    keys = list(VESSEL_KEYS)
+    patches = [
         RandCropByPosNegLabeld(
             keys=keys,
             label_key="label",
@@ -298,7 +295,7 @@ def vessel_transforms(
         RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
     ]
     if scale_jitter > 0.0:
-        random.append(
+        patches.append(
             RandZoomd(
                 keys=keys,
                 prob=0.5,
@@ -309,26 +306,34 @@ def vessel_transforms(
                 keep_size=True,
             )
         )
-    if intensity_jitter:
-        random += [
+    return patches
+
+
+def _vessel_jitters(
+    normalization: str, intensity: bool, acquisition: bool, camera: bool, random_convolution: bool
+) -> list:
+    """The random appearance changes of :func:`vessel_transforms`' image patches."""
+    jitters = []
+    if intensity:
+        jitters += [
             RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
             RandScaleIntensityd(keys="image", prob=0.5, factors=0.1),
             RandShiftIntensityd(keys="image", prob=0.5, offsets=0.05),
         ]
-    if acquisition_jitter:
-        random += [
+    if acquisition:
+        jitters += [
             RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
             RandGaussianNoised(keys="image", prob=0.5, std=ACQUISITION_NOISE_STD[normalization]),
         ]
-    if camera_jitter:
-        random += [
+    if camera:
+        jitters += [
             RandScaleIntensityd(keys="image", prob=0.5, factors=0.15, channel_wise=True),
             RandShiftIntensityd(keys="image", prob=0.5, offsets=CAMERA_SHIFT[normalization], channel_wise=True),
             RandBiasFieldd(keys="image", prob=0.5, degree=3, coeff_range=(0.0, 0.3)),
         ]
     if random_convolution:
-        random.append(RandConvolutiond(keys="image", prob=0.5))
-    return Compose(deterministic + random)
+        jitters.append(RandConvolutiond(keys="image", prob=0.5))
+    return jitters
 
 
 def camvid_transforms(

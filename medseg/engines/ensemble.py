@@ -275,9 +275,7 @@ def evaluate_checkpoints(
             settings["tracking_uri"] = tracking_uri
             weights = list(checkpoints) or [bundle / "models" / "model.pt"]
             if all(Path(path).is_file() for path in weights):
-                with contextlib.chdir(bundle):  # its %configs/train.yaml macros
-                    experiment = str(config.get_parsed_content("experiment_name")) if "experiment_name" in config else ""
-                settings["evaluation_tags"] = evaluation_tags(weights, tracking_uri, experiment)
+                settings["evaluation_tags"] = evaluation_tags(weights, tracking_uri)
         run_bundle_config(bundle, "evaluate", overlays=overlays, overrides=settings,
                           tracking=None if tracking_uri is None else str(MLFLOW_TRACKING), workflow_type="eval")
 

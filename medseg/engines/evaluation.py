@@ -157,8 +157,9 @@ def evaluate_vessel_folder(
         if "mask" in record:
             fov = read_pixels(Path(record["mask"]), mode="L") > 127
         else:
-            fov = fov_for(meta.path, image, "auto", fundus=True)
-        probabilities = predict_image(network, image, meta, settings, fov, device=device)
+            fov = fov_for(meta.path, image, "auto", fundus=True, alpha=meta.alpha)
+        probabilities = predict_image(network, image, meta, settings, fov, device=device).probabilities
+        fov = fov if fov is not None else np.ones(image.shape[1:], dtype=bool)  # no disc found: every pixel scores
         label = read_vessel_label(record["label"], label_positive)
         tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(1, 1, *label.shape)
                    for a in (probabilities[0], label, fov)]

@@ -1,7 +1,11 @@
-"""Sliding-window inference: :func:`predict` (the one inference path), :func:`infer_files` (files in, masks out,
-for ``medseg infer`` and the bundles' ``inference.yaml``), model loading, readers/writers, FOV."""
+"""Inference: :func:`predict` (the generic sliding-window path), :func:`predict_image` (one read image through
+the fundus steps of :mod:`medseg.fundus` and :func:`predict`), :func:`infer_files` (files in, masks out, for
+``medseg infer`` and the bundles' ``inference.yaml``), the network as inference runs it (``runtime``), model
+loading, readers/writers, and torchrun sharding (``distributed``)."""
 
 from medseg.inference.files import (
+    GEOMETRY_FILE,
+    ImagePrediction,
     InferenceFailed,
     InferenceSummary,
     expand_inputs,
@@ -9,7 +13,6 @@ from medseg.inference.files import (
     infer_files,
     predict_image,
 )
-from medseg.inference.fov import estimate_fov, fov_width
 from medseg.inference.io import (
     DEFAULT_PROBABILITY_DTYPE,
     ImageMeta,
@@ -28,7 +31,7 @@ from medseg.inference.loading import (
     read_state_dict,
     settings_from_metadata,
 )
-from medseg.inference.predict import AUTO_SCALE_TOLERANCE, NORMALIZATIONS, fundus_scale, predict
+from medseg.inference.predict import NORMALIZATIONS, predict
 from medseg.inference.runtime import (
     PRECISIONS,
     InferenceNetwork,
@@ -39,11 +42,12 @@ from medseg.inference.runtime import (
 from medseg.inference.settings import InferenceSettings, complete_settings
 
 __all__ = [
-    "AUTO_SCALE_TOLERANCE",
     "DEFAULT_PROBABILITY_DTYPE",
+    "GEOMETRY_FILE",
     "NORMALIZATIONS",
     "PRECISIONS",
     "ImageMeta",
+    "ImagePrediction",
     "InferenceFailed",
     "InferenceNetwork",
     "InferenceSettings",
@@ -52,11 +56,8 @@ __all__ = [
     "complete_settings",
     "describe_precision",
     "ensemble_members_in",
-    "estimate_fov",
     "expand_inputs",
     "fov_for",
-    "fov_width",
-    "fundus_scale",
     "infer_files",
     "is_supported",
     "load_model",

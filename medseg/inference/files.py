@@ -9,18 +9,20 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from medseg.inference.fov import estimate_fov
+from medseg.fundus import FundusSteps, find_fov, fov_from_alpha, fov_width
 from medseg.inference.io import (
     ImageMeta,
     ProbabilityDtype,
@@ -34,15 +36,19 @@ from medseg.inference.io import (
 from medseg.inference.loading import LoadedModel, network_input
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.predict import predict
-from medseg.utils import full_suffix
+from medseg.utils import atomic_write_text, full_suffix
 from medseg.inference.runtime import InferenceNetwork, describe_precision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceFailed", "InferenceSummary", "expand_inputs", "fov_for", "infer_files", "predict_image"]
+__all__ = [
+    "ImagePrediction", "InferenceFailed", "InferenceSummary", "expand_inputs", "fov_for", "infer_files", "predict_image"
+]
 
 # Inputs with more windows than this get a progress bar over their batches of windows.
 _WINDOWS_FOR_PROGRESS = 64
+# The run's record, in the output folder, of the scale and FOV each input was predicted with.
+GEOMETRY_FILE = "medseg_infer.json"
 
 
 class InferenceFailed(RuntimeError):
@@ -52,13 +58,15 @@ class InferenceFailed(RuntimeError):
 @dataclass
 class InferenceSummary:
     """What :func:`infer_files` did: ``written`` maps each finished input to its outputs (``mask``,
-    ``overlay``, ``probabilities`` where written); ``failures`` holds one message per failed input or pattern,
-    each naming it; ``seconds`` is the time spent reading, predicting and writing them."""
+    ``overlay``, ``probabilities`` where written) and ``geometry`` the scale, FOV width and erosion each was
+    predicted with (also written to ``GEOMETRY_FILE`` in the output folder); ``failures`` holds one message per
+    failed input or pattern, each naming it; ``seconds`` is the time spent reading, predicting and writing them."""
 
     output_dir: Path
     written: dict[Path, dict[str, Path]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    geometry: dict[Path, dict[str, float | None]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (f"{len(self.written)} input(s) written to {self.output_dir}, {len(self.failures)} failed, "
@@ -145,14 +153,38 @@ def infer_files(
     for path, outputs in tqdm(claimed, unit="file", disable=not progress or len(claimed) < 2, file=sys.stderr):
         try:
             image, meta = read_image(path)
-            fov_mask = None if meta.is_volume else fov_for(path, image, settings.fov, settings.fundus)
-            probabilities = predict_image(network, image, meta, settings, fov_mask, device=device, progress=progress)
+            fov_mask = None if meta.is_volume else fov_for(path, image, settings.fov, settings.fundus, meta.alpha)
+            prediction = predict_image(network, image, meta, settings, fov_mask, device=device, progress=progress)
+            probabilities = prediction.probabilities
             writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
             summary.written[path] = outputs
+            summary.geometry[path] = _geometry(prediction.steps)
         except Exception as err:  # one bad input must not stop the others; it is reported by name
             summary.failures.append(_failure(path, err, shard))
     summary.seconds = time.perf_counter() - start
+    if summary.geometry:
+        _write_geometry(summary, shard)
     return summary
+
+
+def _geometry(steps: FundusSteps | None) -> dict[str, float | None]:
+    """What the fundus steps did to one input: its scale factor, FOV width (pixels; ``None``: no FOV) and erosion."""
+    if steps is None:
+        return {"scale": 1.0, "fov_width": None, "edge_erosion": 0.0}
+    width = fov_width(steps.fov) if steps.fov is not None else None
+    return {"scale": steps.factor, "fov_width": width, "edge_erosion": steps.erosion_radius}
+
+
+def _write_geometry(summary: InferenceSummary, shard: tuple[int, int]) -> None:
+    """``GEOMETRY_FILE`` (``.rankR`` before its suffix under torchrun) in the output folder: per written input, the
+    scale, FOV width and erosion it was predicted with, added to the records of earlier runs into the folder."""
+    path = summary.output_dir / (GEOMETRY_FILE if shard[1] == 1 else GEOMETRY_FILE.replace(".json", f".rank{shard[0]}.json"))
+    try:
+        records = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        records = {}  # a record that cannot be read is replaced, not added to
+    records.update({str(input_path): facts for input_path, facts in summary.geometry.items()})
+    atomic_write_text(path, json.dumps(records, indent=2) + "\n")
 
 
 def _failure(path: Path, err: Exception, shard: tuple[int, int]) -> str:
@@ -193,6 +225,14 @@ class _FileWriter:
             write_overlay(outputs["overlay"], image, mask)
 
 
+class ImagePrediction(NamedTuple):
+    """:func:`predict_image`'s result: (K, *spatial) ``probabilities`` of the image, and the fundus ``steps`` taken
+    around the window pass (``None`` for a volume)."""
+
+    probabilities: torch.Tensor
+    steps: FundusSteps | None
+
+
 def predict_image(
     network: torch.nn.Module,
     image: np.ndarray,
@@ -202,33 +242,33 @@ def predict_image(
     *,
     device: str | torch.device = "cpu",
     progress: bool = False,
-) -> torch.Tensor:
-    """(K, *spatial) probabilities of one image read by :func:`~medseg.inference.read_image`, with the model's
-    completed ``settings`` (:attr:`LoadedModel.settings <medseg.inference.LoadedModel>`): what ``medseg infer`` writes and
-    ``medseg evaluate --images`` scores. ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus
-    models, sets the scale and the FOV normalisation."""
-    fundus = settings.fundus and not meta.is_volume
-    inputs = network_input(image, settings, str(meta.path))
+) -> ImagePrediction:
+    """The probabilities of one image read by :func:`~medseg.inference.read_image`, with the model's completed
+    ``settings`` (:attr:`LoadedModel.settings <medseg.inference.LoadedModel>`): what ``medseg infer`` writes and
+    ``medseg evaluate --images`` scores. A 2D image passes through :class:`~medseg.fundus.FundusSteps` around the
+    window pass: ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus models, sets the scale."""
+    inputs = torch.as_tensor(network_input(image, settings, str(meta.path)))
+    normalization = settings.normalization or ("scale255" if inputs.dtype == torch.uint8 else "standardize")
+    steps = None if meta.is_volume else FundusSteps.plan(inputs, settings, fov_mask, str(meta.path))
+    if steps is not None:
+        inputs, normalization = steps.before(inputs, normalization)
     windows = np.prod(inputs.shape[1:]) / np.prod(settings.roi_size)
-    return predict(
+    probabilities = predict(
         network,
         inputs,
         roi_size=settings.roi_size,
         sw_overlap=settings.sw_overlap,
         sw_batch_size=settings.sw_batch_size,
         mode=settings.mode,
-        normalization=settings.normalization or ("scale255" if inputs.dtype == np.uint8 else "standardize"),
+        normalization=normalization,
         activation=settings.activation,
         tta=settings.tta,
         device=device,
         precision=settings.precision,
         slice_axis=settings.slice_axis,
-        scale=settings.scale if fundus and settings.scale != "none" else None,
-        training_fov_width=settings.training_fov_width,
-        upsampled_edge_erosion=settings.upsampled_edge_erosion,
-        fov_mask=fov_mask,
         progress=progress and windows > _WINDOWS_FOR_PROGRESS,
     )
+    return ImagePrediction(steps.after(probabilities) if steps is not None else probabilities, steps)
 
 
 def _mask(probabilities: torch.Tensor, threshold: float, meta: ImageMeta) -> np.ndarray:
@@ -239,15 +279,19 @@ def _mask(probabilities: torch.Tensor, threshold: float, meta: ImageMeta) -> np.
     return ((probabilities[0] >= threshold).to(torch.uint8) * foreground).numpy()
 
 
-def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool) -> np.ndarray | None:
-    """The (H, W) FOV of the (C, H, W) ``image`` read from ``path``: ``"auto"`` estimates it
-    (:func:`~medseg.inference.estimate_fov`), a folder gives the mask ``NAME.*`` or ``NAME_mask.*`` in it,
-    ``"none"`` none; ``None`` is auto for a fundus model and none for any other."""
+def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool,
+            alpha: np.ndarray | None = None) -> np.ndarray | None:
+    """The (H, W) FOV of the (C, H, W) ``image`` read from ``path``, or ``None`` for none.
+
+    ``fov``: ``"auto"`` takes the image's ``alpha`` channel where it is a mask (:func:`medseg.fundus.fov_from_alpha`),
+    else the estimate (:func:`medseg.fundus.find_fov`; ``None`` where no dark surround shows); a folder gives the
+    mask ``NAME.*`` or ``NAME_mask.*`` in it; ``"none"`` none; ``None`` is auto for a fundus model, else none.
+    """
     fov = str(fov) if fov is not None else ("auto" if fundus else "none")
     if fov == "none":
         return None
     if fov == "auto":
-        return estimate_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0], name=str(path))
+        return _automatic_fov(path, image, alpha)
     folder = Path(fov)
     stem = path.name[: len(path.name) - len(full_suffix(path))]
     candidates = sorted(p for name in (stem, f"{stem}_mask") for p in folder.glob(f"{name}.*") if is_supported(p))
@@ -257,3 +301,14 @@ def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool)
     if mask.shape[1:] != image.shape[1:]:
         raise ValueError(f"{candidates[0]}: FOV mask shape {mask.shape[1:]} differs from the image's {image.shape[1:]}")
     return mask.max(0) > 127
+
+
+def _automatic_fov(path: Path, image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray | None:
+    from_alpha = fov_from_alpha(alpha) if alpha is not None else None
+    if from_alpha is not None:
+        logger.info("%s: its alpha channel marks the FOV", path)
+        return from_alpha
+    found = find_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0])
+    if found is None:
+        logger.info("%s: no dark background around the retina, so no FOV: every pixel is predicted", path)
+    return found

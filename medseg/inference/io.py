@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medseg.data import DatasetError, read_pixels
+from medseg.data import DatasetError, read_photograph
 from medseg.utils import atomic_path, full_suffix
 
 __all__ = [
@@ -50,11 +50,13 @@ _OVERLAY_OPACITY = 0.5
 class ImageMeta:
     """Where an image came from and what its outputs must keep.
 
-    ``nifti`` is the input's NIfTI image (for its affine and header) or ``None`` for a 2D image.
+    ``nifti`` is the input's NIfTI image (for its affine and header) or ``None`` for a 2D image; ``alpha`` is a 2D
+    image's (H, W) alpha channel where its file has one (in many fundus exports the alpha is the FOV).
     """
 
     path: Path
     nifti: nib.Nifti1Image | nib.Nifti2Image | None = None
+    alpha: np.ndarray | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -76,16 +78,12 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     if suffix in NIFTI_SUFFIXES:
         return _read_nifti(path)
     if suffix in IMAGE_SUFFIXES:
-        return _read_2d(path), ImageMeta(path)
+        pixels, alpha = read_photograph(path)
+        return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), ImageMeta(path, alpha=alpha)
     raise DatasetError(
         f"{path}: unsupported file type {suffix or '(no suffix)'!r}; expected one of "
         f"{', '.join(IMAGE_SUFFIXES + NIFTI_SUFFIXES)}"
     )
-
-
-def _read_2d(path: Path) -> np.ndarray:
-    pixels = read_pixels(path, mode="image")
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.fundus import equalize_local_contrast
 from medseg.inference.settings import InferenceSettings, complete_settings
 from medseg.networks import ensemble_override, ensemble_size, get_network
 from medseg.resources import read_bundle_config
@@ -123,22 +124,23 @@ def network_input(image: np.ndarray, settings: InferenceSettings, name: str) -> 
     without copying where possible.
 
     ``preprocessing="green"`` keeps channel 1 of a colour image; ``"clahe"`` equalises that channel (a grey image's
-    only one) with :func:`medseg.data.equalize_local_contrast`, as training does, and returns it as float32 in
-    [0, 1] (integer images scaled by their type's maximum). Then a grey image is repeated for a colour network and a
+    only one) with :func:`medseg.fundus.equalize_local_contrast`, as training does, and returns it as float32 in
+    [0, 1] (integer images scaled by their type's maximum). For a network that scales by 255 (``scale255``), an
+    image of more than 8 bits is first brought to the 8-bit range by its stored bit depth. Then a grey image is repeated for a colour network and a
     colour image converted to grey (ITU-R 601 luma) for a one-channel network. ``name`` labels errors.
     """
     if settings.preprocessing not in ("rgb", "green", "clahe"):
         raise ValueError(
             f"{name}: file inference supports preprocessing rgb, green or clahe, not {settings.preprocessing!r}"
         )
+    if settings.normalization == "scale255" and np.issubdtype(image.dtype, np.integer) and image.itemsize > 1:
+        image = _to_8_bit_range(image)
     channels, wanted = image.shape[0], settings.in_channels
     if settings.preprocessing in ("green", "clahe") and channels == 3:
         image, channels = image[1:2], 1
     if settings.preprocessing == "clahe":
         if channels != 1:
             raise ValueError(f"{name}: CLAHE takes a grey or colour image, got {channels} channels")
-        from medseg.data import equalize_local_contrast  # imports MONAI's transforms: only for CLAHE models
-
         scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
         image = equalize_local_contrast(image[0] / scale)[None].astype(np.float32)
     if wanted is None or channels == wanted:
@@ -149,6 +151,13 @@ def network_input(image: np.ndarray, settings: InferenceSettings, name: str) -> 
         luma = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), image, axes=1)
         return luma[None].round().astype(image.dtype) if image.dtype == np.uint8 else luma[None]
     raise ValueError(f"{name}: the image has {channels} channels but the network expects {wanted}")
+
+
+def _to_8_bit_range(image: np.ndarray) -> np.ndarray:
+    """A wider-than-8-bit integer image as float32 on the 0-255 scale of its stored bit depth: 16 bits (PNG and
+    TIFF "I;16", or 32-bit "I" images whose values fit 16 bits), else its type's own range."""
+    depth = 16 if image.dtype == np.uint16 or int(image.max(initial=0)) <= 0xFFFF else 8 * image.itemsize
+    return image.astype(np.float32) * np.float32(255 / (2**depth - 1))
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

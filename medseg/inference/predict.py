@@ -1,7 +1,6 @@
-"""The one inference path: sliding-window probabilities for 2D images and 3D volumes of any size.
+"""The generic inference path: sliding-window probabilities for 2D images and 3D volumes of any size.
 
-:func:`predict` is what the CLI, the evaluators and the bundles' ``inference.yaml`` call. It is MONAI's
-:func:`~monai.inferers.sliding_window_inference` with three additions:
+:func:`predict` is MONAI's :func:`~monai.inferers.sliding_window_inference` with four additions:
 
 - the image stays in its stored dtype (uint8 for photographs) and each batch of windows is cut from it,
   converted to float and normalised only when the network needs it, so a 8192 x 8192 RGB photograph costs
@@ -11,17 +10,16 @@
   reads the real pixels;
 - a 2D network over a 3D volume runs slice by slice: the window is one slice thick along ``slice_axis`` and
   each batch of windows is a batch of slices;
-- fundus photographs can be resampled to the scale the network was trained at (the width of the field of
-  view) and the probabilities resampled back (their edges optionally eroded to the photograph's finer pixels),
-  and predictions outside the FOV are zeroed.
+- test-time augmentation (flips, the dihedral group) inside each window's forward pass;
+- an image smaller than the window is padded only to what the network's pooling needs, and cropped back.
 
 Windows are turned into probabilities (sigmoid or softmax) before stitching, so the stitched map is a weighted
-mean of probabilities and can be accumulated in float16 without overflow.
+mean of probabilities and can be accumulated in float16 without overflow. Domain steps wrap this function
+(:class:`medseg.fundus.FundusSteps`: a photograph's scale and FOV); it knows nothing of them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -30,49 +28,23 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from medseg.inference.fov import estimate_fov, fov_width
 from medseg.inference.runtime import InferenceNetwork, Precision
 from medseg.inference.settings import InferenceSettings
 
-__all__ = ["AUTO_SCALE_TOLERANCE", "NORMALIZATIONS", "erode", "fundus_scale", "predict"]
+__all__ = ["NORMALIZATIONS", "predict"]
 
-Normalization = Literal["scale255", "standardize", "standardize_channelwise", "standardize_fov", "minmax", "none"]
-NORMALIZATIONS: tuple[str, ...] = (
-    "scale255", "standardize", "standardize_channelwise", "standardize_fov", "minmax", "none"
-)
+Normalization = Literal["scale255", "standardize", "standardize_channelwise", "minmax", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("scale255", "standardize", "standardize_channelwise", "minmax", "none")
 Activation = Literal["sigmoid", "softmax", "none"]
 TestTimeAugmentation = bool | Literal["none", "flips", "dihedral"]
 TTA_MODES = ("none", "flips", "dihedral")
 
-# A fundus photograph whose FOV is within 10% of the training width is left at its own scale: resampling it
-# would blur vessels for no gain (DRIVE's own FOV widths are 535-541 pixels against a median of 540).
-AUTO_SCALE_TOLERANCE = 0.1
-
-# The erosion of upsampled edges samples its disc's circle in this many directions: an edge between two of them
-# moves by at least cos(22.5 degrees) = 0.92 of the radius.
-_EROSION_DIRECTIONS = 8
-# ... and works through the map in strips of this many rows: besides its padded copy and its result, it holds
-# temporaries of one strip only.
-_EROSION_ROWS = 1024
-
+# An image smaller than the window is padded to a multiple of this (at most): the deepest network medseg ships,
+# U2-Net, pools five times.
+_POOLING_MULTIPLE = 32
 # Intensity statistics are summed over chunks of about this many elements, so a large uint8 image is never
 # converted to float64 whole.
 _STATISTICS_CHUNK = 1 << 22
-
-
-def fundus_scale(fov_mask: np.ndarray, training_fov_width: float, tolerance: float = AUTO_SCALE_TOLERANCE) -> float:
-    """Resampling factor that brings a fundus photograph to its network's training scale.
-
-    Args:
-        fov_mask: (H, W) bool FOV of the photograph.
-        training_fov_width: median FOV width, in pixels, of the network's training images.
-        tolerance: factors within ``1 ± tolerance`` return exactly 1 (no resampling).
-    """
-    width = fov_width(fov_mask)
-    if width == 0:
-        raise ValueError("the FOV mask is empty, so the image's scale cannot be measured")
-    factor = training_fov_width / width
-    return 1.0 if abs(factor - 1.0) <= tolerance else factor
 
 
 def predict(
@@ -89,10 +61,6 @@ def predict(
     device: str | torch.device = "cpu",
     precision: Precision = InferenceSettings.precision,
     slice_axis: int = InferenceSettings.slice_axis,
-    scale: float | Literal["auto"] | None = None,
-    training_fov_width: float | None = None,
-    upsampled_edge_erosion: bool = InferenceSettings.upsampled_edge_erosion,
-    fov_mask: np.ndarray | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -106,19 +74,19 @@ def predict(
             and precision).
         image: channel-first (C, *spatial) array or tensor in its stored dtype (uint8 stays uint8). With a
             2D ``roi_size`` it is (C, H, W), or (C, X, Y, Z) to run the 2D network slice by slice.
-        roi_size: window size, one entry per spatial dimension of the network; along an axis where the image
-            is smaller, the window is the image's size (one pass, no padding).
+        roi_size: window size, one entry per spatial dimension of the network (non-positive: the image's size).
+            Along an axis where the image is smaller, the window shrinks to the image's size rounded up to a
+            multiple of 32, or of the largest power of two dividing the window if smaller (what the network's
+            poolings need), the image zero-padded to it and the result cropped back.
         sw_overlap: fraction of a window shared with its neighbour (along the slice axis, none).
         sw_batch_size: windows (or slices) per forward pass; ``None``: 4 on a GPU, 1 on the CPU, where larger
             batches were measured to gain no speed while multiplying the activations' memory (bench/inference.py).
         mode: ``"gaussian"`` weights window centres more when stitching; ``"constant"`` weighs all equally.
         normalization: as at training: ``"scale255"`` (x / 255, as ``ScaleIntensityRange(0, 255, 0, 1)`` in
-            :func:`medseg.data.vessel_transforms`); from the whole (resampled) image, ``"standardize"``
-            ((x - mean) / std, as MONAI's NormalizeIntensity), ``"standardize_channelwise"`` (per channel),
-            ``"minmax"`` (to [0, 1], as MONAI's ScaleIntensity), ``"none"``; ``"standardize_fov"`` (2D: per
-            channel, from the pixels inside the FOV, given or estimated, the outside set to 0, as
-            :func:`medseg.data.transforms.standardize_inside_fov`); or a callable applied to each
-            float window batch (N, C, *roi) on ``device``.
+            :func:`medseg.data.vessel_transforms`); from the whole image, ``"standardize"`` ((x - mean) / std, as
+            MONAI's NormalizeIntensity), ``"standardize_channelwise"`` (per channel), ``"minmax"`` (to [0, 1], as
+            MONAI's ScaleIntensity), ``"none"``; or a callable applied to each float window batch (N, C, *roi) on
+            ``device`` (:meth:`medseg.fundus.FundusSteps.before` gives one for ``standardize_fov``).
         activation: ``"sigmoid"`` (independent channels), ``"softmax"`` (over channels) or ``"none"``.
         tta: test-time augmentation, probabilities averaged over views of each window: ``True`` or ``"flips"``,
             the window and its flip along each spatial axis (1 + D views); ``"dihedral"`` (2D), the 8 rotations
@@ -128,18 +96,6 @@ def predict(
             natively, else float32), ``"float32"`` or ``"bfloat16"`` (weights and windows in bf16; on DRIVE test
             99.96 % of the FOV pixels keep their float32 mask).
         slice_axis: for a 2D network over a volume, the spatial axis (0, 1, 2 or negative) sliced along.
-        scale: resample the image by this factor before inference and the probabilities back afterwards;
-            ``"auto"`` (2D fundus only) uses :func:`fundus_scale` with ``training_fov_width`` and the FOV
-            (``fov_mask``, else :func:`~medseg.inference.fov.estimate_fov`, used only to measure the width);
-            ``None`` or 1 leaves the image as is.
-        training_fov_width: FOV width in pixels of the training images, for ``scale="auto"``.
-        upsampled_edge_erosion: when ``scale`` shrank the image by a factor ``f < 1``, erode the sigmoid
-            probabilities resampled back to it by ``(1 / f - 1) / 2`` of its pixels (:func:`erode`). A network whose
-            training labels mark every pixel a vessel touches puts an edge up to a pixel of its own grid outside
-            the vessel, half a pixel on average: ``1 / (2 f)`` pixels of the photograph, where labels drawn at the
-            photograph's resolution put it half a pixel out. Without it, vessels come out about ``1 / f - 1``
-            pixels too wide (LES-AV at ``f = 0.37``: about 1.7).
-        fov_mask: (H, W) bool; probabilities outside it are set to 0 (2D only).
         accumulate_dtype: dtype of the stitched probabilities (float16 halves the memory of huge outputs).
         progress: show a progress bar over the batches of windows.
 
@@ -148,74 +104,57 @@ def predict(
     """
     image = torch.as_tensor(image)
     roi_size = tuple(int(r) for r in roi_size)
-    network_dims = len(roi_size)
-    image_dims = image.ndim - 1
-    sliced = image_dims == network_dims + 1 and network_dims == 2
-    if image_dims != network_dims and not sliced:
-        raise ValueError(
-            f"a {network_dims}D roi_size {roi_size} needs a channel-first image with {network_dims} spatial "
-            f"dimensions{' (or 3 for slice by slice)' if network_dims == 2 else ''}, got shape {tuple(image.shape)}"
-        )
-    spatial_shape = tuple(image.shape[1:])
-    if fov_mask is not None and tuple(fov_mask.shape) != spatial_shape:
-        raise ValueError(f"fov_mask shape {tuple(fov_mask.shape)} differs from the image's {spatial_shape}")
-
-    needs_fov = scale == "auto" or normalization == "standardize_fov"
-    fov = fov_mask
-    if fov is None and needs_fov and image.ndim == 3 and not sliced:
-        fov = _estimated_fov(image)  # once, for the scale and the FOV statistics
-    factor = _resolve_scale(image, scale, training_fov_width, fov)
-    erode_edges = upsampled_edge_erosion and factor < 1.0
-    if erode_edges and (activation != "sigmoid" or image.ndim != 3):
-        raise ValueError("upsampled_edge_erosion erodes the sigmoid probabilities of 2D images, "
-                         f"not {activation} outputs of shape {tuple(image.shape)}")
-    if factor != 1.0:
-        image = _resample(image.to(torch.float32), [round(s * factor) for s in spatial_shape])
-    if normalization == "standardize_fov":
-        image, normalization = _fill_outside_fov(image, fov, sliced or network_dims != 2)
-
+    sliced = _is_sliced(image, len(roi_size))
     device = torch.device(device)
-    if sw_batch_size is None:
-        sw_batch_size = 1 if device.type == "cpu" else 4
-    network = InferenceNetwork.of(model, device, precision, network_dims)
+    network = InferenceNetwork.of(model, device, precision, len(roi_size))
     normalize = normalization if callable(normalization) else _whole_image_normalizer(normalization, image, device)
-
     if sliced:
         image = image.movedim(1 + slice_axis % 3, -1)
-    # a fully convolutional network needs no window larger than the image: one pass at the image's own size
-    window_roi, window_overlap = tuple(min(r, s) for r, s in zip(roi_size, image.shape[1:])), sw_overlap
+    window_roi, window_overlap = _window(roi_size, image.shape[1:]), sw_overlap
     if sliced:
         window_roi, window_overlap = (*window_roi, 1), (sw_overlap, sw_overlap, 0.0)
     image, crop = _pad_to(image, window_roi)
-
-    predictor = _WindowPredictor(network, image, normalize, activation, tta, network_dims, device, sliced)
+    predictor = _WindowPredictor(network, image, normalize, activation, tta, len(roi_size), device, sliced)
     # A one-channel float placeholder with the image's spatial shape: MONAI allocates its output and count maps
     # in the placeholder's dtype while the predictor reads the real pixels at the coordinates MONAI passes.
     placeholder = torch.zeros((), dtype=accumulate_dtype).expand(1, 1, *image.shape[1:])
     with torch.no_grad():  # not inference_mode: the caller may edit the result in place
         probs = sliding_window_inference(
-            placeholder,
-            window_roi,
-            sw_batch_size,
-            predictor,
-            overlap=window_overlap,
-            mode=mode,
-            sw_device=device,
-            device="cpu",
-            progress=progress,
-            with_coord=True,
+            placeholder, window_roi, sw_batch_size or (1 if device.type == "cpu" else 4), predictor,
+            overlap=window_overlap, mode=mode, sw_device=device, device="cpu", progress=progress, with_coord=True,
         )[0]
     probs = probs[(slice(None), *crop)]
     if sliced:
         probs = probs.movedim(-1, 1 + slice_axis % 3)
-    if factor != 1.0:
-        probs = _resample(probs, list(spatial_shape))
-        if erode_edges:
-            probs = erode(probs, (1.0 / factor - 1.0) / 2)
-        probs = probs.to(accumulate_dtype)
-    if fov_mask is not None:
-        probs[:, ~torch.as_tensor(np.asarray(fov_mask, dtype=bool))] = 0
     return probs.contiguous()
+
+
+def _is_sliced(image: torch.Tensor, network_dims: int) -> bool:
+    """Whether a (C, *spatial) ``image`` is a volume for a 2D network to run slice by slice; raises when its
+    dimensions fit the network's neither way."""
+    image_dims = image.ndim - 1
+    sliced = image_dims == network_dims + 1 and network_dims == 2
+    if image_dims != network_dims and not sliced:
+        raise ValueError(
+            f"a {network_dims}D roi_size needs a channel-first image with {network_dims} spatial "
+            f"dimensions{' (or 3 for slice by slice)' if network_dims == 2 else ''}, got shape {tuple(image.shape)}"
+        )
+    return sliced
+
+
+def _window(roi_size: Sequence[int], spatial: Sequence[int]) -> tuple[int, ...]:
+    """The window over an image of ``spatial`` size: ``roi_size``, or along a smaller axis the image's size rounded
+    up to what the network's poolings need: a multiple of the largest power of two dividing that side of
+    ``roi_size``, at most ``_POOLING_MULTIPLE`` (a fully convolutional network needs no larger window, but a
+    15-pixel side pooled four times leaves no pixel for a 3 x 3 convolution)."""
+    return tuple(
+        side if roi <= 0 else roi if side >= roi else min(roi, _round_up(side, min(roi & -roi, _POOLING_MULTIPLE)))
+        for roi, side in zip(roi_size, spatial)
+    )
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
 
 
 class _WindowPredictor:
@@ -310,7 +249,10 @@ def _whole_image_normalizer(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``(x - shift) / divisor`` with the shift and divisor of the named mode, from the whole image."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be a callable or one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+        fundus = " (a fundus step: medseg.fundus.FundusSteps)" if normalization == "standardize_fov" else ""
+        raise ValueError(
+            f"normalization must be a callable or one of {', '.join(NORMALIZATIONS)}, got {normalization!r}{fundus}"
+        )
     if normalization == "none":
         return lambda windows: windows
     if normalization == "scale255":
@@ -331,34 +273,6 @@ def _whole_image_normalizer(
     return lambda windows: (windows - shift) / divisor
 
 
-def _fill_outside_fov(
-    image: torch.Tensor, fov: np.ndarray | None, not_2d: bool
-) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | str]:
-    """For ``"standardize_fov"``: (C, H, W) ``image`` with every pixel outside ``fov`` set to its channel's mean
-    inside, and the normaliser ``(x - mean) / std`` of the pixels inside, so the outside becomes 0."""
-    if not_2d:
-        raise ValueError("normalization='standardize_fov' needs a 2D (C, H, W) image")
-    inside = torch.as_tensor(np.asarray(fov, dtype=bool))
-    if tuple(inside.shape) != tuple(image.shape[1:]):
-        inside = F.interpolate(inside[None, None].float(), size=image.shape[1:], mode="nearest")[0, 0] > 0.5
-    if not bool(inside.any()):
-        raise ValueError("the FOV mask is empty, so normalization='standardize_fov' has no pixels to measure")
-    channels = image.shape[0]
-    count, total, squares = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
-    rows = max(1, _STATISTICS_CHUNK // max(1, image[0, 0].numel() * image.shape[0]))
-    for chunk, chunk_inside in zip(image.split(rows, dim=1), inside.split(rows, dim=0)):
-        values = chunk[:, chunk_inside].to(torch.float64)  # in chunks: a float64 copy of a huge image would not fit
-        count, total, squares = count + values.shape[1], total + values.sum(1), squares + values.square().sum(1)
-    mean = total / count
-    # the unbiased spread, as torch.std in medseg.data.transforms.standardize_inside_fov at training
-    std = ((squares - count * mean**2).clamp(min=0) / max(count - 1, 1)).sqrt().clamp(min=1e-6)
-    fill = mean.round() if not image.is_floating_point() else mean
-    image = image.clone()
-    image[:, ~inside] = fill[:, None].to(image.dtype)
-    shift, divisor = mean.float().reshape(-1, 1, 1), std.float().reshape(-1, 1, 1)
-    return image, lambda windows: (windows - shift.to(windows.device)) / divisor.to(windows.device)
-
-
 def _intensity_sums(image: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per channel: voxel count, sum, sum of squares (float64), minimum and maximum, summed chunk by chunk."""
     channels = image.shape[0]
@@ -374,70 +288,6 @@ def _intensity_sums(image: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tenso
         low = torch.minimum(low, values.amin(1))
         high = torch.maximum(high, values.amax(1))
     return image[0].numel(), total, squares, low, high
-
-
-def _resolve_scale(
-    image: torch.Tensor,
-    scale: float | Literal["auto"] | None,
-    training_fov_width: float | None,
-    fov_mask: np.ndarray | None,
-) -> float:
-    if scale is None:
-        return 1.0
-    if scale != "auto":
-        if float(scale) <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        return float(scale)
-    if image.ndim != 3 or training_fov_width is None:
-        raise ValueError("scale='auto' needs a 2D (C, H, W) fundus image and training_fov_width")
-    return fundus_scale(fov_mask if fov_mask is not None else _estimated_fov(image), training_fov_width)
-
-
-def _estimated_fov(image: torch.Tensor) -> np.ndarray:
-    """:func:`estimate_fov` of a channel-first (C, H, W) image."""
-    return estimate_fov(image.movedim(0, -1).numpy() if image.shape[0] > 1 else image[0].numpy())
-
-
-def _resample(image: torch.Tensor, size: list[int]) -> torch.Tensor:
-    """Resize a float (C, *spatial) tensor (bilinear / trilinear, anti-aliased when shrinking 2D)."""
-    linear = "bilinear" if len(size) == 2 else "trilinear"
-    shrinking = any(new < old for new, old in zip(size, image.shape[1:]))
-    antialias = shrinking and len(size) == 2
-    return F.interpolate(image[None].float(), size=size, mode=linear, align_corners=False, antialias=antialias)[0]
-
-
-def erode(probs: torch.Tensor, radius: float) -> torch.Tensor:
-    """Grey-scale erosion of a smooth (C, H, W) probability map by a disc of ``radius`` pixels (any real > 0).
-
-    Each pixel takes the least of its own value and the values at ``radius`` from it in 8 directions, read
-    bilinearly (the border replicated). Where the map falls steadily across the disc, as it does across a vessel's
-    edge on a map resampled from a coarser grid, the least value over the disc lies on its circle, so each edge
-    moves inward by the radius (by at least 0.92 of it between two of the directions); no value rises.
-
-    Returns:
-        a new float32 (C, H, W) tensor.
-    """
-    if not radius > 0:
-        raise ValueError(f"the erosion radius must be positive, got {radius}")
-    probs = probs.to(torch.float32)
-    height, width = probs.shape[-2:]
-    reach = math.ceil(radius) + 1
-    padded = F.pad(probs[None], [reach] * 4, mode="replicate")[0]
-    eroded = probs.clone()
-    for angle in (2 * math.pi * k / _EROSION_DIRECTIONS for k in range(_EROSION_DIRECTIONS)):
-        dy, dx = radius * math.sin(angle), radius * math.cos(angle)
-        top, left = math.floor(dy), math.floor(dx)
-        wy, wx = dy - top, dx - left
-        corners = ((top, left, (1 - wy) * (1 - wx)), (top, left + 1, (1 - wy) * wx),
-                   (top + 1, left, wy * (1 - wx)), (top + 1, left + 1, wy * wx))
-        for row in range(0, height, _EROSION_ROWS):
-            rows = min(_EROSION_ROWS, height - row)
-            sample = sum(
-                weight * padded[:, reach + row + oy : reach + row + oy + rows, reach + ox : reach + ox + width]
-                for oy, ox, weight in corners
-            )
-            torch.minimum(eroded[:, row : row + rows], sample, out=eroded[:, row : row + rows])
-    return eroded
 
 
 def _pad_to(image: torch.Tensor, roi_size: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:

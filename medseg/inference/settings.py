@@ -9,11 +9,12 @@ property of the model.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["InferenceSettings", "complete_settings"]
+__all__ = ["InferenceSettings", "complete_settings", "output_channels"]
 
 
 @dataclass(frozen=True)
@@ -62,33 +63,52 @@ class InferenceSettings:
 
 
 def complete_settings(network: torch.nn.Module, settings: InferenceSettings) -> InferenceSettings:
-    """``settings`` with what is still open filled in: channels and spatial dimensions from the network's
-    convolution weights (C_out, C_in, *kernel), then the window (256 in 2D, 96 in 3D) and the activation
-    (sigmoid for one output channel, softmax for more).
-
-    The first convolution gives the input channels and spatial dimensions, the last the output channels
-    (a U-Net's 1x1 output head).
-    """
+    """``settings`` with what is still open filled in: the input channels and spatial dimensions from the first
+    convolution's weights (C_out, C_in, *kernel), the window (256 in 2D, 96 in 3D), the output channels from what
+    the network produces for one window (:func:`output_channels`), and the activation (sigmoid for one output
+    channel, softmax for more)."""
     weights = [p for p in network.parameters() if p.ndim >= 4]
     if weights:
-        settings = replace(
-            settings,
-            # the network's own weights over what a bundle's metadata declares: a checkpoint trained with other
-            # settings (preprocessing=green: one input channel) is still run as it was trained
-            in_channels=int(weights[0].shape[1]),
-            out_channels=int(weights[-1].shape[0]),
-            spatial_dims=weights[0].ndim - 2,
-        )
+        # the network's own weights over what a bundle's metadata declares: a checkpoint trained with other
+        # settings (preprocessing=green: one input channel) is still run as it was trained
+        settings = replace(settings, in_channels=int(weights[0].shape[1]), spatial_dims=weights[0].ndim - 2)
     spatial_dims = len(settings.roi_size) if settings.roi_size else settings.spatial_dims or 2
     if settings.spatial_dims is not None and spatial_dims != settings.spatial_dims:
         raise ValueError(
             f"roi_size {settings.roi_size} has {spatial_dims} sizes but the network is {settings.spatial_dims}D"
         )
+    roi_size = tuple(settings.roi_size or ((256, 256) if spatial_dims == 2 else (96, 96, 96)))
+    if settings.in_channels is not None:  # a whole-image window (non-positive size) is probed at 64
+        probe = tuple(side if side > 0 else 64 for side in roi_size)
+        settings = replace(settings, out_channels=output_channels(network, settings.in_channels, probe))
     return replace(
         settings,
-        roi_size=tuple(settings.roi_size or ((256, 256) if spatial_dims == 2 else (96, 96, 96))),
+        roi_size=roi_size,
         spatial_dims=spatial_dims,
         activation=settings.activation or ("softmax" if (settings.out_channels or 1) > 1 else "sigmoid"),
     )
 
 
+# what each network produced, so a model's settings changed later (LoadedModel.with_settings) probe it no more
+_OUTPUT_CHANNELS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def output_channels(network: torch.nn.Module, in_channels: int, roi_size: tuple[int, ...]) -> int:
+    """The channels of the logits ``network`` returns for one zero window (1, ``in_channels``, *``roi_size``)
+    (a deep-supervised network's list: its first element): read from what it produces, since neither the order
+    of its parameters (a transposed-convolution head is (C_in, C_out, *k)) nor a bundle's metadata is proof."""
+    if network not in _OUTPUT_CHANNELS:
+        parameter = next(network.parameters(), torch.zeros(()))
+        window = torch.zeros(1, in_channels, *roi_size, dtype=parameter.dtype, device=parameter.device)
+        training = network.training
+        network.eval()  # a network in training mode would fold the zero window into its batch-norm statistics
+        try:
+            with torch.no_grad():
+                logits = network(window)
+        except RuntimeError as err:  # shapes, dtypes: torch names the layer
+            raise ValueError(f"the network fails on a window of shape {tuple(window.shape)}: {err}") from None
+        finally:
+            network.train(training)
+        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        _OUTPUT_CHANNELS[network] = int(logits.shape[1])
+    return _OUTPUT_CHANNELS[network]

@@ -9,6 +9,8 @@ handler share one run: with ``run_name=None`` the second one joins the newest un
 What it lacks, added here:
 
 - ``tags`` set on the run when it starts (see ``medseg.tracking.run_tags``);
+- the run found by its id, which ``run_folder`` records (MONAI finds it by its name, and names are not unique):
+  a trainer's and its validator's handlers, and a resumed training's, log to the run the folder recorded;
 - attaching only on rank 0 under DDP (MONAI's bundle settings do this with ``_disabled_``);
 - two trainings that start at once (an ensemble's members) may both find no experiment and both create it; the
   loser's ``RESOURCE_ALREADY_EXISTS`` is retried by MONAI only when the error message names that code, which the
@@ -40,7 +42,8 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from monai.handlers import MLFlowHandler
 from PIL import Image
 
-from medseg.tracking import tag_experiment_kind
+from medseg.tracking.record import record_run_id, recorded_run_id
+from medseg.tracking.store import tag_experiment_kind
 
 __all__ = ["TrackingHandler"]
 
@@ -57,6 +60,8 @@ class TrackingHandler(MLFlowHandler):
             (:func:`medseg.tracking.models.log_bundle_model`): this bundle folder with the network's weights.
         model_network: the network whose weights the model holds (a training's ``eval_network``).
         system_metrics: log the machine's CPU, memory and disk use to the run while it lasts.
+        run_folder: a training's output folder: its handlers log to the run whose id it records
+            (:func:`medseg.tracking.recorded_run_id`), the first to start records the run it starts.
         epoch_images: a folder whose ``epoch_<NNNN>/*.png`` (``medseg.engines.RunArtifacts``'s overlays of each
             validation) are logged after that epoch as MLflow images, key the file's name, step the epoch.
         model_config: the run's executed train config (MONAI's ``save_execute_config`` file), so that the
@@ -73,6 +78,7 @@ class TrackingHandler(MLFlowHandler):
         model_config: str | None = None,
         system_metrics: bool = False,
         epoch_images: str | None = None,
+        run_folder: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -82,6 +88,7 @@ class TrackingHandler(MLFlowHandler):
         self.model_config = model_config if isinstance(model_config, str) else None
         self.system_metrics = system_metrics
         self.epoch_images = epoch_images if isinstance(epoch_images, str) else None
+        self.run_folder = run_folder if isinstance(run_folder, str) else None
         self.monitor: SystemMetricsMonitor | None = None
         self.tracking_lost = False
 
@@ -114,7 +121,14 @@ class TrackingHandler(MLFlowHandler):
         tag_experiment_kind(self.client, self.experiment.experiment_id)
 
     def _start_and_tag(self, engine: Engine) -> None:
+        recorded = recorded_run_id(self.run_folder) if self.run_folder and self.cur_run is None else None
+        if recorded is not None:
+            self.cur_run = self.client.get_run(recorded)  # MONAI's start then logs to it
+            if self.cur_run.info.status != "RUNNING":  # a killed training's run, resumed
+                self.client.update_run(recorded, status="RUNNING")
         super().start(engine)
+        if self.run_folder and recorded is None and self.cur_run is not None:
+            record_run_id(self.run_folder, self.cur_run.info.run_id)
         if self.tags and self.cur_run is not None:
             tags = [RunTag(key, value) for key, value in self.tags.items()]
             self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)

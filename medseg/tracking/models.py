@@ -30,7 +30,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
-from medseg.tracking import tag_experiment_kind
+from medseg.tracking.store import tag_experiment_kind, tracking_at
 
 __all__ = ["MODEL_ARTIFACT", "BundleModel", "log_bundle_model", "register_bundle_model", "sha256_of", "ship_run",
            "tracking_at"]
@@ -62,20 +62,8 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         image = image[None] if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))
         meta = ImageMeta(Path("input"))
         fov = fov_for(meta.path, image, self.settings.fov, self.settings.fundus)
-        probabilities = predict_image(self.network, image, meta, self.settings, fov)
+        probabilities = predict_image(self.network, image, meta, self.settings, fov).probabilities
         return probabilities[0].numpy() if probabilities.shape[0] == 1 else probabilities.numpy()
-
-
-@contextmanager
-def tracking_at(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (and the ``MLFLOW_TRACKING_URI`` it sets for subprocesses) at ``uri`` for the block,
-    as it was afterwards: other clients of this process (MONAI's handlers read that variable) are not redirected."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)  # None unsets it
 
 
 def sha256_of(path: str | Path) -> str:

@@ -17,7 +17,8 @@ from PIL import Image
 from medseg.cli import main
 from medseg.data import drive_records, read_binary
 from medseg.data.synthetic import synthetic_retina
-from medseg.inference import fov_width, load_model
+from medseg.fundus import fov_width
+from medseg.inference import load_model
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 DRIVE_BUNDLE = BUNDLES / "drive_vessel_unet"

@@ -165,7 +165,7 @@ def test_index_map_labels_are_vessel_where_their_values_are_named(record, tmp_pa
 
 
 def test_photographs_are_brought_to_the_training_fov_width(record):
-    from medseg.inference import fov_width
+    from medseg.fundus import fov_width
 
     native = vessel_transforms("eval")(record)
     width = fov_width(native["mask"][0].numpy() > 0.5)

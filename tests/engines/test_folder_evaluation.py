@@ -79,7 +79,7 @@ def test_the_report_pools_the_fov_and_matches_what_infer_predicts(vessel_folders
     for record in records:
         image, meta = read_image(Path(record["image"]))
         fov = np.asarray(Image.open(record["mask"])) > 127
-        probabilities = predict_image(tiny_model.network, image, meta, settings, fov)
+        probabilities = predict_image(tiny_model.network, image, meta, settings, fov).probabilities
         label = np.isin(np.asarray(Image.open(record["label"])), [2, 3])
         expected.update(probabilities[None], torch.as_tensor(label, dtype=torch.float32)[None, None],
                         torch.as_tensor(fov, dtype=torch.float32)[None, None])

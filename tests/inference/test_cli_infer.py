@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from medseg.cli import main
-from medseg.inference import estimate_fov, native_bfloat16
+from medseg.fundus import erode, estimate_fov
+from medseg.inference import native_bfloat16
 from medseg.inference.predict import TTA_MODES
 from medseg.networks import UNet, ensemble_state_dict
 
@@ -277,15 +278,13 @@ def test_the_log_says_which_precision_auto_chose(checkpoint, tmp_path, capsys):
 
 
 def test_upsampled_edge_erosion_flag_erodes_what_a_shrunk_photograph_gives_back(tmp_path):
-    from medseg.inference.predict import erode
-
     checkpoint = tmp_path / "sharp.pt"
     torch.save({"network": sharp_network().state_dict()}, checkpoint)
     image = write_png(tmp_path / "a.png", 4, size=(64, 64))
-    # a fundus model trained at 32 pixels: the 64-pixel photograph (no dark surround: its FOV is all of it) is
-    # shrunk by 0.5, its probabilities resampled back and, with the flag, eroded by (1 / 0.5 - 1) / 2 pixels
-    fundus = [*checkpoint_args(checkpoint), str(image), "--fundus-width", "32", "--fov", "none", "--save-prob",
-              "float16"]
+    # a fundus model: the 64-pixel photograph (no dark surround, so no width to measure) is shrunk by the given
+    # 0.5, its probabilities resampled back and, with the flag, eroded by (1 / 0.5 - 1) / 2 pixels
+    fundus = [*checkpoint_args(checkpoint), str(image), "--fundus-width", "32", "--scale", "0.5", "--fov", "none",
+              "--save-prob", "float16"]
     plain, eroded = tmp_path / "plain", tmp_path / "eroded"
     assert main(["infer", *fundus, "-o", str(plain), "--no-upsampled-edge-erosion"]) == 0
     assert main(["infer", *fundus, "-o", str(eroded), "--upsampled-edge-erosion"]) == 0

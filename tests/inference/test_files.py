@@ -117,3 +117,47 @@ def test_a_clahe_network_runs_on_colour_photographs(tmp_path):
     model = LoadedModel(clahe, InferenceSettings(preprocessing="clahe", normalization="standardize"))
     summary = infer_files(model, [write_png(tmp_path / "a.png", 4)], tmp_path / "out", progress=False)
     assert summary.raise_for_failures() is summary and (tmp_path / "out" / "a_mask.png").is_file()
+
+
+def _fundus_rgba(path: Path, surround: int) -> tuple[Path, np.ndarray]:
+    """A 64 x 64 RGBA photograph whose opaque disc (the alpha) is the FOV; the surround's RGB is ``surround``
+    (bright: nothing but the alpha tells where the retina ends). Returns the file and its disc (H, W) bool."""
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 26**2
+    rgb = np.random.default_rng(4).integers(80, 200, (64, 64, 3), dtype=np.uint8)
+    rgb[~disc] = surround
+    Image.fromarray(np.dstack([rgb, np.where(disc, 255, 0).astype(np.uint8)]), mode="RGBA").save(path)
+    return path, disc
+
+
+def test_an_alpha_channel_that_is_a_mask_is_the_fov_and_the_log_says_so(network, tmp_path, caplog):
+    path, disc = _fundus_rgba(tmp_path / "exported.png", surround=230)
+    image, meta = read_image(path)
+    assert image.shape == (3, 64, 64) and meta.alpha is not None
+    settings = InferenceSettings(roi_size=(32, 32), fundus=True, training_fov_width=52, fov="auto")
+    with caplog.at_level("INFO", logger="medseg.inference"):
+        summary = infer_files(LoadedModel(network, settings), [path], tmp_path / "out", progress=False,
+                              save_prob="float16")
+    assert not summary.failures
+    probabilities = np.load(summary.written[path]["probabilities"]).reshape(64, 64)
+    assert (probabilities[~disc] == 0).all() and (probabilities[disc] > 0).all()
+    assert "alpha channel marks the FOV" in caplog.text
+
+
+def test_a_fully_opaque_alpha_is_no_fov(tmp_path):
+    from medseg.fundus import fov_from_alpha
+
+    assert fov_from_alpha(np.full((8, 8), 255, np.uint8)) is None
+    assert fov_from_alpha(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)) is None
+
+
+def test_a_16_bit_photograph_is_scaled_by_its_bit_depth_where_the_network_scales_by_255(network, tmp_path):
+    grey8 = np.random.default_rng(5).integers(0, 256, (40, 50), dtype=np.uint8)
+    Image.fromarray(grey8).save(tmp_path / "eight.png")
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # the same picture, 16 bits
+    model = LoadedModel(network, InferenceSettings(roi_size=(32, 32), normalization="scale255", precision="float32"))
+    summary = infer_files(model, [tmp_path / "eight.png", tmp_path / "sixteen.png"], tmp_path / "out",
+                          progress=False, save_prob="float16")
+    eight, sixteen = (np.load(summary.written[tmp_path / name]["probabilities"]).astype(np.float32)
+                      for name in ("eight.png", "sixteen.png"))
+    np.testing.assert_allclose(sixteen, eight, atol=2e-3)

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 
 import pytest
+import torch
 
 from medseg.cli import build_parser
 from medseg.inference import InferenceSettings, predict
@@ -65,3 +66,30 @@ def test_a_loaded_model_completes_its_settings_from_the_network_once_for_every_c
         model.with_settings(roi_size=(8, 8, 8))
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.settings = InferenceSettings()  # type: ignore[misc]
+
+
+def test_the_output_channels_are_what_the_network_produces_not_its_last_parameter(tmp_path):
+    from monai.networks.nets import UNet as MonaiUNet
+
+    from medseg.inference import LoadedModel
+
+    # a head of transposed convolutions: its last weight is (C_in, C_out=1, k, k)
+    network = MonaiUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(8, 16), strides=(2,),
+                        num_res_units=0).eval()
+    assert [p for p in network.parameters() if p.ndim == 4][-1].shape[0] != 1
+    scripted = torch.jit.script(network)
+    for model in (network, scripted):
+        settings = LoadedModel(model, InferenceSettings(roi_size=(32, 32))).settings
+        assert (settings.in_channels, settings.out_channels, settings.activation) == (3, 1, "sigmoid")
+
+
+def test_a_network_in_training_mode_is_probed_without_touching_its_statistics():
+    from medseg.inference import LoadedModel
+    from medseg.networks import UNet
+
+    network = UNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 8)).train()
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    assert LoadedModel(network, InferenceSettings(roi_size=(16, 16))).settings.out_channels == 2
+    assert network.training
+    for name, value in network.state_dict().items():
+        torch.testing.assert_close(value, before[name], atol=0, rtol=0, msg=name)

@@ -16,6 +16,7 @@ from medseg.tracking import (
     MACHINE_TAG,
     evaluation_tags,
     machine_description,
+    record_run_id,
     run_tags,
     training_record,
 )
@@ -28,25 +29,43 @@ def checkpoint(path: Path) -> Path:
 
 
 def training_run(uri: str, folder: Path, name: str) -> str:
+    """A training run named ``name`` whose output folder ``folder`` records its id, as its handler does."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("bundle") or client.get_experiment(client.create_experiment("bundle"))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mlflow_run_name.txt").write_text(name + "\n")
-    return client.create_run(experiment.experiment_id, run_name=name).info.run_id
+    run_id = client.create_run(experiment.experiment_id, run_name=name).info.run_id
+    record_run_id(folder, run_id)
+    return run_id
 
 
 def test_one_trainings_checkpoint_nests_under_its_run(tmp_path):
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     run_id = training_run(uri, tmp_path / "single", "run_single")
-    tags = evaluation_tags([checkpoint(tmp_path / "single" / "checkpoints" / "model.pt")], uri, "bundle")
+    tags = evaluation_tags([checkpoint(tmp_path / "single" / "checkpoints" / "model.pt")], uri)
     assert tags["mlflow.parentRunId"] == tags["medseg.source_run"] == run_id
+
+
+def test_runs_of_one_name_are_told_apart_by_the_id_their_folder_records(tmp_path):
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    first = training_run(uri, tmp_path / "first", "run_same_name")
+    second = training_run(uri, tmp_path / "second", "run_same_name")  # MLflow run names need not be unique
+    for folder, run_id in (("first", first), ("second", second)):
+        tags = evaluation_tags([checkpoint(tmp_path / folder / "checkpoints" / "model.pt")], uri)
+        assert tags["medseg.source_run"] == run_id
+
+
+def test_a_recorded_run_of_another_store_is_no_source(tmp_path):
+    training_run(path_to_sqlite_uri(tmp_path / "other.db"), tmp_path / "single", "run_single")
+    tags = evaluation_tags([checkpoint(tmp_path / "single" / "checkpoints" / "model.pt")],
+                           path_to_sqlite_uri(tmp_path / "mlflow.db"))
+    assert "medseg.source_run" not in tags
 
 
 def test_the_members_of_one_ensemble_nest_under_the_ensembles_run(tmp_path):
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     run_id = training_run(uri, tmp_path / "ensemble", "run_ensemble")
     members = [checkpoint(tmp_path / "ensemble" / f"member{k}" / "checkpoints" / "model.pt") for k in range(2)]
-    tags = evaluation_tags(members, uri, "bundle")
+    tags = evaluation_tags(members, uri)
     assert tags["mlflow.parentRunId"] == run_id
     assert len(tags["medseg.weights_sha256"].split(",")) == 2
 
@@ -56,7 +75,7 @@ def test_checkpoints_of_unrelated_trainings_nest_under_none(tmp_path):
     training_run(uri, tmp_path / "a", "run_a")
     training_run(uri, tmp_path / "b", "run_b")
     tags = evaluation_tags([checkpoint(tmp_path / "a" / "checkpoints" / "model.pt"),
-                            checkpoint(tmp_path / "b" / "checkpoints" / "model.pt")], uri, "bundle")
+                            checkpoint(tmp_path / "b" / "checkpoints" / "model.pt")], uri)
     assert "mlflow.parentRunId" not in tags
 
 
@@ -83,11 +102,10 @@ def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("bundle")
-    (tmp_path / "ensemble").mkdir()
-    (tmp_path / "ensemble" / "mlflow_run_name.txt").write_text("run_ensemble\n")
     start = 1_796_000_000_000  # 2026-11-29, in milliseconds
     tags = {MACHINE_TAG: "AMD EPYC, 2 cores", COMMAND_TAG: "medseg train bundles/x"}
     parent = client.create_run(experiment, start_time=start, run_name="run_ensemble", tags=tags).info.run_id
+    record_run_id(tmp_path / "ensemble", parent)
     client.set_terminated(parent, end_time=start + 55 * 60_000 + 12_000)
     # member 1 started a second later, so its run name sorts first by time; the record follows the member folders
     for member, last_step, second in ((1, 130, "01"), (0, 120, "00")):
@@ -96,7 +114,7 @@ def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and
         for step in (1, last_step // 2, last_step):
             client.log_metric(run, "train_loss", 1.0 / step, step=step)
     members = [checkpoint(tmp_path / "ensemble" / f"member{k}" / "checkpoints" / "model.pt") for k in range(2)]
-    assert training_record(members, uri, "bundle") == {
+    assert training_record(members, uri) == {
         "date": datetime.date.fromtimestamp(start / 1000).isoformat(), "machine": "AMD EPYC, 2 cores",
         "command": "medseg train bundles/x", "wall_minutes": 55.2, "steps": [120, 130],
     }
@@ -104,4 +122,4 @@ def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and
 
 def test_weights_of_no_recorded_training_have_no_training_record(tmp_path):
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
-    assert training_record([checkpoint(tmp_path / "elsewhere" / "model.pt")], uri, "bundle") is None
+    assert training_record([checkpoint(tmp_path / "elsewhere" / "model.pt")], uri) is None

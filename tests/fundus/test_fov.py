@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from medseg.inference import estimate_fov, fov_width
+from medseg.fundus import estimate_fov, fov_width
 
 # the acceptance bounds: FOV pixels left outside the estimate, and the error of its width
 MAX_MISSED_FRACTION = 0.005
@@ -127,7 +127,7 @@ def test_an_image_with_no_dark_background_is_kept_whole_and_the_log_says_so(phot
     centre_y, centre_x = int(rows.mean()), int(columns.mean())
     side = int(fov_width(expected)) // 3
     crop = image[centre_y - side // 2 : centre_y + side // 2, centre_x - side // 2 : centre_x + side // 2]
-    with caplog.at_level(logging.WARNING, logger="medseg.inference.fov"):
+    with caplog.at_level(logging.WARNING, logger="medseg.fundus.fov"):
         estimated = estimate_fov(crop, name="retina_crop.png")
     assert estimated.all()
     assert "retina_crop.png: no dark background" in caplog.text

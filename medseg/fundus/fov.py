@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure, morphology
 
-__all__ = ["estimate_fov", "fov_width"]
+__all__ = ["estimate_fov", "find_fov", "fov_from_alpha", "fov_width"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,37 +36,57 @@ _MIN_OUTLINE_POINTS = 50
 _MAX_CIRCLE_MISFIT = 0.02
 # An image whose dark pixels reaching the frame's border cover less than this fraction has no background.
 _MIN_BACKGROUND_FRACTION = 0.005
+# An alpha channel is a FOV mask when at least this fraction of its pixels are fully transparent or fully opaque
+# (anti-aliasing may soften the disc's outline) and it has pixels of both.
+_MASK_LIKE_ALPHA = 0.99
 
 
-def estimate_fov(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Estimate the FOV of a fundus photograph.
+def find_fov(image: np.ndarray) -> np.ndarray | None:
+    """The FOV of a fundus photograph, or ``None`` when it shows no dark surround to find the disc by.
 
     Args:
         image: (H, W, 3) RGB or (H, W) grey, any integer or float dtype.
-        name: how the run's log names the image.
 
     Returns:
         (H, W) bool mask, True inside the FOV: on a thumbnail of the brightest channel, the pixels above the
         background's level plus its noise, the largest such component, its holes filled, closed to its convex
-        hull and grown by one thumbnail pixel (so the full-resolution outline is never inside the retina). An
-        image without a dark background reaching its border (a crop of the retina, a flat image) keeps the
-        whole frame, and the log says so.
+        hull and grown by one thumbnail pixel (so the full-resolution outline is never inside the retina).
+        ``None`` for an image without a dark background reaching its border (a crop of the retina, a flat image).
     """
     if image.ndim not in (2, 3):
-        raise ValueError(f"estimate_fov expects an (H, W) or (H, W, C) image, got shape {image.shape}")
+        raise ValueError(f"a FOV estimate needs an (H, W) or (H, W, C) image, got shape {image.shape}")
     height, width = image.shape[:2]
     step = max(1, int(np.ceil(max(height, width) / _THUMBNAIL_SIDE)))
     thumbnail = np.asarray(image[::step, ::step], dtype=np.float32)
     brightness = thumbnail.max(axis=-1) if thumbnail.ndim == 3 else thumbnail
     threshold = _background_threshold(brightness)
     if threshold is None:
-        logger.warning("%s: no dark background around the retina, so the FOV is the whole image", name)
-        return np.ones((height, width), dtype=bool)
+        return None
     disc = _largest_component(ndimage.binary_opening(brightness > threshold, iterations=1))
     disc = morphology.convex_hull_image(ndimage.binary_fill_holes(disc))
     disc = ndimage.binary_dilation(disc, iterations=1)
     full = np.repeat(np.repeat(disc, step, axis=0), step, axis=1)[:height, :width]
     return np.ascontiguousarray(full)
+
+
+def fov_from_alpha(alpha: np.ndarray) -> np.ndarray | None:
+    """The FOV an (H, W) alpha channel marks (its opaque half: True where alpha >= half its range), or ``None``
+    when the alpha is no mask: fully opaque, or with more than a sliver of partial transparency."""
+    alpha = np.asarray(alpha)
+    full = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
+    opaque, transparent = alpha >= full, alpha <= 0
+    if not opaque.any() or not transparent.any() or (opaque | transparent).mean() < _MASK_LIKE_ALPHA:
+        return None
+    return alpha >= full / 2
+
+
+def estimate_fov(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """:func:`find_fov`, or the whole frame (and a log line naming the image) where no disc is found: (H, W) bool."""
+    found = find_fov(image)
+    if found is None:
+        logger.warning("%s: no dark background around the retina, so the FOV is the whole image", name)
+        return np.ones(image.shape[:2], dtype=bool)
+    return found
 
 
 def _background_threshold(brightness: np.ndarray) -> float | None:
