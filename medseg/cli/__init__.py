@@ -71,9 +71,10 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
+def add_bundle_arguments(parser: argparse.ArgumentParser, configs: Sequence[str]) -> None:
     """The arguments of every command that runs a bundle's config: BUNDLE, ``--config``, ``--set``,
-    ``--data-root`` and ``--output-dir``."""
+    ``--data-root`` and ``--output-dir``; ``--set`` takes the ids of the bundle's ``configs`` (e.g. ``["train"]``)."""
+    parser.set_defaults(bundle_configs=tuple(configs))
     parser.add_argument("bundle", type=bundle_argument,
                         help="bundle folder, or the name of a shipped bundle, e.g. drive_vessel_unet")
     add_overlay_argument(parser, "the bundle's config")
@@ -98,11 +99,12 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 def bundle_overrides(args: argparse.Namespace) -> dict:
     """Config overrides from the shared bundle arguments, paths made absolute."""
-    from medseg.engines.workflow import parse_overrides
+    from medseg.engines.workflow import check_override_ids, parse_overrides
 
     try:
         overrides = parse_overrides(args.overrides)
-    except ValueError as err:
+        check_override_ids(args.bundle, args.bundle_configs, overrides, args.overlays)
+    except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     # an expression, as in the bundle: MONAI's tracking patch appends to it to name the exported config file
     overrides["output_dir"] = f"${str(output_dir(args))!r}"

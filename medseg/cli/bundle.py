@@ -183,12 +183,12 @@ def _ship(args: argparse.Namespace) -> int:
     if is_packaged(bundle):
         raise CLIError(f"{bundle}: a bundle installed with medseg is not changed in place; "
                        f"`medseg bundle export {bundle.name} DIR` and ship into DIR")
+    overrides = bundle_overrides(args)
     meta = read_metadata(bundle)
     state_dict = joined_weights(args.checkpoints)
     shipped = ", ".join(map(str, args.checkpoints))
     models = bundle / "models"
     models.mkdir(exist_ok=True)
-    overrides = bundle_overrides(args)
     with tempfile.TemporaryDirectory(dir=models, prefix=".ship-") as work:
         candidate, report_path = Path(work) / "model.pt", output_dir(args) / "metrics_test.json"
         report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the weights (cast to --dtype) to BUNDLE/models/model.pt and the metrics to the eval_metrics of "
         "BUNDLE/configs/metadata.json. On any failure neither file changes.",
     )
-    add_bundle_arguments(ship)
+    add_bundle_arguments(ship, ["train", "evaluate"])
     ship.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT",
                       help="weights to ship, e.g. OUTPUT_DIR/checkpoints/model.pt; one per member of an ensemble")
     ship.add_argument("--tracking-uri", help="MLflow store of the Model Registry (default: sqlite:///mlflow.db here)")

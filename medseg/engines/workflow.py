@@ -10,6 +10,7 @@ folder, with every path it is given made absolute first.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,10 +19,10 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from medseg.resources import bundle_config_files, configs_root
+from medseg.resources import bundle_config_files, configs_root, read_bundle_config
 
 __all__ = [
-    "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "parse_overrides", "run_bundle_config",
+    "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
 ]
 
 # how MONAI words an error raised while it evaluates an expression or instantiates a component of a config
@@ -69,6 +70,31 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def check_override_ids(
+    bundle: str | os.PathLike,
+    names: Sequence[str],
+    overrides: Mapping[str, Any],
+    overlays: Sequence[str | os.PathLike] = (),
+) -> None:
+    """Check that each override's top-level id (``network_def`` of ``network_def#features``) is an id of one of the
+    configs ``names`` of ``bundle`` (with ``overlays``) or of medseg's tracking settings; MONAI's runner would add an
+    unknown id to the config and run without a word.
+
+    Raises:
+        ConfigError: naming the unknown id and the nearest known ids.
+    """
+    known = set(ConfigParser.load_config_files(str(MLFLOW_TRACKING))["configs"])
+    for name in names:
+        known.update(read_bundle_config(bundle, name, overlays).get())
+    for key in overrides:
+        top = key.split("#", 1)[0]
+        if top not in known:
+            nearest = difflib.get_close_matches(top, sorted(known), n=3)
+            hint = f"; did you mean {' or '.join(nearest)}?" if nearest else ""
+            raise ConfigError(f"--set {key}: {top!r} is not an id of {Path(bundle).name}'s "
+                              f"{' or '.join(f'{name}.yaml' for name in names)}{hint}")
 
 
 def bundle_workflow(
