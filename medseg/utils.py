@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["atomic_folder", "atomic_path", "atomic_write_text", "format_table", "full_suffix"]
@@ -23,6 +23,19 @@ def full_suffix(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def _create_beside(path: Path, create: Callable[[Path], None]) -> Path:
+    """A new hidden name beside ``path`` (keeping its suffix), created by ``create``, which raises
+    ``FileExistsError`` if the name is taken. ``tempfile.mkstemp`` and ``mkdtemp`` create 0600 files and 0700
+    folders whatever the umask; ``create`` makes it with 0666 or 0777, so the umask applies as to a plain write."""
+    while True:
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}{full_suffix(path)}"
+        try:
+            create(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary file path beside ``path`` to write to; it replaces ``path`` when the block ends normally.
@@ -32,9 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=full_suffix(path), dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = _create_beside(path, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
     try:
         yield temporary
         os.replace(temporary, path)
@@ -60,7 +71,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path}: exists and is not an empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = _create_beside(path, lambda name: os.mkdir(name, 0o777))
     try:
         yield staging
         if path.exists():
