@@ -115,6 +115,18 @@ def bundle_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def config_failure(err: Exception, args: argparse.Namespace) -> CLIError:
+    """``err``, raised running a bundle's config, as the CLI's one line; a dataset the user did not name and the
+    bundle could not read says how to name it."""
+    from medseg.data import DatasetError
+    from medseg.resources import DATA_ROOT_VARIABLE
+
+    if isinstance(getattr(err, "root", err), DatasetError) and args.data_root is None:
+        return CLIError(f"{err} (give the dataset folder with --data-root DIR, or set {DATA_ROOT_VARIABLE} to the "
+                        "folder that holds the datasets)")
+    return CLIError(str(err))
+
+
 def passed_arguments(args: argparse.Namespace) -> list[str]:
     """The bundle arguments this command was given (overlays, ``--set``, ``--data-root``), paths made absolute."""
     passed = [arg for overlay in args.overlays for arg in ("--config", str(Path(overlay).resolve()))]

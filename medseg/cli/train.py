@@ -11,7 +11,9 @@ import argparse
 import json
 import shlex
 
-from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, output_dir, passed_arguments
+from medseg.cli import (
+    CLIError, add_bundle_arguments, bundle_overrides, config_failure, ensemble_plan, output_dir, passed_arguments,
+)
 from medseg.engines.ensemble import EnsembleError, EnsemblePlan, train_ensemble
 from medseg.engines.evaluation import report_table
 from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
@@ -56,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
             workflow_type="train",
         )
     except (FileNotFoundError, ConfigError) as err:
-        raise CLIError(str(err)) from None
+        raise config_failure(err, args) from None
     print(f"checkpoints in {output_dir(args) / 'checkpoints'}")
     print(f"review the run: mlflow ui --backend-store-uri {tracking_uri}")
     return 0

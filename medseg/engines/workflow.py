@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from medseg.resources import bundle_config_files, configs_root, read_bundle_config
+from medseg.resources import bundle_config_files, configs_root, is_packaged, read_bundle_config
 
 __all__ = [
     "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
@@ -31,7 +31,12 @@ _MONAI_CONFIG_FAILURES = ("Failed to evaluate ", "Failed to instantiate componen
 
 class ConfigError(ValueError):
     """An error raised inside a bundle config's expression or component, named by its config id and the
-    bundle, with the error at its root (MONAI wraps it in one ``RuntimeError`` per level of references)."""
+    bundle, with the error at its root (MONAI wraps it in one ``RuntimeError`` per level of references) as
+    ``root``."""
+
+    def __init__(self, message: str, root: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.root = root
 
 
 def config_error(err: BaseException, parser: ConfigParser, bundle: Path) -> ConfigError | None:
@@ -46,8 +51,10 @@ def config_error(err: BaseException, parser: ConfigParser, bundle: Path) -> Conf
     ids = [item_id for item_id, item in parser.ref_resolver.items.items()
            if item_id and (f"Failed to evaluate {item}" == innermost or
                            innermost.startswith(f"Failed to instantiate component '{_target_of(item)}'"))]
-    where = f"config id {max(ids, key=len)!r} of {bundle}" if ids else f"a config of {bundle}"
-    return ConfigError(f"{where}: {type(root).__name__}: {root}".replace("\n", " "))
+    # an installed bundle by its name: its folder inside the package is nothing the user can act on
+    named = bundle.name if is_packaged(bundle) else bundle
+    where = f"config id {max(ids, key=len)!r} of {named}" if ids else f"a config of {named}"
+    return ConfigError(f"{where}: {type(root).__name__}: {root}".replace("\n", " "), root)
 
 
 def _target_of(item: Any) -> str | None:
@@ -146,7 +153,16 @@ def _config_errors(parser: ConfigParser, bundle: Path) -> Iterator[None]:
         translated = config_error(err, parser, bundle)
         if translated is None:
             raise
+        _remove_executed_config(parser, bundle)
         raise translated from err
+
+
+def _remove_executed_config(parser: ConfigParser, bundle: Path) -> None:
+    """Remove the executed config MONAI's tracking patch wrote (``save_execute_config``): it records a run that
+    never ran."""
+    if isinstance(parser.get("save_execute_config"), str):
+        with contextlib.chdir(bundle):
+            Path(parser.get_parsed_content("save_execute_config")).unlink(missing_ok=True)
 
 
 def run_bundle_config(bundle: str | os.PathLike, name: str, **kwargs: Any) -> ConfigWorkflow:

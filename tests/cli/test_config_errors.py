@@ -49,3 +49,14 @@ def test_a_set_of_a_nested_id_of_a_known_top_level_id_is_accepted():
     from medseg.engines.workflow import check_override_ids
 
     check_override_ids(REPO / "bundles" / "drive_vessel_unet", ["train"], {"network_def#features": [4, 8]})
+
+
+def test_a_missing_dataset_names_data_root_and_medseg_data_root_and_leaves_no_executed_config(tmp_path, capsys,
+                                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDSEG_DATA_ROOT", str(tmp_path / "no_data"))
+    code = main(["evaluate", "drive_vessel_unet", "--output-dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and len(error.splitlines()) == 1
+    assert str(tmp_path / "no_data" / "DRIVE") in error and "--data-root" in error and "MEDSEG_DATA_ROOT" in error
+    assert not list((tmp_path / "out").glob("config_*.json"))
