@@ -1,4 +1,5 @@
-"""Small helpers every part of medseg shares: files written all at once, and plain-text tables.
+"""Small helpers every part of medseg shares: files written all at once, plain-text tables, and a library's log
+record silenced where medseg calls it.
 
 A file or folder medseg writes is either complete or absent: it is written under a temporary name beside its
 target and renamed into place only when the writing succeeded, and the temporary name is removed on any failure
@@ -8,13 +9,14 @@ target and renamed into place only when the writing succeeded, and the temporary
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_folder", "atomic_path", "atomic_write_text", "format_table", "full_suffix"]
+__all__ = ["atomic_folder", "atomic_path", "atomic_write_text", "dropped_log_records", "format_table", "full_suffix"]
 
 
 def full_suffix(path: str | os.PathLike) -> str:
@@ -79,6 +81,23 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dropped_log_records(logger_name: str, prefix: str) -> Iterator[None]:
+    """Within the block, drop the records of the logger ``logger_name`` whose message starts with ``prefix``: a
+    library's warning that says nothing to medseg's users where medseg makes the call. Every other record passes.
+    """
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], rule: bool = True) -> str:

@@ -20,6 +20,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medseg.resources import bundle_config_files, configs_root, is_packaged, read_bundle_config
+from medseg.utils import dropped_log_records
 
 __all__ = [
     "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
@@ -130,7 +131,9 @@ def bundle_workflow(
     logging_file = configs / "logging.conf"
     # macros are resolved when the workflow is built and initialised; nothing reads files relative to the
     # working directory after that
-    with contextlib.chdir(bundle):
+    # MONAI warns whenever an overlay lies outside configs/, about the defaults of meta_file and logging_file,
+    # which are both given here
+    with contextlib.chdir(bundle), dropped_log_records("monai.bundle.workflows", "Not all config files are in "):
         workflow = ConfigWorkflow(
             config_file=files,
             meta_file=str(configs / "metadata.json"),
@@ -140,6 +143,7 @@ def bundle_workflow(
             bundle_root=str(bundle),
             **dict(overrides or {}),
         )
+    with contextlib.chdir(bundle):
         with _config_errors(workflow.parser, bundle):
             workflow.initialize()
     return workflow

@@ -53,3 +53,14 @@ def test_ensemble_members_show_their_progress_with_their_prefix_and_keep_their_l
     for k in (0, 1):
         assert re.search(rf"^member {k}: epoch 1/1  loss ", out, re.M)
         assert "epoch 1/1  loss " in (tmp_path / "run" / f"member{k}" / "train.log").read_text()
+
+
+def test_a_training_prints_each_epoch_once_and_none_of_the_libraries_noise(synthetic_drive, tmp_path, capfd):
+    overlay = tmp_path / "two_epochs.yaml"  # an overlay outside the bundle's configs/, as users write them
+    overlay.write_text("max_epochs: 2\n")
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=1", "--config", str(overlay)) == 0
+    console = "".join(capfd.readouterr())
+    assert len([line for line in console.splitlines() if LINE.match(line)]) == 2
+    assert not re.search(r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete", console)
+    for noise in ("Not all config files are in", "serialized using CloudPickle", "no dark background"):
+        assert noise not in console
