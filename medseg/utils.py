@@ -100,13 +100,26 @@ def dropped_log_records(logger_name: str, prefix: str) -> Iterator[None]:
         logger.removeFilter(keep)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], rule: bool = True) -> str:
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], rule: bool = True, max_width: int | None = None
+) -> str:
     """A plain-text table: columns padded to their widest cell, with ``rule`` a line of dashes under the header.
 
-    Floats are written with four decimals, every other cell with ``str``.
+    Floats are written with four decimals, every other cell with ``str``. With ``max_width`` (a terminal's
+    columns), the widest columns are narrowed in turn, their long cells cut and ending in ``...``, until the lines
+    fit (a line that wraps breaks the columns); no column becomes narrower than its header or 8 characters.
     """
     cells = [[f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    if max_width is not None:
+        floors = [max(8, len(name)) for name in header]
+        while sum(widths) + 2 * (len(widths) - 1) > max_width:
+            widest = max(range(len(widths)), key=lambda i: widths[i] - floors[i])
+            if widths[widest] <= floors[widest]:
+                break
+            widths[widest] -= 1
+        cells = [[cell if len(cell) <= width else cell[:width - 3] + "..." for cell, width in zip(row, widths)]
+                 for row in cells]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
     if rule:
         lines.insert(1, "  ".join("-" * width for width in widths))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +27,17 @@ class CLIError(Exception):
 
 
 def bundle_argument(text: str) -> Path:
-    """argparse type: a bundle folder, or the name of a bundle medseg ships (:func:`medseg.resources.bundle_folder`)."""
+    """argparse type: a bundle folder, or the name of a bundle medseg ships (:func:`medseg.resources.bundle_folder`).
+
+    A bundle that is not there is a :class:`CLIError` (exit 1, as in ``medseg bundle info``), not a usage error:
+    argparse turns only ``ArgumentTypeError``, ``TypeError`` and ``ValueError`` into one, and lets it through.
+    """
     from medseg.resources import bundle_folder
 
     try:
         return bundle_folder(text)
     except FileNotFoundError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise CLIError(str(err)) from None
 
 
 def overlay_argument(text: str) -> Path:
@@ -127,6 +132,13 @@ def config_failure(err: Exception, args: argparse.Namespace) -> CLIError:
     return CLIError(str(err))
 
 
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """``mlflow ui --backend-store-uri URI`` with the ``mlflow`` installed beside this Python, by its path: a
+    virtual environment's ``bin/`` is on PATH only while the environment is active."""
+    beside = Path(sys.executable).parent / "mlflow"
+    return shlex.join([str(beside) if beside.is_file() else "mlflow", "ui", "--backend-store-uri", tracking_uri])
+
+
 def passed_arguments(args: argparse.Namespace) -> list[str]:
     """The bundle arguments this command was given (overlays, ``--set``, ``--data-root``), paths made absolute."""
     passed = [arg for overlay in args.overlays for arg in ("--config", str(Path(overlay).resolve()))]
@@ -191,7 +203,12 @@ def _log_to_stderr() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CLIError as err:  # raised by an argument's type (bundle_argument)
+        command = next((arg for arg in (sys.argv[1:] if argv is None else argv) if not arg.startswith("-")), "")
+        print(f"medseg {command}: error: {err}", file=sys.stderr)
+        return 1
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -124,7 +125,9 @@ def _list(args: argparse.Namespace) -> int:
         meta = read_metadata(bundle)
         rows.append([bundle.name, meta.get("version", "-"), meta.get("task", "-"), network_name(bundle),
                      metrics_line(meta.get("eval_metrics") or {})])
-    print(format_table(["bundle", "version", "task", "network", "eval metrics"], rows))
+    # on a terminal, lines as wide as it (a wrapped line breaks the columns); piped, every cell whole
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_table(["bundle", "version", "task", "network", "eval metrics"], rows, max_width=width))
     return 0
 
 

@@ -4,12 +4,14 @@ and the time left of a budget; ``--quiet`` for scripts; an ensemble's members on
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 from monai.utils import path_to_sqlite_uri
 
-from medseg.cli import main
+from medseg.cli import main, mlflow_ui_command
 from medseg.data.synthetic import ensure_synthetic_drive
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel_unet"
@@ -64,3 +66,11 @@ def test_a_training_prints_each_epoch_once_and_none_of_the_libraries_noise(synth
     assert not re.search(r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete", console)
     for noise in ("Not all config files are in", "serialized using CloudPickle", "no dark background"):
         assert noise not in console
+    # the environment's mlflow by its path: its bin/ is on PATH only while the environment is active
+    assert f"review the run: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri " in console
+
+
+def test_the_mlflow_ui_command_names_the_mlflow_beside_this_python():
+    command = shlex.split(mlflow_ui_command("sqlite:///runs.db"))
+    assert command == [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", "sqlite:///runs.db"]
+    assert Path(command[0]).is_file()
