@@ -76,10 +76,9 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_bundle_arguments(parser: argparse.ArgumentParser, configs: Sequence[str]) -> None:
+def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of every command that runs a bundle's config: BUNDLE, ``--config``, ``--set``,
-    ``--data-root`` and ``--output-dir``; ``--set`` takes the ids of the bundle's ``configs`` (e.g. ``["train"]``)."""
-    parser.set_defaults(bundle_configs=tuple(configs))
+    ``--data-root`` and ``--output-dir``."""
     parser.add_argument("bundle", type=bundle_argument,
                         help="bundle folder, or the name of a shipped bundle, e.g. drive_vessel_unet")
     add_overlay_argument(parser, "the bundle's config")
@@ -108,7 +107,7 @@ def bundle_overrides(args: argparse.Namespace) -> dict:
 
     try:
         overrides = parse_overrides(args.overrides)
-        check_override_ids(args.bundle, args.bundle_configs, overrides, args.overlays)
+        check_override_ids(args.bundle, overrides, args.overlays)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     # an expression, as in the bundle: MONAI's tracking patch appends to it to name the exported config file

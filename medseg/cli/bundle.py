@@ -304,7 +304,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the weights (cast to --dtype) to BUNDLE/models/model.pt and the metrics to the eval_metrics of "
         "BUNDLE/configs/metadata.json. On any failure neither file changes.",
     )
-    add_bundle_arguments(ship, ["train", "evaluate"])
+    add_bundle_arguments(ship)
     ship.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT",
                       help="weights to ship, e.g. OUTPUT_DIR/checkpoints/model.pt; one per member of an ensemble")
     ship.add_argument("--tracking-uri", help="MLflow store of the Model Registry (default: sqlite:///mlflow.db here)")

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run BUNDLE/configs/evaluate.yaml: whole images through the sliding-window inference path, "
         "metrics as the bundle's protocol defines them; prints the table and writes it as JSON.",
     )
-    add_bundle_arguments(parser, ["evaluate", "inference"])
+    add_bundle_arguments(parser)
     parser.add_argument(
         "--checkpoint", dest="checkpoints", type=Path, action="append", default=[],
         help="weights to evaluate (default: BUNDLE/models/model.pt); repeat it to evaluate the ensemble of the "

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run BUNDLE/configs/train.yaml (plus overlays and overrides) as MONAI's bundle runner does, "
         "logging the run to MLflow. Same code path as `python -m monai.bundle run --tracking mlflow`.",
     )
-    add_bundle_arguments(parser, ["train"])
+    add_bundle_arguments(parser)
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)"
     )

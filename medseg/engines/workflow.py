@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from medseg.resources import bundle_config_files, configs_root, is_packaged, read_bundle_config
+from medseg.resources import bundle_config_files, configs_root, is_packaged
 from medseg.utils import dropped_log_records
 
 __all__ = [
@@ -81,28 +81,25 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def check_override_ids(
-    bundle: str | os.PathLike,
-    names: Sequence[str],
-    overrides: Mapping[str, Any],
-    overlays: Sequence[str | os.PathLike] = (),
+    bundle: str | os.PathLike, overrides: Mapping[str, Any], overlays: Sequence[str | os.PathLike] = ()
 ) -> None:
-    """Check that each override's top-level id (``network_def`` of ``network_def#features``) is an id of one of the
-    configs ``names`` of ``bundle`` (with ``overlays``) or of medseg's tracking settings; MONAI's runner would add an
-    unknown id to the config and run without a word.
+    """Check that each override's top-level id (``network_def`` of ``network_def#features``) is an id of one of
+    ``bundle``'s configs (they share their settings, so a train.yaml id given to an evaluation is no error), of an
+    overlay or of medseg's tracking settings; MONAI's runner would add an unknown id and run without a word.
 
     Raises:
         ConfigError: naming the unknown id and the nearest known ids.
     """
-    known = set(ConfigParser.load_config_files(str(MLFLOW_TRACKING))["configs"])
-    for name in names:
-        known.update(read_bundle_config(bundle, name, overlays).get())
+    files = [*(Path(bundle) / "configs").glob("*.yaml"), *map(Path, overlays)]
+    # a file's keys as MONAI merges them: "train#handlers" of an overlay sets the top-level id "train"
+    known = {key.split("#", 1)[0] for path in files for key in ConfigParser.load_config_file(str(path))}
+    known |= {"_meta_", "bundle_root", *ConfigParser.load_config_file(str(MLFLOW_TRACKING))["configs"]}
     for key in overrides:
         top = key.split("#", 1)[0]
         if top not in known:
             nearest = difflib.get_close_matches(top, sorted(known), n=3)
             hint = f"; did you mean {' or '.join(nearest)}?" if nearest else ""
-            raise ConfigError(f"--set {key}: {top!r} is not an id of {Path(bundle).name}'s "
-                              f"{' or '.join(f'{name}.yaml' for name in names)}{hint}")
+            raise ConfigError(f"--set {key}: {top!r} is not an id of {Path(bundle).name}'s configs{hint}")
 
 
 def bundle_workflow(
