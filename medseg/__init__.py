@@ -7,7 +7,7 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("data", "engines", "inference", "losses", "metrics", "networks", "tracking")
+_SUBPACKAGES = ("data", "engines", "inference", "losses", "metrics", "networks", "resources", "tracking")
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     from monai.bundle import ConfigParser
 
 __all__ = [
-    "bundle_config_files", "bundle_folder", "bundle_names", "bundles_root", "configs_root", "is_packaged", "overlay_file",
-    "read_bundle_config",
+    "DATA_ROOT_VARIABLE", "bundle_config_files", "bundle_folder", "bundle_names", "bundles_root", "configs_root",
+    "data_root", "is_packaged", "overlay_file", "read_bundle_config",
 ]
+
+# the environment variable naming the folder that holds the datasets (DRIVE/, LES-AV/, CamVid/)
+DATA_ROOT_VARIABLE = "MEDSEG_DATA_ROOT"
 
 
 def _shipped(name: str) -> Path:
@@ -52,6 +55,18 @@ def is_packaged(folder: str | Path) -> bool:
     """Whether ``folder`` is inside the installed package (so nothing may be written into it)."""
     package = Path(str(importlib.resources.files("medseg"))).resolve()
     return Path(folder).resolve().is_relative_to(package)
+
+
+def data_root(bundle_root: str | os.PathLike) -> str:
+    """The folder a bundle at ``bundle_root`` finds its datasets in (``DRIVE/``, ``LES-AV/``, ``CamVid/``):
+    ``$MEDSEG_DATA_ROOT``; else, for a bundle of a clone, ``shared/data`` beside the repository; else, for a bundle
+    installed with medseg, ``data`` in the working directory (nothing is looked for inside the installed package).
+    """
+    if DATA_ROOT_VARIABLE in os.environ:
+        return os.environ[DATA_ROOT_VARIABLE]
+    if is_packaged(bundle_root):
+        return os.path.join(os.getcwd(), "data")
+    return os.path.join(bundle_root, "..", "..", "..", "shared", "data")
 
 
 def bundle_folder(name_or_path: str | Path) -> Path:

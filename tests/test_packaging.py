@@ -106,6 +106,12 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_outside_the_clone(tmp_pat
     run([str(python), "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
          "--input_files", f"['{images}']", "--output_dir", str(work / "monai_predictions")], cwd=exported)
     assert len(list((work / "monai_predictions").glob("*_mask.png"))) == 4
+    without_data = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MEDSEG_DATA_ROOT")}
+    missing = subprocess.run([str(medseg), "evaluate", "drive_vessel_unet"], cwd=work, capture_output=True,
+                             text=True, timeout=300, env=without_data)
+    assert missing.returncode == 1 and "site-packages" not in missing.stderr, missing.stderr
+    assert "--data-root" in missing.stderr and "MEDSEG_DATA_ROOT" in missing.stderr
+    assert not list((work / "outputs" / "drive_vessel_unet").glob("config_*.json"))
     assert sorted(site_packages.rglob("*")) == installed  # nothing written into the installed package
     shutil.rmtree(venv)
 
@@ -125,3 +131,18 @@ def test_bundles_and_overlays_are_found_by_name_or_by_the_repository_path_from_a
         bundle_folder("no_such_bundle")
     with pytest.raises(FileNotFoundError, match="shipped: .*cpu_budget"):
         overlay_file("elsewhere/cpu_budget.yaml")
+
+
+def test_an_installed_bundle_looks_for_its_data_in_medseg_data_root_else_the_working_directory(tmp_path,
+                                                                                                monkeypatch):
+    import medseg
+    from medseg.resources import bundles_root, data_root
+
+    installed = Path(medseg.__file__).parent / "bundles" / "drive_vessel_unet"  # where the wheel puts it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDSEG_DATA_ROOT", raising=False)
+    assert data_root(installed) == str(tmp_path / "data")
+    cloned = bundles_root() / "drive_vessel_unet"
+    assert Path(data_root(cloned)).resolve() == REPO.parent / "shared" / "data"
+    monkeypatch.setenv("MEDSEG_DATA_ROOT", str(tmp_path / "elsewhere"))
+    assert data_root(installed) == data_root(cloned) == str(tmp_path / "elsewhere")

@@ -82,7 +82,8 @@ def test_main_command_runs_the_demo_end_to_end(tmp_path):
     assert (out / "preview.png").is_file()
     assert sorted(p.name for p in (out / "predictions").glob("*_mask.png")) == [f"0{i}_test_mask.png" for i in range(1, 5)]
     assert (out / "run" / "metrics_test.json").is_file()
-    assert f"mlflow ui --backend-store-uri {path_to_sqlite_uri(tmp_path / 'mlflow.db')}" in result.stdout
+    mlflow = Path(sys.executable).parent / "mlflow"  # by its path: on PATH only while the venv is active
+    assert result.stdout.rstrip().endswith(f"{mlflow} ui --backend-store-uri {path_to_sqlite_uri(tmp_path / 'mlflow.db')}")
     client = MlflowClient(path_to_sqlite_uri(tmp_path / "mlflow.db"))
     runs = client.search_runs([client.get_experiment_by_name("medseg_demo").experiment_id])
     (run,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the training

@@ -1,5 +1,8 @@
 """The shared helpers: files and folders appear whole or not at all, and one table format."""
 
+import os
+import stat
+
 import pytest
 
 from medseg.utils import atomic_folder, atomic_path, atomic_write_text, format_table, full_suffix
@@ -47,3 +50,21 @@ def test_tables_pad_columns_and_write_floats_with_four_decimals():
         "f1      0.8305",
         "images  20",
     ]
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_atomic_files_and_folders_get_the_modes_a_plain_write_gets_under_the_umask(tmp_path, umask_022):
+    plain_file, plain_folder = tmp_path / "plain.txt", tmp_path / "plain"
+    plain_file.write_text("x")
+    plain_folder.mkdir()
+    written = atomic_write_text(tmp_path / "prediction.png", "x")
+    with atomic_folder(tmp_path / "bundle") as staging:
+        (staging / "metadata.json").write_text("{}")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain_file.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == stat.S_IMODE(plain_folder.stat().st_mode) == 0o755

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +27,17 @@ class CLIError(Exception):
 
 
 def bundle_argument(text: str) -> Path:
-    """argparse type: a bundle folder, or the name of a bundle medseg ships (:func:`medseg.resources.bundle_folder`)."""
+    """argparse type: a bundle folder, or the name of a bundle medseg ships (:func:`medseg.resources.bundle_folder`).
+
+    A bundle that is not there is a :class:`CLIError` (exit 1, as in ``medseg bundle info``), not a usage error:
+    argparse turns only ``ArgumentTypeError``, ``TypeError`` and ``ValueError`` into one, and lets it through.
+    """
     from medseg.resources import bundle_folder
 
     try:
         return bundle_folder(text)
     except FileNotFoundError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise CLIError(str(err)) from None
 
 
 def overlay_argument(text: str) -> Path:
@@ -98,11 +103,12 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 def bundle_overrides(args: argparse.Namespace) -> dict:
     """Config overrides from the shared bundle arguments, paths made absolute."""
-    from medseg.engines.workflow import parse_overrides
+    from medseg.engines.workflow import check_override_ids, parse_overrides
 
     try:
         overrides = parse_overrides(args.overrides)
-    except ValueError as err:
+        check_override_ids(args.bundle, overrides, args.overlays)
+    except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     # an expression, as in the bundle: MONAI's tracking patch appends to it to name the exported config file
     overrides["output_dir"] = f"${str(output_dir(args))!r}"
@@ -111,6 +117,25 @@ def bundle_overrides(args: argparse.Namespace) -> dict:
             raise CLIError(f"{args.data_root}: --data-root is not a folder")
         overrides["dataset_dir"] = str(args.data_root.resolve())
     return overrides
+
+
+def config_failure(err: Exception, args: argparse.Namespace) -> CLIError:
+    """``err``, raised running a bundle's config, as the CLI's one line; a dataset the user did not name and the
+    bundle could not read says how to name it."""
+    from medseg.data import DatasetError
+    from medseg.resources import DATA_ROOT_VARIABLE
+
+    if isinstance(getattr(err, "root", err), DatasetError) and args.data_root is None:
+        return CLIError(f"{err} (give the dataset folder with --data-root DIR, or set {DATA_ROOT_VARIABLE} to the "
+                        "folder that holds the datasets)")
+    return CLIError(str(err))
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """``mlflow ui --backend-store-uri URI`` with the ``mlflow`` installed beside this Python, by its path: a
+    virtual environment's ``bin/`` is on PATH only while the environment is active."""
+    beside = Path(sys.executable).parent / "mlflow"
+    return shlex.join([str(beside) if beside.is_file() else "mlflow", "ui", "--backend-store-uri", tracking_uri])
 
 
 def passed_arguments(args: argparse.Namespace) -> list[str]:
@@ -177,7 +202,12 @@ def _log_to_stderr() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CLIError as err:  # raised by an argument's type (bundle_argument)
+        command = next((arg for arg in (sys.argv[1:] if argv is None else argv) if not arg.startswith("-")), "")
+        print(f"medseg {command}: error: {err}", file=sys.stderr)
+        return 1
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

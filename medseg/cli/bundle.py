@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -124,7 +125,9 @@ def _list(args: argparse.Namespace) -> int:
         meta = read_metadata(bundle)
         rows.append([bundle.name, meta.get("version", "-"), meta.get("task", "-"), network_name(bundle),
                      metrics_line(meta.get("eval_metrics") or {})])
-    print(format_table(["bundle", "version", "task", "network", "eval metrics"], rows))
+    # on a terminal, lines as wide as it (a wrapped line breaks the columns); piped, every cell whole
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_table(["bundle", "version", "task", "network", "eval metrics"], rows, max_width=width))
     return 0
 
 
@@ -183,12 +186,12 @@ def _ship(args: argparse.Namespace) -> int:
     if is_packaged(bundle):
         raise CLIError(f"{bundle}: a bundle installed with medseg is not changed in place; "
                        f"`medseg bundle export {bundle.name} DIR` and ship into DIR")
+    overrides = bundle_overrides(args)
     meta = read_metadata(bundle)
     state_dict = joined_weights(args.checkpoints)
     shipped = ", ".join(map(str, args.checkpoints))
     models = bundle / "models"
     models.mkdir(exist_ok=True)
-    overrides = bundle_overrides(args)
     with tempfile.TemporaryDirectory(dir=models, prefix=".ship-") as work:
         candidate, report_path = Path(work) / "model.pt", output_dir(args) / "metrics_test.json"
         report_path.parent.mkdir(parents=True, exist_ok=True)

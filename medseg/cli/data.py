@@ -13,8 +13,9 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset layout to read")
     parser.add_argument(
         "--root",
-        help="dataset folder (DRIVE: training/ and test/; CamVid: train/, trainannot/, ...). Required for drive "
-        "and camvid; for synthetic, generated there if absent or empty (default: the medseg cache folder)",
+        help="dataset folder (DRIVE: training/ and test/; CamVid: train/, trainannot/, ...). Default for drive, "
+        "les-av and camvid: its folder in $MEDSEG_DATA_ROOT (DRIVE, LES-AV, CamVid); for synthetic, generated there "
+        "if absent or empty (default: the medseg cache folder)",
     )
 
 
@@ -32,11 +33,9 @@ def _reporting_data_errors(handler):
     """Turn dataset problems into the CLI's one-error-and-exit-1 path."""
 
     def run(args: argparse.Namespace) -> int:
-        if args.dataset != "synthetic" and args.root is None:
-            raise CLIError(f"--root is required for --dataset {args.dataset}")
         try:
             return handler(args)
-        except DatasetError as err:
+        except (DatasetError, ValueError) as err:  # ValueError: no --root and no MEDSEG_DATA_ROOT
             raise CLIError(str(err)) from None
 
     return run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medseg.cli import CLIError
+from medseg.cli import CLIError, mlflow_ui_command
 from medseg.resources import bundle_folder, overlay_file
 
 
@@ -44,7 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"\nDone. Outputs in {out}:\n"
         f"  preview.png, run/artifacts/ (curves, ROC/PR, overlays), run/metrics_test.json, predictions/\n"
-        f"Review the run in MLflow:  mlflow ui --backend-store-uri {tracking_uri}"
+        f"Review the run in MLflow:  {mlflow_ui_command(tracking_uri)}"
     )
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, joined_weights, output_dir
+from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, config_failure, joined_weights, output_dir
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.ensemble import EnsembleError, evaluate_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder, report_table
@@ -58,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         evaluate_checkpoints(args.bundle, args.checkpoints, args.overlays, overrides,
                              tracking_uri=args.tracking_uri or default_tracking_uri())
     except (FileNotFoundError, ConfigError, EnsembleError, ValueError) as err:
-        raise CLIError(str(err)) from None
+        raise config_failure(err, args) from None
     print(report_table(json.loads(metrics_file.read_text())))
     print(f"metrics written to {metrics_file}")
     return 0

@@ -11,7 +11,10 @@ import argparse
 import json
 import shlex
 
-from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, output_dir, passed_arguments
+from medseg.cli import (
+    CLIError, add_bundle_arguments, bundle_overrides, config_failure, ensemble_plan, mlflow_ui_command, output_dir,
+    passed_arguments,
+)
 from medseg.engines.ensemble import EnsembleError, EnsemblePlan, train_ensemble
 from medseg.engines.evaluation import report_table
 from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
@@ -30,7 +33,7 @@ def _train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: 
     checkpoints = [arg for weight in trained.weights for arg in ("--checkpoint", str(weight))]
     print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, *checkpoints]))
     print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights), *again]))
-    print(f"review the runs: mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"review the runs: {mlflow_ui_command(tracking_uri)}")
     return 0
 
 
@@ -56,9 +59,9 @@ def _train(args: argparse.Namespace) -> int:
             workflow_type="train",
         )
     except (FileNotFoundError, ConfigError) as err:
-        raise CLIError(str(err)) from None
+        raise config_failure(err, args) from None
     print(f"checkpoints in {output_dir(args) / 'checkpoints'}")
-    print(f"review the run: mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"review the run: {mlflow_ui_command(tracking_uri)}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,21 +22,29 @@ from medseg.data.drive import drive_records, read_binary, validate_drive, valida
 from medseg.data.files import read_pixels
 from medseg.data.synthetic import ensure_synthetic_drive
 from medseg.data.vessel_folders import validate_les_av
+from medseg.resources import DATA_ROOT_VARIABLE
 from medseg.utils import atomic_path, format_table
 
 DATASETS = ("drive", "les-av", "camvid", "synthetic")
+# each real dataset's folder in the data root
+DATASET_FOLDERS = {"drive": "DRIVE", "les-av": "LES-AV", "camvid": "CamVid"}
 VESSEL_COLOUR = np.array([0, 255, 80], dtype=np.uint8)
 FOV_COLOUR = np.array([255, 255, 0], dtype=np.uint8)
 
 
 def resolve_root(dataset: str, root: str | Path | None) -> Path:
-    """The folder to read: ``root`` itself, except that synthetic data is generated there (or in the cache) first."""
+    """The folder to read: ``root`` itself, by default the dataset's folder in ``$MEDSEG_DATA_ROOT`` (where the
+    bundles find it, :func:`medseg.resources.data_root`); synthetic data is generated there (or in the cache) first.
+    """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if dataset == "synthetic":
         return ensure_synthetic_drive(root)
+    if root is None and DATA_ROOT_VARIABLE in os.environ:
+        return Path(os.environ[DATA_ROOT_VARIABLE]) / DATASET_FOLDERS[dataset]
     if root is None:
-        raise ValueError(f"a root folder is required for dataset {dataset!r}")
+        raise ValueError(f"--root is required for --dataset {dataset} (or set {DATA_ROOT_VARIABLE} to the folder "
+                         f"holding {DATASET_FOLDERS[dataset]}/)")
     return Path(root)
 
 

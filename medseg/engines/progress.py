@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,12 @@ from tqdm import tqdm
 from medseg.engines.budget import ELAPSED_KEY
 
 __all__ = ["TrainingProgress"]
+
+
+def _without_ignite_epoch_line(record: logging.LogRecord) -> bool:
+    """A logging filter: false for ignite's ``Epoch[3] Complete. Time taken: ...`` record."""
+    message = record.getMessage()
+    return not (message.startswith("Epoch[") and "] Complete. Time taken" in message)
 
 
 class TrainingProgress:
@@ -38,6 +45,8 @@ class TrainingProgress:
         self.bar: tqdm | None = None
 
     def attach(self, engine: Engine) -> None:
+        # this line per epoch replaces ignite's own (the logger is shared by the engines of the class)
+        engine.logger.addFilter(_without_ignite_epoch_line)
         engine.add_event_handler(Events.EPOCH_STARTED, self._open_bar)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_line)

@@ -10,6 +10,7 @@ folder, with every path it is given made absolute first.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,10 +19,11 @@ from typing import Any
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from medseg.resources import bundle_config_files, configs_root
+from medseg.resources import bundle_config_files, configs_root, is_packaged
+from medseg.utils import dropped_log_records
 
 __all__ = [
-    "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "parse_overrides", "run_bundle_config",
+    "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
 ]
 
 # how MONAI words an error raised while it evaluates an expression or instantiates a component of a config
@@ -30,7 +32,12 @@ _MONAI_CONFIG_FAILURES = ("Failed to evaluate ", "Failed to instantiate componen
 
 class ConfigError(ValueError):
     """An error raised inside a bundle config's expression or component, named by its config id and the
-    bundle, with the error at its root (MONAI wraps it in one ``RuntimeError`` per level of references)."""
+    bundle, with the error at its root (MONAI wraps it in one ``RuntimeError`` per level of references) as
+    ``root``."""
+
+    def __init__(self, message: str, root: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.root = root
 
 
 def config_error(err: BaseException, parser: ConfigParser, bundle: Path) -> ConfigError | None:
@@ -45,8 +52,10 @@ def config_error(err: BaseException, parser: ConfigParser, bundle: Path) -> Conf
     ids = [item_id for item_id, item in parser.ref_resolver.items.items()
            if item_id and (f"Failed to evaluate {item}" == innermost or
                            innermost.startswith(f"Failed to instantiate component '{_target_of(item)}'"))]
-    where = f"config id {max(ids, key=len)!r} of {bundle}" if ids else f"a config of {bundle}"
-    return ConfigError(f"{where}: {type(root).__name__}: {root}".replace("\n", " "))
+    # an installed bundle by its name: its folder inside the package is nothing the user can act on
+    named = bundle.name if is_packaged(bundle) else bundle
+    where = f"config id {max(ids, key=len)!r} of {named}" if ids else f"a config of {named}"
+    return ConfigError(f"{where}: {type(root).__name__}: {root}".replace("\n", " "), root)
 
 
 def _target_of(item: Any) -> str | None:
@@ -69,6 +78,28 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def check_override_ids(
+    bundle: str | os.PathLike, overrides: Mapping[str, Any], overlays: Sequence[str | os.PathLike] = ()
+) -> None:
+    """Check that each override's top-level id (``network_def`` of ``network_def#features``) is an id of one of
+    ``bundle``'s configs (they share their settings, so a train.yaml id given to an evaluation is no error), of an
+    overlay or of medseg's tracking settings; MONAI's runner would add an unknown id and run without a word.
+
+    Raises:
+        ConfigError: naming the unknown id and the nearest known ids.
+    """
+    files = [*(Path(bundle) / "configs").glob("*.yaml"), *map(Path, overlays)]
+    # a file's keys as MONAI merges them: "train#handlers" of an overlay sets the top-level id "train"
+    known = {key.split("#", 1)[0] for path in files for key in ConfigParser.load_config_file(str(path))}
+    known |= {"_meta_", "bundle_root", *ConfigParser.load_config_file(str(MLFLOW_TRACKING))["configs"]}
+    for key in overrides:
+        top = key.split("#", 1)[0]
+        if top not in known:
+            nearest = difflib.get_close_matches(top, sorted(known), n=3)
+            hint = f"; did you mean {' or '.join(nearest)}?" if nearest else ""
+            raise ConfigError(f"--set {key}: {top!r} is not an id of {Path(bundle).name}'s configs{hint}")
 
 
 def bundle_workflow(
@@ -97,7 +128,9 @@ def bundle_workflow(
     logging_file = configs / "logging.conf"
     # macros are resolved when the workflow is built and initialised; nothing reads files relative to the
     # working directory after that
-    with contextlib.chdir(bundle):
+    # MONAI warns whenever an overlay lies outside configs/, about the defaults of meta_file and logging_file,
+    # which are both given here
+    with contextlib.chdir(bundle), dropped_log_records("monai.bundle.workflows", "Not all config files are in "):
         workflow = ConfigWorkflow(
             config_file=files,
             meta_file=str(configs / "metadata.json"),
@@ -107,6 +140,7 @@ def bundle_workflow(
             bundle_root=str(bundle),
             **dict(overrides or {}),
         )
+    with contextlib.chdir(bundle):
         with _config_errors(workflow.parser, bundle):
             workflow.initialize()
     return workflow
@@ -120,7 +154,16 @@ def _config_errors(parser: ConfigParser, bundle: Path) -> Iterator[None]:
         translated = config_error(err, parser, bundle)
         if translated is None:
             raise
+        _remove_executed_config(parser, bundle)
         raise translated from err
+
+
+def _remove_executed_config(parser: ConfigParser, bundle: Path) -> None:
+    """Remove the executed config MONAI's tracking patch wrote (``save_execute_config``): it records a run that
+    never ran."""
+    if isinstance(parser.get("save_execute_config"), str):
+        with contextlib.chdir(bundle):
+            Path(parser.get_parsed_content("save_execute_config")).unlink(missing_ok=True)
 
 
 def run_bundle_config(bundle: str | os.PathLike, name: str, **kwargs: Any) -> ConfigWorkflow:

@@ -31,6 +31,7 @@ from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
 from medseg.tracking.store import tag_experiment_kind, tracking_at
+from medseg.utils import dropped_log_records
 
 __all__ = ["MODEL_ARTIFACT", "BundleModel", "log_bundle_model", "register_bundle_model", "sha256_of", "ship_run",
            "tracking_at"]
@@ -100,6 +101,7 @@ def log_bundle_model(
     """
     from monai.bundle import ConfigParser
 
+    from medseg.data.synthetic import synthetic_retina
     from medseg.inference import load_model
 
     bundle = Path(bundle)
@@ -124,11 +126,14 @@ def log_bundle_model(
         else:
             shutil.copy2(weights, copy / "models" / "model.pt")
         channels = load_model(copy).settings.in_channels or 3
-        example = np.random.default_rng(0).integers(0, 256, (64, 64, channels) if channels > 1 else (64, 64),
-                                                    dtype=np.uint8)
+        # a small fundus photograph, dark around the retina as the bundles expect (MLflow runs the model on it)
+        photograph = synthetic_retina(seed=0, height=64, width=64)[0]
+        example = photograph if channels > 1 else photograph[..., 1]  # grey: the green channel, vessels' contrast
         client = mlflow.MlflowClient(tracking_uri)
         status = client.get_run(run_id).info.status
-        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id):
+        # MLflow warns that a python_model object is pickled; BundleModel holds no state, the bundle is an artifact
+        pickling = dropped_log_records("mlflow.pyfunc", "Passing a Python object as `python_model`")
+        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id), pickling:
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=BundleModel(),

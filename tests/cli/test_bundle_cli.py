@@ -246,3 +246,43 @@ def test_evaluate_of_an_ensemble_with_a_bundle_that_builds_one_network_names_the
     assert code == 1
     assert f"{first}, {second}: the weights of an ensemble of 2 networks; {u2net} builds one network" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_list_on_a_terminal_fits_its_width_and_piped_keeps_every_cell_whole():
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    environment = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    done = subprocess.run([sys.executable, "-m", "medseg", "bundle", "list"], stdout=follower, env=environment,
+                          timeout=120)
+    os.close(follower)
+    with os.fdopen(leader, "rb") as terminal:
+        shown = terminal.read1(65536).decode().splitlines()
+    assert done.returncode == 0
+    assert len(shown) == 2 + len(list(BUNDLES.glob("*/configs/metadata.json")))
+    assert max(len(line) for line in shown) <= 100 and shown[2].endswith("...")
+    piped = subprocess.run([sys.executable, "-m", "medseg", "bundle", "list"], capture_output=True, text=True,
+                           env=environment).stdout
+    assert "test_specificity=" in piped
+
+
+@pytest.mark.parametrize("command", [
+    ["infer", "no_such_bundle", "image.png", "-o", "out"],
+    ["train", "no_such_bundle"],
+    ["evaluate", "no_such_bundle"],
+    ["bundle", "info", "no_such_bundle"],
+    ["bundle", "export", "no_such_bundle", "copy"],
+    ["bundle", "ship", "no_such_bundle", "model.pt"],
+])
+def test_an_unknown_bundle_exits_1_with_one_line_in_every_command(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *command)
+    assert code == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"medseg {command[0]}: error: no_such_bundle: not a bundle folder")
+    assert list(tmp_path.iterdir()) == []

@@ -114,3 +114,15 @@ def test_check_names_a_les_av_photograph_without_its_label(les_av_root, tmp_path
     result = medseg("data", "check", "--dataset", "les-av", "--root", str(copy))
     assert result.returncode == 1
     assert f"{copy / 'test' / 'images' / '3.png'}: image without label" in result.stderr
+
+
+def test_check_without_root_reads_the_dataset_in_medseg_data_root(tmp_path, monkeypatch, capsys):
+    from medseg.data.synthetic import write_synthetic_drive
+
+    write_synthetic_drive(tmp_path / "DRIVE", n_training=1, n_test=1, seed=1)
+    monkeypatch.setenv("MEDSEG_DATA_ROOT", str(tmp_path))
+    assert main(["data", "check", "--dataset", "drive"]) == 0
+    assert "training" in capsys.readouterr().out
+    monkeypatch.delenv("MEDSEG_DATA_ROOT")
+    assert main(["data", "check", "--dataset", "drive"]) == 1
+    assert "--root" in (error := capsys.readouterr().err) and "MEDSEG_DATA_ROOT" in error

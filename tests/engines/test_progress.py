@@ -4,12 +4,14 @@ and the time left of a budget; ``--quiet`` for scripts; an ensemble's members on
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 from monai.utils import path_to_sqlite_uri
 
-from medseg.cli import main
+from medseg.cli import main, mlflow_ui_command
 from medseg.data.synthetic import ensure_synthetic_drive
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel_unet"
@@ -53,3 +55,22 @@ def test_ensemble_members_show_their_progress_with_their_prefix_and_keep_their_l
     for k in (0, 1):
         assert re.search(rf"^member {k}: epoch 1/1  loss ", out, re.M)
         assert "epoch 1/1  loss " in (tmp_path / "run" / f"member{k}" / "train.log").read_text()
+
+
+def test_a_training_prints_each_epoch_once_and_none_of_the_libraries_noise(synthetic_drive, tmp_path, capfd):
+    overlay = tmp_path / "two_epochs.yaml"  # an overlay outside the bundle's configs/, as users write them
+    overlay.write_text("max_epochs: 2\n")
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=1", "--config", str(overlay)) == 0
+    console = "".join(capfd.readouterr())
+    assert len([line for line in console.splitlines() if LINE.match(line)]) == 2
+    assert not re.search(r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete", console)
+    for noise in ("Not all config files are in", "serialized using CloudPickle", "no dark background"):
+        assert noise not in console
+    # the environment's mlflow by its path: its bin/ is on PATH only while the environment is active
+    assert f"review the run: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri " in console
+
+
+def test_the_mlflow_ui_command_names_the_mlflow_beside_this_python():
+    command = shlex.split(mlflow_ui_command("sqlite:///runs.db"))
+    assert command == [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", "sqlite:///runs.db"]
+    assert Path(command[0]).is_file()
