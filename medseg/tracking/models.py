@@ -33,8 +33,7 @@ from medseg import __version__
 from medseg.tracking.store import tag_experiment_kind, tracking_at
 from medseg.utils import dropped_log_records
 
-__all__ = ["MODEL_ARTIFACT", "BundleModel", "log_bundle_model", "register_bundle_model", "sha256_of", "ship_run",
-           "tracking_at"]
+__all__ = ["MODEL_ARTIFACT", "BundleModel", "log_bundle_model", "register_bundle_model", "sha256_of", "ship_run"]
 
 # the artifact path of the model in its run
 MODEL_ARTIFACT = "model"

@@ -21,7 +21,8 @@ from PIL import Image
 
 from medseg.cli import main
 from medseg.data.synthetic import ensure_synthetic_drive
-from medseg.tracking.models import sha256_of, tracking_at
+from medseg.tracking import tracking_at
+from medseg.tracking.models import sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "network_features=[4,8]", "--set", "patch_size=[32,32]", "--set", "roi_size=[64,64]",
