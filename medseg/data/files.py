@@ -54,7 +54,7 @@ def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
 
     ``mode`` converts with PIL first (``"RGB"``, ``"L"``), ``"image"`` by :func:`as_stored_image`; ``None`` keeps
     the stored values, which for palette images are the raw palette indices (label maps). Unreadable, corrupt or
-    truncated files raise :class:`DatasetError` naming the file.
+    truncated files, and float pixels that are NaN or infinite, raise :class:`DatasetError` naming the file.
     """
     try:
         with Image.open(path) as image:
@@ -63,19 +63,30 @@ def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
                 image = as_stored_image(image)
             elif mode is not None and image.mode != mode:
                 image = image.convert(mode)
-            return np.array(image)
+            pixels = np.array(image)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except UnidentifiedImageError:  # its message repeats the path
         raise DatasetError(f"{path}: corrupt or unreadable image (not a recognised image format)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from None
+    return require_finite(pixels, path)
+
+
+def require_finite(values: np.ndarray, path: Path) -> np.ndarray:
+    """``values`` (any shape) as they are, unless a float value is NaN or infinite: no normalisation or network
+    gives a meaningful answer from one, so the file is refused by name (:class:`DatasetError`)."""
+    if np.issubdtype(values.dtype, np.floating):
+        bad = np.count_nonzero(~np.isfinite(values))
+        if bad:
+            raise DatasetError(f"{path}: {bad} NaN or infinite value(s) of {values.size}")
+    return values
 
 
 def check_all(check: Callable[..., T], jobs: Sequence[tuple], dataset: str) -> list[T]:
     """Run ``check(*job)`` for every job on a thread pool (PIL releases the GIL while decoding).
 
-    Every DatasetError is collected, so one bad file does not hide the others; if any occurred they are raised
+    Every DatasetError is collected, so one bad file does not hide the others; one is raised as it is, several
     together as one DatasetError with one line per file. Otherwise the results are returned in job order.
     """
 
@@ -88,6 +99,8 @@ def check_all(check: Callable[..., T], jobs: Sequence[tuple], dataset: str) -> l
     with ThreadPoolExecutor() as pool:
         outcomes = list(pool.map(attempt, jobs))
     errors = [str(outcome) for outcome in outcomes if isinstance(outcome, DatasetError)]
+    if len(errors) == 1:  # the one line names the file and the problem
+        raise DatasetError(errors[0])
     if errors:
         raise DatasetError(f"{len(errors)} invalid file(s) in {dataset}:\n" + "\n".join(errors))
     return outcomes
