@@ -504,7 +504,8 @@ def table_row(case: Case, outcome: Outcome | None, root: Path, skipped: str | No
 
     if outcome is None:
         return f"| {case.command} | {case.name} | - | - | - | skipped: {shown(skipped or '')} |"
-    command = shlex.join(["medseg" if case.entry != "monai" else "python -m monai.bundle", *outcome.call.argv])
+    runner = ["medseg"] if case.entry != "monai" else ["python", "-m", "monai.bundle"]
+    command = shlex.join([*runner, *outcome.call.argv])
     breaches = outcome.breaches(case)
     verdict = "kept" if not breaches else ("waits for " + case.pending if case.pending else "; ".join(breaches))
     lines = outcome.error_lines
