@@ -127,6 +127,7 @@ def read_bundle_config(
 
     Raises:
         FileNotFoundError: naming the missing config or overlay.
+        ValueError: naming a metadata.json that is not valid JSON.
     """
     from monai.bundle import ConfigParser
 
@@ -134,6 +135,9 @@ def read_bundle_config(
     parser.read_config(bundle_config_files(bundle, name, overlays))
     metadata = Path(bundle).resolve() / "configs" / "metadata.json"
     if metadata.is_file():
-        parser.read_meta(str(metadata))
+        try:
+            parser.read_meta(str(metadata))
+        except ValueError as err:  # json's message names no file
+            raise ValueError(f"{metadata}: not valid JSON ({err})") from None
     parser.update({"bundle_root": str(Path(bundle).resolve()), **dict(overrides or {})})
     return parser

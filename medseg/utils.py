@@ -16,7 +16,16 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_folder", "atomic_path", "atomic_write_text", "dropped_log_records", "format_table", "full_suffix"]
+__all__ = [
+    "atomic_folder", "atomic_path", "atomic_write_text", "dropped_log_records", "format_table", "full_suffix", "one_line"
+]
+
+
+def one_line(error: BaseException | str, limit: int = 500) -> str:
+    """A library's error message on one line (torch lists one mismatch a line, MONAI every missing key), cut to
+    ``limit`` characters, for a report that names the file on that line."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
 def full_suffix(path: str | os.PathLike) -> str:

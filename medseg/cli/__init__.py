@@ -101,6 +101,15 @@ def output_dir(args: argparse.Namespace) -> Path:
     return (args.output_dir or Path("outputs") / args.bundle.resolve().name).resolve()
 
 
+def creatable_folder(path: Path) -> Path:
+    """``path``, a folder that exists or can be made, checked without making it: a CLI error names it when a file
+    stands where it or one of its parents would be."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise CLIError(f"{path}: cannot be made a folder: {existing} is a file")
+    return path
+
+
 def bundle_overrides(args: argparse.Namespace) -> dict:
     """Config overrides from the shared bundle arguments, paths made absolute."""
     from medseg.engines.workflow import check_override_ids, parse_overrides
@@ -111,7 +120,7 @@ def bundle_overrides(args: argparse.Namespace) -> dict:
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     # an expression, as in the bundle: MONAI's tracking patch appends to it to name the exported config file
-    overrides["output_dir"] = f"${str(output_dir(args))!r}"
+    overrides["output_dir"] = f"${str(creatable_folder(output_dir(args)))!r}"
     if args.data_root is not None:
         if not args.data_root.is_dir():
             raise CLIError(f"{args.data_root}: --data-root is not a folder")

@@ -22,12 +22,20 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
-from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, joined_weights, output_dir
+from medseg.cli import (
+    CLIError,
+    add_bundle_arguments,
+    bundle_overrides,
+    creatable_folder,
+    ensemble_plan,
+    joined_weights,
+    output_dir,
+)
 from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
-from medseg.utils import atomic_folder, format_table
+from medseg.utils import atomic_folder, format_table, one_line
 from medseg.tracking import default_tracking_uri, source_run_tags, training_record
 
 # the parts of a bundle that are shipped; eval/ and other run outputs are not
@@ -194,7 +202,6 @@ def _ship(args: argparse.Namespace) -> int:
     models.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models, prefix=".ship-") as work:
         candidate, report_path = Path(work) / "model.pt", output_dir(args) / "metrics_test.json"
-        report_path.parent.mkdir(parents=True, exist_ok=True)
         write_weights(state_dict, candidate, WEIGHT_DTYPES[args.dtype])
         size = candidate.stat().st_size
         if size > MAX_WEIGHTS_BYTES:
@@ -211,7 +218,7 @@ def _ship(args: argparse.Namespace) -> int:
         except Exception as err:  # a network that does not match the weights, missing data, ...: ship nothing
             members = ensemble_size(state_dict)
             raise CLIError(f"{shipped} ({members} network{'s' if members > 1 else ''}): evaluating it with "
-                           f"{bundle.name} failed, nothing shipped ({type(err).__name__}: {err})") from None
+                           f"{bundle.name} failed, nothing shipped ({type(err).__name__}: {one_line(err)})") from None
         report = json.loads(report_path.read_text())
         meta["eval_metrics"] = eval_metrics_from_report(report)
         tracking_uri = args.tracking_uri or default_tracking_uri()
@@ -244,16 +251,19 @@ def _ship(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     source = find_bundle(args.bundle, _root(args))
-    target = args.directory.resolve()
+    meta = read_metadata(source)  # a broken metadata.json is not exported
+    target = creatable_folder(args.directory.resolve())
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CLIError(f"{target}: exists and is not an empty folder; nothing exported")
     files = bundle_files(source)
-    with atomic_folder(target) as staging:  # a failed export leaves no half-written bundle
-        for path in files:
-            copy = staging / path.relative_to(source)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, copy)
-    meta = read_metadata(target)
+    try:
+        with atomic_folder(target) as staging:  # a failed export leaves no half-written bundle
+            for path in files:
+                copy = staging / path.relative_to(source)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, copy)
+    except OSError as err:  # a full disk, a target below a file, a read-only folder
+        raise CLIError(f"{target}: {err.strerror or err}; nothing exported") from None
     print(f"{target}: {source.name} {meta.get('version', '-')}, {len(files)} files")
     print(f"run it with MONAI's runner from there: cd {target} && python -m monai.bundle run --config_file "
           "configs/inference.yaml --input_files \"['image.tif']\" --output_dir predictions")

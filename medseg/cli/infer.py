@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError, add_overlay_argument, add_precision_argument, bundle_argument
+from medseg.cli import CLIError, add_overlay_argument, add_precision_argument, bundle_argument, creatable_folder
 from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, LoadedModel, infer_files, load_model
 from medseg.inference.distributed import combined_summary, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
@@ -104,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CLIError(f"{args.checkpoint}: no such checkpoint")
+    creatable_folder(args.output.resolve())  # before the model is loaded
     with process_group() as (rank, world_size):  # under torchrun, each rank predicts its share of the inputs
         try:
             loaded = load_model(

@@ -54,7 +54,7 @@ def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
 
     ``mode`` converts with PIL first (``"RGB"``, ``"L"``), ``"image"`` by :func:`as_stored_image`; ``None`` keeps
     the stored values, which for palette images are the raw palette indices (label maps). Unreadable, corrupt or
-    truncated files raise :class:`DatasetError` naming the file.
+    truncated files, and float pixels that are NaN or infinite, raise :class:`DatasetError` naming the file.
     """
 
     def convert(image: Image.Image) -> np.ndarray:
@@ -62,18 +62,20 @@ def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
             return np.array(as_stored_image(image))
         return np.array(image if mode is None or image.mode == mode else image.convert(mode))
 
-    return _decoded(path, convert)
+    return require_finite(_decoded(path, convert), path)
 
 
 def read_photograph(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The pixels of an image file as :func:`read_pixels` with ``mode="image"`` gives them, (H, W[, 3]), and its
-    alpha channel (H, W) where the file has one (RGBA, LA, PA), else ``None``."""
+    alpha channel (H, W) where the file has one (RGBA, LA, PA), else ``None``; refused as :func:`read_pixels`
+    refuses a file."""
 
     def split(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         alpha = np.array(image.getchannel("A")) if "A" in image.getbands() else None
         return np.array(as_stored_image(image)), alpha
 
-    return _decoded(path, split)
+    pixels, alpha = _decoded(path, split)
+    return require_finite(pixels, path), alpha
 
 
 def _decoded(path: Path, convert: Callable[[Image.Image], T]) -> T:
@@ -91,10 +93,20 @@ def _decoded(path: Path, convert: Callable[[Image.Image], T]) -> T:
         raise DatasetError(f"{path}: corrupt or unreadable image ({err})") from None
 
 
+def require_finite(values: np.ndarray, path: Path) -> np.ndarray:
+    """``values`` (any shape) as they are, unless a float value is NaN or infinite: no normalisation or network
+    gives a meaningful answer from one, so the file is refused by name (:class:`DatasetError`)."""
+    if np.issubdtype(values.dtype, np.floating):
+        bad = np.count_nonzero(~np.isfinite(values))
+        if bad:
+            raise DatasetError(f"{path}: {bad} NaN or infinite value(s) of {values.size}")
+    return values
+
+
 def check_all(check: Callable[..., T], jobs: Sequence[tuple], dataset: str) -> list[T]:
     """Run ``check(*job)`` for every job on a thread pool (PIL releases the GIL while decoding).
 
-    Every DatasetError is collected, so one bad file does not hide the others; if any occurred they are raised
+    Every DatasetError is collected, so one bad file does not hide the others; one is raised as it is, several
     together as one DatasetError with one line per file. Otherwise the results are returned in job order.
     """
 
@@ -107,6 +119,8 @@ def check_all(check: Callable[..., T], jobs: Sequence[tuple], dataset: str) -> l
     with ThreadPoolExecutor() as pool:
         outcomes = list(pool.map(attempt, jobs))
     errors = [str(outcome) for outcome in outcomes if isinstance(outcome, DatasetError)]
+    if len(errors) == 1:  # the one line names the file and the problem
+        raise DatasetError(errors[0])
     if errors:
         raise DatasetError(f"{len(errors)} invalid file(s) in {dataset}:\n" + "\n".join(errors))
     return outcomes

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -36,7 +37,7 @@ from medseg.inference.io import (
 from medseg.inference.loading import LoadedModel, network_input
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.predict import predict
-from medseg.utils import atomic_write_text, full_suffix
+from medseg.utils import atomic_path, atomic_write_text, full_suffix
 from medseg.inference.runtime import InferenceNetwork, describe_precision
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,16 @@ class InferenceSummary:
         """Raise :class:`InferenceFailed` naming the failed inputs, if any; else return the summary."""
         if self.failures:
             raise InferenceFailed("\n  ".join([f"{self}:", *self.failures]))
+        return self
+
+    def exit_on_failures(self) -> InferenceSummary:
+        """For MONAI's runner (a bundle's ``run`` list): print each failure on one line of stderr, as ``medseg
+        infer`` does, and exit with status 1, since an exception would reach the user as a traceback through the
+        runner; else return the summary."""
+        for failure in self.failures:
+            print(f"  failed: {failure}", file=sys.stderr)
+        if self.failures:
+            raise SystemExit(1)
         return self
 
 
@@ -218,11 +229,16 @@ class _FileWriter:
     def write(
         self, outputs: dict[str, Path], image: np.ndarray, meta: ImageMeta, mask: np.ndarray, probs: torch.Tensor
     ) -> None:
-        write_mask(outputs["mask"], mask, meta)
-        if self.save_prob:
-            write_probabilities(outputs["probabilities"], probs, meta, self.save_prob)
-        if "overlay" in outputs:
-            write_overlay(outputs["overlay"], image, mask)
+        """Write all of an input's outputs or none: each goes to a temporary name first, and they are renamed into
+        place only once every one is written, so a full disk leaves no mask without its overlay and no earlier
+        output replaced."""
+        with contextlib.ExitStack() as stack:
+            staged = {kind: stack.enter_context(atomic_path(path)) for kind, path in outputs.items()}
+            write_mask(staged["mask"], mask, meta)
+            if self.save_prob:
+                write_probabilities(staged["probabilities"], probs, meta, self.save_prob)
+            if "overlay" in staged:
+                write_overlay(staged["overlay"], image, mask)
 
 
 class ImagePrediction(NamedTuple):
@@ -247,6 +263,8 @@ def predict_image(
     ``settings`` (:attr:`LoadedModel.settings <medseg.inference.LoadedModel>`): what ``medseg infer`` writes and
     ``medseg evaluate --images`` scores. A 2D image passes through :class:`~medseg.fundus.FundusSteps` around the
     window pass: ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus models, sets the scale."""
+    if settings.fundus and meta.is_volume:  # slice by slice only for 2D networks that were not trained on photographs
+        raise ValueError(f"{meta.path}: a 3D volume, but the model segments 2D fundus photographs")
     inputs = torch.as_tensor(network_input(image, settings, str(meta.path)))
     normalization = settings.normalization or ("scale255" if inputs.dtype == torch.uint8 else "standardize")
     steps = None if meta.is_volume else FundusSteps.plan(inputs, settings, fov_mask, str(meta.path))

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from medseg.data import DatasetError, read_photograph
+from medseg.data.files import require_finite
 from medseg.utils import atomic_path, full_suffix
 
 __all__ = [
@@ -70,8 +71,8 @@ def is_supported(path: Path) -> bool:
 def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     """Read a 2D image as (C, H, W) (C = 1 grey, 3 colour) or a NIfTI volume as (C, X, Y, Z).
 
-    A 4D NIfTI's last axis is its channels. Unsupported suffixes and unreadable, corrupt or truncated files
-    raise :class:`DatasetError` naming the file.
+    A 4D NIfTI's last axis is its channels. Unsupported suffixes, unreadable, corrupt or truncated files and
+    NaN or infinite values raise :class:`DatasetError` naming the file.
     """
     path = Path(path)
     suffix = full_suffix(path)
@@ -95,6 +96,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
         raise DatasetError(f"{path}: file not found") from None
     except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
         raise DatasetError(f"{path}: corrupt or unreadable NIfTI ({type(err).__name__}: {err})") from None
+    require_finite(data, path)
     if data.ndim == 3:
         return data[None], ImageMeta(path, volume)
     if data.ndim == 4:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from medseg.fundus import equalize_local_contrast
 from medseg.inference.settings import InferenceSettings, complete_settings
 from medseg.networks import ensemble_override, ensemble_size, get_network
 from medseg.resources import read_bundle_config
+from medseg.utils import one_line
 
 __all__ = [
     "LoadedModel",
@@ -93,7 +95,7 @@ def load_model(
     if network is None:
         raise ValueError(f"{path}: a checkpoint needs --network NAME (and --network-kwargs for its arguments)")
     module = get_network(network, **(network_kwargs or {}))
-    module.load_state_dict(read_state_dict(path))
+    _load_weights(module, read_state_dict(path), path, f"--network {network}")
     return LoadedModel(module.eval())
 
 
@@ -166,14 +168,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors: report them all as a bad checkpoint
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError as err:  # anything but tensors and plain containers: never unpickled
+        raise ValueError(f"{path}: not a readable checkpoint (refused by torch.load(weights_only=True): "
+                         f"{_refusal(err)})") from None
+    except Exception as err:  # zip and torch errors: report them all as a bad checkpoint
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {one_line(err)})") from None
     for key in _CHECKPOINT_KEYS:
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             return checkpoint[key]
     if isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint
     raise ValueError(f"{path}: no state dict found (expected one at the top or under {', '.join(_CHECKPOINT_KEYS)})")
+
+
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """torch's reason for refusing a file under ``weights_only=True``, e.g. ``Unsupported global: GLOBAL io.open
+    was not an allowed global by default``, without its advice to load the file with ``weights_only=False``, which
+    would run whatever code the file holds."""
+    text = str(error)
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (reason if found else text).splitlines() if line.strip()]
+    return lines[0].split(". Please use")[0] if lines else type(error).__name__
+
+
+def _load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], weights: Path, owner: str) -> None:
+    """Load ``state_dict``, read from ``weights``, into ``module``, the network of ``owner`` (a bundle, a network
+    name); weights of another network raise ``ValueError`` naming the file, with torch's list of every mismatched
+    name and shape on one line."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: these weights do not fit the network of {owner} ({one_line(err)})") from None
 
 
 def ensemble_members_in(path: str | Path, default: int | None = None) -> int:
@@ -218,8 +243,5 @@ def _load_bundle(
         state_dict = read_state_dict(weights)
         parser.update(ensemble_override(parser, state_dict, str(weights), folder))
         module = parser.get_parsed_content("network_def")
-    try:
-        module.load_state_dict(state_dict)
-    except RuntimeError as err:  # names, shapes: torch lists every mismatch
-        raise ValueError(f"{weights}: these weights do not fit the network of {folder} ({err})") from None
+    _load_weights(module, state_dict, weights, str(folder))
     return LoadedModel(module.eval(), settings)
