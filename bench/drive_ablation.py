@@ -24,19 +24,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from medseg.engines.ensemble import member_folder
-from medseg.tracking import machine_description, training_record
+from medseg.tracking import training_record
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, WORK, machine_line, markdown_table
 BUNDLE = "bundles/drive_vessel_unet"
 BASELINE = "bench/drive_baseline/baseline.yaml"
 PRESET = "configs/cpu_budget.yaml"
@@ -185,21 +182,14 @@ def table(root: Path) -> str:
     results = [json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))]
     order = list(ROWS)
     results.sort(key=lambda r: (r["minutes"], order.index(r["row"]), r["seed"]))
-    lines = [
-        "| row | ingredient | budget (min) | seed | steps | F1 @0.5 | AUC-ROC | AUC-PR | Se | Sp | F1 @val thr (thr) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        half, val = r["threshold_half"], r["threshold_val"]
-        lines.append(
-            f"| {r['row']} | {ROWS[r['row']].ingredient} | {r['minutes']:g} | {r['seed']} | {steps(r)} | {half['f1']:.4f} | "
-            f"{half['auc_roc']:.4f} | {half['auc_pr']:.4f} | {half['sensitivity']:.4f} | {half['specificity']:.4f} | "
-            f"{val['f1']:.4f} ({val['threshold']:.3f}) |"
-        )
+    rows = [[r["row"], ROWS[r["row"]].ingredient, f"{r['minutes']:g}", str(r["seed"]), steps(r),
+             *(f"{r['threshold_half'][metric]:.4f}" for metric in ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity")),
+             f"{r['threshold_val']['f1']:.4f} ({r['threshold_val']['threshold']:.3f})"] for r in results]
+    lines = markdown_table(["row", "ingredient", "budget (min)", "seed", "steps", "F1 @0.5", "AUC-ROC", "AUC-PR", "Se",
+                            "Sp", "F1 @val thr (thr)"], rows, text_columns=2)
     commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): {row_commands(r, root)}"
                 + (f"; {ROWS[r['row']].notes}" if ROWS[r["row"]].notes else "") for r in results]
-    machine = f"{machine_description()}, torch {torch.__version__}, Python {platform.python_version()}"
-    return "\n".join([*lines, "", f"Machine: {machine}. Rows run on {sorted({r['date'] for r in results})}.", "",
+    return "\n".join([*lines, "", f"Machine: {machine_line()}. Rows run on {sorted({r['date'] for r in results})}.", "",
                       "Commands (run from the repository root, one core per network):", "", *commands, ""])
 
 
@@ -210,9 +200,9 @@ def main() -> None:
     run.add_argument("rows", nargs="+", choices=list(ROWS))
     run.add_argument("--minutes", type=float, default=50.0, help="wall-clock training budget of each row")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", type=Path, default=REPO / "bench" / "work" / "ablation")
+    run.add_argument("--out", type=Path, default=WORK / "ablation")
     show = sub.add_parser("table", help="markdown table of the finished rows")
-    show.add_argument("--out", type=Path, default=REPO / "bench" / "work" / "ablation")
+    show.add_argument("--out", type=Path, default=WORK / "ablation")
     args = parser.parse_args()
     if args.action == "table":
         print(table(args.out))

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_bench(name: str):
+    if str(REPO / "bench") not in sys.path:  # as `python bench/SCRIPT.py` runs it: beside bench/common.py
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
