@@ -35,9 +35,11 @@ def shown(path: Path) -> str:
     return os.path.relpath(path, REPO)
 
 
-def markdown_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
-    """The lines of a markdown table: the first ``text_columns`` columns left-aligned, the figures right-aligned."""
-    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+def markdown_table(header: list[str], rows: list[list[str]], text_columns: int | tuple[int, ...] = 1) -> list[str]:
+    """The lines of a markdown table: figures right-aligned, text left-aligned; ``text_columns``: the number of
+    leading text columns, or the index of each text column."""
+    text = range(text_columns) if isinstance(text_columns, int) else text_columns
+    align = ["---" if column in text else "---:" for column in range(len(header))]
     return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
             *("| " + " | ".join(row) + " |" for row in rows)]
 

@@ -33,10 +33,14 @@ from pathlib import Path
 from medseg.engines.ensemble import member_folder
 from medseg.tracking import training_record
 
-from common import REPO, WORK, machine_line, markdown_table
+from common import REPO, WORK, machine_line, markdown_table, shown
 BUNDLE = "bundles/drive_vessel_unet"
 BASELINE = "bench/drive_baseline/baseline.yaml"
 PRESET = "configs/cpu_budget.yaml"
+# bench/results/drive_ablation.md joins the runner's tables (`table`) with parts written by hand: its summary, the
+# table of earlier runs and the prose read from the tables; each of those carries this mark
+BY_HAND = ("*Recorded by hand on 2026-11-30, not written by a script: figures copied from the runner's tables or "
+           "from the evaluations whose commands are named, means computed by hand.*")
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,8 @@ def table(root: Path) -> str:
                             "Sp", "F1 @val thr (thr)"], rows, text_columns=2)
     commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): {row_commands(r, root)}"
                 + (f"; {ROWS[r['row']].notes}" if ROWS[r["row"]].notes else "") for r in results]
-    return "\n".join([*lines, "", f"Machine: {machine_line()}. Rows run on {sorted({r['date'] for r in results})}.", "",
+    written = f"*Written by `python bench/drive_ablation.py table --out {shown(root)}` from the rows' `result.json`.*"
+    return "\n".join([written, "", *lines, "", f"Machine: {machine_line()}. Rows run on {sorted({r['date'] for r in results})}.", "",
                       "Commands (run from the repository root, one core per network):", "", *commands, ""])
 
 

@@ -77,6 +77,23 @@ def test_rows_that_reuse_weights_name_a_trained_row():
         assert row.weights_of is None or ablation.ROWS[row.weights_of].weights_of is None
 
 
+def test_every_table_and_reading_of_the_ablation_results_says_whether_the_runner_or_a_hand_wrote_it(tmp_path):
+    paragraphs = [text.strip() for text in (REPO / "bench" / "results" / "drive_ablation.md").read_text().split("\n\n")]
+    written = "*Written by `python bench/drive_ablation.py table --out "
+    tables = [k for k, paragraph in enumerate(paragraphs) if paragraph.startswith("|")]
+    assert len(tables) == 4
+    assert all(paragraphs[k - 1] == ablation.BY_HAND or paragraphs[k - 1].startswith(written) for k in tables)
+    readings = [k for k, paragraph in enumerate(paragraphs) if re.match(r"(## )?What the .* says", paragraph)]
+    assert len(readings) == 2 and all(paragraphs[k + 1] == ablation.BY_HAND for k in readings)
+    # the runner's tables say so as the runner renders them
+    result = {"row": "baseline", "minutes": 12, "seed": 0, "steps": 1201, "date": "2026-11-30",
+              "threshold_half": dict.fromkeys(("f1", "auc_roc", "auc_pr", "sensitivity", "specificity"), 0.8),
+              "threshold_val": {"f1": 0.8, "threshold": 0.5}}
+    (tmp_path / "baseline_seed0").mkdir()
+    (tmp_path / "baseline_seed0" / "result.json").write_text(json.dumps(result))
+    assert ablation.table(tmp_path).startswith(written)
+
+
 def test_the_loss_mix_row_halves_the_dice_term_only():
     loss = _parser("train", ablation.ROWS["loss_mix"]).get_parsed_content("loss")
     assert (loss.lambda_dice, loss.lambda_ce) == (0.5, 1.0)
@@ -232,6 +249,84 @@ def test_the_camera_tables_of_readme_and_bundle_docs_are_the_measured_file():
     for docs in [REPO / "README.md", *(bundle / "docs" / "README.md" for bundle in fundus)]:
         assert _block(docs.read_text(), bundle_results.CAMERA_BLOCK) == measured, docs
     assert {f"`{bundle.name}`" for bundle in fundus} <= set(re.findall(r"^\| (`\w+`) \|", measured, re.M))
+
+
+def _sections() -> dict[str, str]:
+    """bundle name -> its section of bench/results/bundles.md."""
+    _, *sections = (REPO / "bench" / "results" / "bundles.md").read_text().split("\n## `bundles/")
+    return {text.split("`", 1)[0]: text.split("\n\n", 1)[1].rstrip("\n") for text in sections}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_each_results_section_is_the_scripts_rendering_with_its_notes_and_training_record(bundle):
+    text = _sections()[bundle.name]
+    scored, table = text.split("\n", 1)[0], [line for line in text.splitlines() if line.startswith("|")]
+    assert text == bundle_results.section(bundle, scored, table)
+    note = bundle_results.block(bundle_results.NOTE_BLOCK, bundle_results.DRIVE_TEST_NOTE)
+    assert (note in text) == (bundle.name in bundle_results.CHOSEN_WITH_DRIVE_TEST)
+
+
+def test_the_camera_results_are_the_scripts_rendering_with_the_note_on_what_chose_the_recipe():
+    text = (REPO / "bench" / "results" / "bundle_cameras.md").read_text().split("\n\n", 1)[1].rstrip("\n")
+    scored = text.split(" by `python bench/bundle_results.py`", 1)[0]
+    assert text == bundle_results.camera_block(scored, [line for line in text.splitlines() if line.startswith("|")])
+
+
+def test_every_block_of_drive_test_figures_carries_the_note_on_what_chose_the_recipe():
+    note = bundle_results.block(bundle_results.NOTE_BLOCK, bundle_results.DRIVE_TEST_NOTE)
+    assert "chosen with DRIVE test feedback before 2026-12-02" in note
+    assert "The LES-AV test figures of `drive_vessel_unet` and `drive_vessel_u2net`" in note
+    readme = (REPO / "README.md").read_text()
+    blocks = [_block(readme, bundle_results.HEADLINE_BLOCK), _block(readme, bundle_results.CAMERA_BLOCK)]
+    for bundle in BUNDLES:
+        docs = (bundle / "docs" / "README.md").read_text()
+        if bundle.name in bundle_results.CHOSEN_WITH_DRIVE_TEST:
+            blocks.append(_block(docs, bundle_results.TEST_BLOCK))
+        if bundle_results.is_fundus(bundle):
+            blocks.append(_block(docs, bundle_results.CAMERA_BLOCK))
+    assert len(blocks) == 2 + 3 + 3
+    assert all(note in block for block in blocks)
+
+
+def test_the_readme_headline_is_the_eval_metrics_that_bundle_ship_measured():
+    headline = _block((REPO / "README.md").read_text(), bundle_results.HEADLINE_BLOCK)
+    assert headline == bundle_results.headline_block(BUNDLES)
+    metrics = json.loads((REPO / "bundles" / "drive_vessel_unet" / "configs" / "metadata.json").read_text())
+    assert f"| `drive_vessel_unet` | DRIVE test | {metrics['eval_metrics']['test_f1']:.4f} |" in headline
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_a_training_record_typed_by_hand_says_so_wherever_it_is_quoted(bundle):
+    record = json.loads((bundle / "configs" / "metadata.json").read_text())["medseg"]["training"]
+    # no MLflow run of the shipped weights is kept: their records were typed before `bundle ship` wrote them
+    assert record["source"].startswith("recorded by hand on 2026-12-03")
+    quoted = _block((bundle / "docs" / "README.md").read_text(), bundle_results.TRAINING_BLOCK)
+    assert quoted == bundle_results.training_line(bundle) and record["source"] in quoted
+    assert "MLflow run of the weights" not in quoted
+
+
+# a figure as the docs print them: a fraction with three or more decimals (F1, AUC-ROC, mIoU, thresholds, ...)
+FIGURE = re.compile(r"(?<![\d.])[01]\.\d{3,}(?![\d.])")
+
+
+def unbacked_figures(text: str, results: str) -> set[str]:
+    """The figures of ``text`` that ``results`` does not hold, digit for digit."""
+    held = set(FIGURE.findall(results))
+    return set(FIGURE.findall(text)) - held
+
+
+def test_every_figure_of_the_readme_and_bundle_docs_is_one_a_results_file_holds():
+    results = "\n".join(path.read_text() for path in sorted((REPO / "bench" / "results").iterdir())
+                        if path.suffix in (".md", ".json"))
+    assert "0.8305" in FIGURE.findall(results)
+    for docs in [REPO / "README.md", *(bundle / "docs" / "README.md" for bundle in BUNDLES)]:
+        assert not unbacked_figures(docs.read_text(), results), docs
+
+
+def test_the_figure_check_finds_a_figure_typed_by_hand():
+    results = "| threshold 0.5 | 0.8305 | 0.9821 |"
+    assert unbacked_figures("F1 0.8305, AUC-ROC 0.9821", results) == set()
+    assert unbacked_figures("F1 0.826 (rounded by hand), AUC-ROC 0.9821, Dice 0.8123", results) == {"0.826", "0.8123"}
 
 
 @pytest.mark.parametrize("bundle", ["drive_vessel_unet", "fundus_vessel_unet"])
