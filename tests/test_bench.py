@@ -78,7 +78,8 @@ def test_rows_that_reuse_weights_name_a_trained_row():
 
 
 def test_every_table_and_reading_of_the_ablation_results_says_whether_the_runner_or_a_hand_wrote_it(tmp_path):
-    paragraphs = [text.strip() for text in (REPO / "bench" / "results" / "drive_ablation.md").read_text().split("\n\n")]
+    results = (REPO / "bench" / "results" / "drive_ablation.md").read_text()
+    paragraphs = [text.strip() for text in results.split("\n\n")]
     written = "*Written by `python bench/drive_ablation.py table --out "
     tables = [k for k, paragraph in enumerate(paragraphs) if paragraph.startswith("|")]
     assert len(tables) == 4
@@ -165,7 +166,8 @@ def test_camera_transfer_chooses_by_the_mean_over_seeds_not_the_best_seed(monkey
             _scored_run("all_jitter", "2026-12-01", 0.83, 0.83), _scored_run("all_jitter", "2026-12-01", 0.77, 0.77,
                                                                              seed=10),
             _scored_run("clahe", "2026-12-01", 0.80, 0.80), _scored_run("clahe", "2026-12-01", 0.805, 0.805, seed=10)]
-    assert "**clahe** (mean validation F1 over seeds 0, 10: clahe 0.8025, all_jitter 0.8000" in _choice(runs, monkeypatch)
+    choice = _choice(runs, monkeypatch)
+    assert "**clahe** (mean validation F1 over seeds 0, 10: clahe 0.8025, all_jitter 0.8000" in choice
 
 
 def test_camera_transfer_compares_no_row_whose_steps_differ_from_the_reference_beyond_the_tolerance(monkeypatch):
@@ -177,7 +179,8 @@ def test_camera_transfer_compares_no_row_whose_steps_differ_from_the_reference_b
     assert "**clahe**" in choice
     assert f"not compared, their mean steps outside 25% of preset_retrained's 4,000: green_all_jitter {far:,}" in choice
     runs[1]["steps"] = f"{far:,}"  # no candidate left within the tolerance: nothing is chosen
-    assert "2026-12-01 (a CPU): nothing (no candidate with preset_retrained's steps and seeds" in _choice(runs, monkeypatch)
+    choice = _choice(runs, monkeypatch)
+    assert "2026-12-01 (a CPU): nothing (no candidate with preset_retrained's steps and seeds" in choice
 
 
 def test_camera_transfer_refuses_to_score_the_test_sets_of_a_row_not_chosen(monkeypatch, tmp_path):
@@ -188,7 +191,8 @@ def test_camera_transfer_refuses_to_score_the_test_sets_of_a_row_not_chosen(monk
     (tmp_path / "clahe_seed0").mkdir()
     (tmp_path / "clahe_seed0" / "scores.json").write_text(json.dumps(runs[1]))
     # refused before any weights are read: bench/work holds none here
-    with pytest.raises(SystemExit, match=r"clahe \(seed 0\): not chosen on the validation sets.*\*\*preset_retrained\*\*"):
+    refused = r"clahe \(seed 0\): not chosen on the validation sets.*\*\*preset_retrained\*\*"
+    with pytest.raises(SystemExit, match=refused):
         camera_transfer.score("clahe", 0, test=True)
     camera_transfer.refuse_unchosen(runs[0])  # the chosen row may be scored
 
