@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +29,8 @@ from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
 from medseg.engines.ensemble import join_checkpoints
 from medseg.inference import LoadedModel, infer_files, load_model
+
+from common import DATA, RESULTS, machine_line, markdown_table, shown
 
 
 def gamma(value: float) -> Callable[[Image.Image], Image.Image]:
@@ -102,13 +103,13 @@ def score(model: LoadedModel, images: Path, masks: Path, out: Path,
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/drive_vessel_unet"))
-    parser.add_argument("--drive", type=Path, default=Path("../shared/data/DRIVE"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/acquisition_shift.md"))
+    parser.add_argument("--drive", type=Path, default=DATA / "DRIVE")
+    parser.add_argument("--out", type=Path, default=RESULTS / "acquisition_shift.md")
     parser.add_argument("--checkpoint", type=Path, nargs="+", default=[],
                         help="other weights scored beside the bundle's models/model.pt (several: their ensemble)")
     args = parser.parse_args()
     records = drive_records(args.drive, "test")
-    command = f"python bench/acquisition_shift.py --bundle {args.bundle} --drive {args.drive}"
+    command = f"python bench/acquisition_shift.py --bundle {args.bundle} --drive {shown(args.drive)}"
     weights = {f"`{args.bundle}/models/model.pt`": load_model(args.bundle)}
     rows: dict[tuple[str, str], tuple[dict[str, float], float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,26 +130,21 @@ def main_bench() -> None:
     lines = [
         "# DRIVE test images altered as other cameras alter them",
         "",
-        f"- Date: {datetime.date.today()}. Machine: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}.",
+        f"- Date: {datetime.date.today()}. Machine: {machine_line()}, {torch.get_num_threads()} torch thread(s).",
         f"- Command: `{command}`",
         f"- The {len(records)} test images through `medseg infer` with the bundle's inference settings, FOV-pooled "
         "against 1st_manual, threshold 0.5. Deltas are against the unaltered images, same weights, same run.",
     ]
     for label in weights:
         reference = rows["unaltered", label][0]
-        lines += [
-            "",
-            f"Weights: {label}",
-            "",
-            "| condition | change | " + " | ".join(METRICS) + " | ΔF1 | ΔAUC-ROC | infer s |",
-            "|---|---|" + "---:|" * (len(METRICS) + 3),
-        ]
+        table = []
         for name, (change, _) in CONDITIONS.items():
             metrics, seconds = rows[name, label]
-            cells = " | ".join(f"{metrics[m]:.4f}" for m in METRICS)
             delta_f1, delta_auc = metrics["f1"] - reference["f1"], metrics["auc_roc"] - reference["auc_roc"]
-            lines.append(f"| {name} | {change} | {cells} | {delta_f1:+.4f} | {delta_auc:+.4f} | {seconds:.0f} |")
+            table.append([name, change, *(f"{metrics[m]:.4f}" for m in METRICS), f"{delta_f1:+.4f}",
+                          f"{delta_auc:+.4f}", f"{seconds:.0f}"])
+        lines += ["", f"Weights: {label}", "",
+                  *markdown_table(["condition", "change", *METRICS, "ΔF1", "ΔAUC-ROC", "infer s"], table, 2)]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"written to {args.out}")
 

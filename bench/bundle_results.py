@@ -13,6 +13,11 @@ Every figure is measured here, from the shipped weights, when the script runs:
 
     python bench/bundle_results.py bundles/camvid_unet bundles/drive_vessel_u2net bundles/drive_vessel_unet \
         bundles/fundus_vessel_unet
+
+What needs no scoring is rendered from what is stored, also alone (`python bench/bundle_results.py --stored`): the
+headline table between `<!-- headline-results -->` and `<!-- /headline-results -->` of the README (each bundle's
+`eval_metrics`, which `medseg bundle ship` measured), the note on what chose the DRIVE recipe beside every DRIVE
+test figure (`<!-- drive-test-note -->` blocks) and each bundle's training record (`<!-- training-record -->`).
 """
 
 from __future__ import annotations
@@ -20,25 +25,37 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import re
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records
 from medseg.engines.ensemble import evaluate_checkpoints
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import load_model
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-CAMERA_RESULTS = REPO / "bench" / "results" / "bundle_cameras.md"
-TEST_RESULTS = REPO / "bench" / "results" / "bundles.md"
+from common import DATA, REPO, RESULTS, machine_line, markdown_table
+
+CAMERA_RESULTS = RESULTS / "bundle_cameras.md"
+TEST_RESULTS = RESULTS / "bundles.md"
+README = REPO / "README.md"
+BUNDLES = sorted(path.parent.parent for path in (REPO / "bundles").glob("*/configs/metadata.json"))
 CAMERA_BLOCK = "camera-results"
 TEST_BLOCK = "test-results"
+HEADLINE_BLOCK = "headline-results"
+NOTE_BLOCK = "drive-test-note"
+TRAINING_BLOCK = "training-record"
+# the bundles whose training recipe (the CPU preset) DRIVE's test photographs helped choose
+CHOSEN_WITH_DRIVE_TEST = ("drive_vessel_unet", "drive_vessel_u2net", "fundus_vessel_unet")
+DRIVE_TEST_NOTE = (
+    "**What chose the recipe**: the training recipe of `drive_vessel_unet`, `drive_vessel_u2net` and "
+    "`fundus_vessel_unet` (the CPU preset, `configs/cpu_budget.yaml`) was chosen with DRIVE test feedback before "
+    "2026-12-02 (`bench/results/drive_ablation.md`), so their DRIVE test figures are optimistic. The LES-AV test "
+    "figures of `drive_vessel_unet` and `drive_vessel_u2net` (`bench/results/bundle_cameras.md`) are the ones no "
+    "choice ever saw."
+)
+TEST_SPLIT = {"camvid_unet": "CamVid test"}  # the others: DRIVE test
 VESSEL_METRICS = ("f1", "auc_roc", "auc_pr", "accuracy", "sensitivity", "specificity", "precision")
 # what each bundle saw in training, for the table's last column
 TRAINED_ON = {
@@ -71,22 +88,30 @@ def bundle_rows(bundle: Path) -> tuple[list[str], float]:
 
 
 def camera_table(bundles: list[Path]) -> str:
-    header = "| bundle | " + " | ".join(f"{name}: F1 / AUC-ROC" for name, _, _ in scored_sets()) + " | trained on |"
-    lines = [header, "|---|" + "---:|" * 4 + "---|"]
+    rows = []
     for bundle in bundles:
         cells, seconds = bundle_rows(bundle)
-        lines.append(f"| `{bundle.name}` | " + " | ".join(cells) + f" | {TRAINED_ON.get(bundle.name, '?')} |")
+        rows.append([f"`{bundle.name}`", *cells, TRAINED_ON.get(bundle.name, "?")])
         print(f"{bundle.name}: {seconds:.0f} s", flush=True)
+    header = ["bundle", *(f"{name}: F1 / AUC-ROC" for name, _, _ in scored_sets()), "trained on"]
+    table = markdown_table(header, rows, text_columns=(0, len(header) - 1))
+    return camera_block(f"Scored on {datetime.date.today()} ({machine_line()})", table)
+
+
+def camera_block(scored: str, table: list[str]) -> str:
+    """The camera results as the README and the fundus bundles' docs quote them: how they were scored, the note on
+    what chose the recipes, the table."""
     return "\n".join([
-        f"Scored on {datetime.date.today()} ({platform.machine()}, torch {torch.__version__}) by "
-        "`python bench/bundle_results.py`, each cell "
+        f"{scored} by `python bench/bundle_results.py`, each cell "
         "`medseg evaluate BUNDLE --images DIR --labels DIR [--masks DIR]` (LES-AV labels: `--label-positive 1 2 3 "
         "4`): the shipped weights through the inference path of `medseg infer` (`--scale auto`; probabilities of a "
         "shrunk photograph resampled back with their edges eroded where the bundle's `upsampled_edge_erosion` is "
         "on: the DRIVE bundles), pooled inside the given or the estimated FOV, threshold 0.5. No test photograph of "
         "either dataset was trained on.",
         "",
-        *lines,
+        block(NOTE_BLOCK, DRIVE_TEST_NOTE),
+        "",
+        *table,
     ])
 
 
@@ -96,11 +121,6 @@ def test_report(bundle: Path) -> dict:
         report = Path(work) / "metrics_test.json"
         evaluate_checkpoints(bundle, overrides={"split": "test", "metrics_file": str(report), "output_dir": work})
         return json.loads(report.read_text())
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
-            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def report_lines(report: dict) -> list[str]:
@@ -125,7 +145,7 @@ def metadata(bundle: Path) -> dict:
 
 
 def training_line(bundle: Path) -> str:
-    """The training record of the shipped weights, from the bundle's metadata."""
+    """The training record of the shipped weights, from the bundle's metadata, and who recorded it."""
     meta = metadata(bundle)
     record = meta["medseg"].get("training")
     if record is None:
@@ -133,34 +153,86 @@ def training_line(bundle: Path) -> str:
                 "MLflow run of them).")
     steps = " and ".join(f"{steps:,}" for steps in record["steps"])
     networks = len(record["steps"])
+    # a record without a source is the one `medseg bundle ship` wrote from the weights' MLflow run
+    source = record.get("source", "written by `medseg bundle ship` from the MLflow run of the weights")
     return (f"Shipped weights (version {meta['version']}): `{record['command']}` on {record['date']} "
             f"({record['machine']}), {record['wall_minutes']:.1f} minutes, {steps} steps "
             f"({'one network' if networks == 1 else f'{networks} networks'}; `medseg.training` of "
-            "`configs/metadata.json`).")
+            f"`configs/metadata.json`, {source}).")
 
 
 def test_section(bundle: Path) -> str:
     start = time.perf_counter()
     report = test_report(bundle)
     print(f"{bundle.name} test split: {time.perf_counter() - start:.0f} s", flush=True)
+    return section(bundle, f"`medseg evaluate {bundle.relative_to(REPO)} --split test` ({report['images']} test "
+                           f"images), scored on {datetime.date.today()} ({machine_line()}) by `python "
+                           "bench/bundle_results.py`.", report_lines(report))
+
+
+def section(bundle: Path, scored: str, table: list[str]) -> str:
+    """A bundle's test results as `bundles.md` and its docs hold them: how they were scored, the note on what
+    chose the recipe (DRIVE-trained bundles), the table, the training record."""
+    note = [block(NOTE_BLOCK, DRIVE_TEST_NOTE), ""] if bundle.name in CHOSEN_WITH_DRIVE_TEST else []
+    return "\n".join([scored, "", *note, *table, "", block(TRAINING_BLOCK, training_line(bundle))])
+
+
+def headline_block(bundles: list[Path]) -> str:
+    """The README's headline: each bundle's test figures as `medseg bundle ship` measured them (``eval_metrics``)."""
+    rows = []
+    for bundle in bundles:
+        metrics = metadata(bundle)["eval_metrics"]
+        figure = lambda name: f"{metrics[name]:.4f}" if name in metrics else "-"  # noqa: E731
+        rows.append([f"`{bundle.name}`", TEST_SPLIT.get(bundle.name, "DRIVE test"), figure("test_f1"),
+                     figure("test_auc_roc"), figure("test_miou")])
     return "\n".join([
-        f"`medseg evaluate {bundle.relative_to(REPO)} --split test` ({report['images']} test images), scored on "
-        f"{datetime.date.today()} ({platform.machine()}, torch {torch.__version__}) by `python "
-        "bench/bundle_results.py`.",
+        "The shipped weights on their test splits: the `eval_metrics` that `medseg bundle ship` measured into each "
+        "bundle's `configs/metadata.json` (the whole reports: `bench/results/bundles.md`), rendered by "
+        "`python bench/bundle_results.py --stored`.",
         "",
-        *report_lines(report),
+        *markdown_table(["bundle", "test split", "F1 @0.5", "AUC-ROC", "mIoU"], rows, text_columns=2),
         "",
-        training_line(bundle),
+        block(NOTE_BLOCK, DRIVE_TEST_NOTE),
     ])
 
 
-def fill_block(docs: Path, name: str, block: str) -> None:
-    """Replace what lies between ``<!-- name -->`` and ``<!-- /name -->`` of ``docs`` by ``block``."""
+def block(name: str, text: str) -> str:
+    return f"<!-- {name} -->\n{text}\n<!-- /{name} -->"
+
+
+def filled(text: str, name: str, content: str) -> str:
+    """``text`` with what lies between each ``<!-- name -->`` and ``<!-- /name -->`` replaced by ``content``."""
     pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
-    text = docs.read_text()
     if not pattern.search(text):
-        raise SystemExit(f"{docs}: no <!-- {name} --> block to fill")
-    docs.write_text(pattern.sub(lambda _: f"<!-- {name} -->\n{block}\n<!-- /{name} -->", text))
+        raise ValueError(f"no <!-- {name} --> block to fill")
+    return pattern.sub(lambda _: block(name, content), text)
+
+
+def fill_block(docs: Path, name: str, content: str) -> None:
+    """Replace what lies between ``<!-- name -->`` and ``<!-- /name -->`` of ``docs`` by ``content``."""
+    try:
+        docs.write_text(filled(docs.read_text(), name, content))
+    except ValueError as err:
+        raise SystemExit(f"{docs}: {err}") from None
+
+
+def render_stored() -> None:
+    """Fill what needs no scoring: the README's headline, the notes on what chose the DRIVE recipe and the training
+    records, in the README, the bundles' docs and the results files."""
+    fill_block(README, HEADLINE_BLOCK, headline_block(BUNDLES))
+    for bundle in BUNDLES:
+        docs = bundle / "docs" / "README.md"
+        fill_block(docs, TRAINING_BLOCK, training_line(bundle))
+        if bundle.name in CHOSEN_WITH_DRIVE_TEST:
+            fill_block(docs, NOTE_BLOCK, DRIVE_TEST_NOTE)
+    title, *sections = TEST_RESULTS.read_text().split("\n## `bundles/")
+    for k, text in enumerate(sections):
+        bundle = REPO / "bundles" / text.split("`", 1)[0]
+        text = filled(text, TRAINING_BLOCK, training_line(bundle))
+        sections[k] = filled(text, NOTE_BLOCK, DRIVE_TEST_NOTE) if bundle.name in CHOSEN_WITH_DRIVE_TEST else text
+    TEST_RESULTS.write_text("\n## `bundles/".join([title, *sections]))
+    for path in (CAMERA_RESULTS, README):
+        fill_block(path, NOTE_BLOCK, DRIVE_TEST_NOTE)
 
 
 def is_fundus(bundle: Path) -> bool:
@@ -169,9 +241,21 @@ def is_fundus(bundle: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundles", nargs="+", type=Path)
+    parser.add_argument("bundles", nargs="*", type=Path, help="the bundles to score")
+    parser.add_argument("--stored", action="store_true", help="score nothing: fill only what is rendered from what is "
+                        "stored (the headline, the notes on what chose the DRIVE recipe, the training records)")
     args = parser.parse_args()
-    bundles = [bundle.resolve() for bundle in args.bundles]
+    if not args.stored:
+        if not args.bundles:
+            parser.error("give the bundles to score, or --stored")
+        score([bundle.resolve() for bundle in args.bundles])
+    render_stored()
+    print(TEST_RESULTS.read_text())
+
+
+def score(bundles: list[Path]) -> None:
+    """Score ``bundles`` on their test splits and the fundus bundles on both cameras' test photographs, and write
+    the results files and the blocks that quote them."""
     sections = {bundle: test_section(bundle) for bundle in bundles}
     TEST_RESULTS.write_text("# Shipped bundles on their test splits\n\n" + "\n\n".join(
         f"## `bundles/{bundle.name}`\n\n{section}" for bundle, section in sections.items()) + "\n")
@@ -179,11 +263,10 @@ def main() -> None:
         fill_block(bundle / "docs" / "README.md", TEST_BLOCK, section)
     fundus = [bundle for bundle in bundles if is_fundus(bundle)]
     if fundus:
-        block = camera_table(fundus)
-        CAMERA_RESULTS.write_text("# Shipped vessel bundles on two cameras' test photographs\n\n" + block + "\n")
-        for docs in [REPO / "README.md", *(bundle / "docs" / "README.md" for bundle in fundus)]:
-            fill_block(docs, CAMERA_BLOCK, block)
-    print(TEST_RESULTS.read_text())
+        cameras = camera_table(fundus)
+        CAMERA_RESULTS.write_text("# Shipped vessel bundles on two cameras' test photographs\n\n" + cameras + "\n")
+        for docs in [README, *(bundle / "docs" / "README.md" for bundle in fundus)]:
+            fill_block(docs, CAMERA_BLOCK, cameras)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ budget (`configs/cpu_budget.yaml`) on DRIVE's training photographs, with one cha
 on **validation data only**: DRIVE's 4 held-out training photographs (the split of seed 0, the one every row
 validates on) and LES-AV's `training/` split (11 photographs, never trained on), each scored through
 `medseg evaluate BUNDLE --images ... --labels ...` (`medseg.engines.evaluate_vessel_folder`: the inference path
-of `medseg infer`, `--scale auto`, the FOV estimated since no mask is given). Test images (DRIVE `test/`, LES-AV
-`test/`) are scored only with `score --test`, for rows already chosen, and the table marks which figures chose.
+of `medseg infer`, `--scale auto`, the FOV estimated since no mask is given). A row is chosen by its mean over
+seeds, against the shipped recipe retrained beside it with about as many steps (`choose`). Test images (DRIVE
+`test/`, LES-AV `test/`) are scored only with `score --test`, which refuses a row that was not chosen.
 
     OMP_NUM_THREADS=1 taskset -c 0 python bench/camera_transfer.py run fov_norm --seed 0
     python bench/camera_transfer.py score fov_norm --seed 0 [--test]
@@ -28,31 +29,35 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 
-import torch
 import yaml
 
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.engines.ensemble import MEMBER_SEED_STEP
 from medseg.engines.evaluation import evaluate_vessel_folder
-from medseg.inference import load_model, read_state_dict
-from medseg.networks import member_state_dict
-from medseg.tracking import machine_description, training_record
+from medseg.inference import LoadedModel, load_model
+from medseg.tracking import training_record
 
-REPO = Path(__file__).resolve().parents[1]
+import common
+from common import DATA, REPO, RESULTS, machine_line, markdown_table, save_member
+
 BUNDLE = REPO / "bundles" / "drive_vessel_unet"
 PRESET = "configs/cpu_budget.yaml"
-DATA = REPO.parent / "shared" / "data"
-WORK = REPO / "bench" / "work" / "camera_transfer"
+WORK = common.WORK / "camera_transfer"
 # every row's scores, kept with the results (bench/work/ holds the weights and is not kept)
-RECORD = REPO / "bench" / "results" / "camera_transfer.json"
+RECORD = RESULTS / "camera_transfer.json"
 MINUTES = 55
+# the reference every candidate is compared with: the shipped recipe, trained beside the candidates
+REFERENCE = "preset_retrained"
+# a wall-clock budget buys steps by the machine and what shared it: rows whose mean steps differ from the
+# reference's by more than this fraction trained under other conditions and are not compared with it
+STEP_TOLERANCE = 0.25
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,27 @@ ROWS: dict[str, Row] = {
 # (name, split scored, is it validation data?)
 SETS = (("DRIVE val (4)", "drive_val", True), ("LES-AV training (11)", "les_av_training", True),
         ("DRIVE test (20)", "drive_test", False), ("LES-AV test (11)", "les_av_test", False))
+VALIDATION = tuple(split for _, split, validation in SETS if validation)
+TEST = tuple(split for _, split, validation in SETS if not validation)
+
+INTRODUCTION = """\
+# DRIVE-trained vessel networks on another camera, compared on validation data
+
+- Written on {machine}; rows scored on {dates}, each trained on the machine its column names ("not recorded": \
+runs scored before the record kept it). Written by `python bench/camera_transfer.py table`.
+- Every row: one U-Net (features 16-256) trained on DRIVE's training photographs for the 55-minute preset \
+(`configs/cpu_budget.yaml`, one core), validated on the 4 DRIVE photographs of split seed 0.
+- Scored with `medseg.engines.evaluate_vessel_folder` (`medseg evaluate --images --labels`): the bundle's own \
+inference path, `--scale auto`, the FOV estimated (no masks given), F1 at 0.5 and AUC-ROC pooled inside the \
+estimated FOV; the erosion of upsampled edges off, as when the first rows were scored (an inference choice, \
+measured apart: `bench/results/upsampled_edges.md`).
+- **Chosen on**: the two validation columns (DRIVE val, LES-AV training). The test columns are scored only for \
+rows already chosen and chose nothing.
+- Rows `preset` (seeds 0 and 10) are the two members of the shipped ensemble, the shipped recipe's two seeds; \
+with the erosion of upsampled edges, the inference choice measured apart on the same LES-AV photographs (with \
+their own FOV masks there), they are the final row: `bench/results/upsampled_edges.md`.
+- "Recorded by": "the script" for scores this script wrote into `bench/results/camera_transfer.json`, "by hand" \
+for scores typed into it (listed under the table)."""
 
 
 def row_dir(name: str, seed: int) -> Path:
@@ -113,12 +139,7 @@ def weights(name: str, seed: int) -> Path:
     row = ROWS[name]
     if not row.shipped:
         return row_dir(name, seed) / "checkpoints" / "model.pt"
-    member = row_dir(name, seed) / "member.pt"
-    if not member.is_file():
-        shipped = member_state_dict(read_state_dict(BUNDLE / "models" / "model.pt"), shipped_member(seed))
-        member.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({name: value.float() for name, value in shipped.items()}, member)
-    return member
+    return save_member(BUNDLE, shipped_member(seed), row_dir(name, seed) / "member.pt")
 
 
 def shipped_member(seed: int) -> int:
@@ -163,23 +184,53 @@ def with_run(runs: list[dict], run: dict) -> list[dict]:
 
 
 def score(name: str, seed: int, test: bool) -> dict:
+    """Score a run on the validation sets (kept when only the test sets are asked for and they are scored already),
+    then, with ``test``, on the test sets: only a row the validation sets chose (:func:`choices`)."""
+    results_file = row_dir(name, seed) / "scores.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else training_facts(name, seed)
+    model = None
+    if not (test and all(split in results for split in VALIDATION)):
+        model = scoring_model(name, seed)
+        results = scored(model, name, seed, results, VALIDATION)
+        keep(results_file, results)
+    if test:
+        refuse_unchosen(results)
+        results = scored(model or scoring_model(name, seed), name, seed, results, TEST)
+        keep(results_file, results)
+    return results
+
+
+def scoring_model(name: str, seed: int) -> LoadedModel:
     overrides = {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in ROWS[name].sets)}
     model = load_model(BUNDLE, overrides={**overrides, "ensemble_members": 1}, checkpoint=weights(name, seed))
     # training recipes are compared under the inference they were all scored with; the erosion of upsampled
     # edges, an inference choice, is measured apart (bench/upsampled_edges.py)
-    model = model.with_settings(upsampled_edge_erosion=False)
-    results_file = row_dir(name, seed) / "scores.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else training_facts(name, seed)
-    for _, split, validation in SETS:
-        if validation or test:
-            chosen, positive = records(split)
-            report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
-            pooled = report["threshold_0.5"]
-            results[split] = {**{metric: pooled[metric] for metric in ("f1", "auc_roc", "sensitivity", "precision")},
-                              "date": datetime.date.today().isoformat()}
+    return model.with_settings(upsampled_edge_erosion=False)
+
+
+def scored(model: LoadedModel, name: str, seed: int, results: dict, splits: tuple[str, ...]) -> dict:
+    """``results`` with the pooled scores of ``model`` on each of ``splits``."""
+    results = dict(results)
+    for split in splits:
+        chosen, positive = records(split)
+        report = evaluate_vessel_folder(model, chosen, row_dir(name, seed) / f"{split}.json", label_positive=positive)
+        pooled = report["threshold_0.5"]
+        results[split] = {**{metric: pooled[metric] for metric in ("f1", "auc_roc", "sensitivity", "precision")},
+                          "date": datetime.date.today().isoformat()}
+    return results
+
+
+def keep(results_file: Path, results: dict) -> None:
     results_file.write_text(json.dumps(results, indent=2))
     RECORD.write_text(json.dumps(with_run(recorded_runs(), results), indent=2, sort_keys=True) + "\n")
-    return results
+
+
+def refuse_unchosen(run: dict) -> None:
+    """Exit, naming the choice, unless the validation sets chose ``run``'s row among the rows trained beside it."""
+    choice = next(choice for choice in choices(recorded_runs()) if choice.group == (run["trained"], run["machine"]))
+    if choice.chosen != run["row"]:
+        raise SystemExit(f"{run['row']} (seed {run['seed']}): not chosen on the validation sets, so its test sets "
+                         f"are not scored; the choice: {choice.text}")
 
 
 def training_facts(name: str, seed: int) -> dict:
@@ -198,66 +249,96 @@ def training_facts(name: str, seed: int) -> dict:
             "machine": training["machine"]}
 
 
-def table() -> str:
-    header = ("| row | change | seed | trained | machine | steps | "
-              + " | ".join(f"{title} F1 / AUC" for title, _, _ in SETS) + f" | {SETS[1][0]} Se / precision |")
-    lines = [header, "|---|---|---:|---|---|---:|" + "---:|" * (len(SETS) + 1)]
-    dates = set()
-    validation_f1 = {}  # {(day trained, machine): {(row, seed): mean F1 of the validation columns}}
-    for run in sorted(recorded_runs(), key=lambda run: (list(ROWS).index(run["row"]), run["seed"], run["trained"])):
-        name, seed, trained, machine = (run[field] for field in RUN_FIELDS)
-        dates |= {s["date"] for s in run.values() if isinstance(s, dict)}
+@dataclass(frozen=True)
+class Choice:
+    """What the rows trained on one day on one machine chose on the validation sets, and why."""
+
+    group: tuple[str, str]  # (day trained, machine)
+    chosen: str | None
+    text: str
+
+
+def steps(run: dict) -> int:
+    return int(str(run["steps"]).replace(",", ""))
+
+
+def validation_f1(run: dict) -> float:
+    """The mean F1 of a run's validation columns."""
+    return mean(run[split]["f1"] for split in VALIDATION)
+
+
+def choices(runs: list[dict]) -> list[Choice]:
+    """Each day's and machine's choice among its runs scored on the validation sets."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for run in runs:
+        if all(split in run for split in VALIDATION):
+            groups.setdefault((run["trained"], run["machine"]), {}).setdefault(run["row"], []).append(run)
+    return [choose(group, by_row) for group, by_row in sorted(groups.items())]
+
+
+def choose(group: tuple[str, str], by_row: dict[str, list[dict]]) -> Choice:
+    """The row of the highest validation F1, as a mean over the seeds that every compared row has, among the rows
+    whose mean steps lie within ``STEP_TOLERANCE`` of the reference's trained beside them."""
+    where = f"{group[0]} ({group[1]})"
+    if REFERENCE not in by_row:
+        return Choice(group, None, f"{where}: nothing (no {REFERENCE} beside {', '.join(sorted(by_row))})")
+    mean_steps = {row: mean(steps(run) for run in runs) for row, runs in by_row.items()}
+    far = sorted(row for row in by_row if abs(mean_steps[row] / mean_steps[REFERENCE] - 1) > STEP_TOLERANCE)
+    compared = {row: runs for row, runs in by_row.items() if row not in far}
+    seeds = sorted(set.intersection(*({run["seed"] for run in runs} for runs in compared.values())))
+    outside = (f"; not compared, their mean steps outside {STEP_TOLERANCE:.0%} of {REFERENCE}'s "
+               f"{mean_steps[REFERENCE]:,.0f}: " + ", ".join(f"{row} {mean_steps[row]:,.0f}" for row in far)
+               if far else "")
+    if len(compared) < 2 or not seeds:
+        return Choice(group, None, f"{where}: nothing (no candidate with {REFERENCE}'s steps and seeds{outside})")
+    scores = {row: mean(validation_f1(run) for run in runs if run["seed"] in seeds) for row, runs in compared.items()}
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    over = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    return Choice(group, ranked[0], f"{where}: **{ranked[0]}** (mean validation F1 over {over}: "
+                  + ", ".join(f"{row} {scores[row]:.4f}" for row in ranked) + f"{outside})")
+
+
+def table_rows(runs: list[dict]) -> list[list[str]]:
+    """One row of cells per run: what it is, its steps, its scores on each set, and who recorded them."""
+    rows = []
+    for run in sorted(runs, key=lambda run: (list(ROWS).index(run["row"]), run["seed"], run["trained"])):
         cells = [f"{run[split]['f1']:.4f} / {run[split]['auc_roc']:.4f}" if split in run else "-"
                  for _, split, _ in SETS]
         # over- or under-segmenting the other camera's labels (runs scored before 2026-12-04 did not keep them)
         other_camera = run.get(SETS[1][1], {})
         cells.append(f"{other_camera['sensitivity']:.3f} / {other_camera['precision']:.3f}"
                      if "precision" in other_camera else "-")
-        if all(split in run for _, split, validation in SETS if validation):
-            mean_f1 = sum(run[split]["f1"] for _, split, v in SETS if v) / 2
-            validation_f1.setdefault((trained, machine), {})[name, seed] = mean_f1
-        lines.append(f"| {name} | {ROWS[name].change} | {seed} | {trained} | {machine} | {run['steps']} | "
-                     + " | ".join(cells) + " |")
-    # a wall-clock budget buys steps by the machine and what shared it: rows compete with the rows trained the
-    # same day on the same machine, and only where that group has its reference, preset_retrained
-    chosen = []
-    for (day, machine), scores in sorted(validation_f1.items()):
-        names = {name for name, _ in scores}
-        if len(names) < 2:
-            continue  # seeds of one row alone compare nothing
-        if "preset_retrained" in names:
-            name, seed = max(scores, key=scores.get)
-            chosen.append(f"{day} ({machine}): **{name} (seed {seed})**")
-        else:
-            chosen.append(f"{day} ({machine}): nothing (no preset_retrained beside them)")
+        rows.append([run["row"], ROWS[run["row"]].change, str(run["seed"]), run["trained"], run["machine"],
+                     "by hand" if "recorded" in run else "the script", f"{steps(run):,}", *cells])
+    return rows
+
+
+def table() -> str:
+    runs = recorded_runs()
+    header = ["row", "change", "seed", "trained", "machine", "recorded by", "steps",
+              *(f"{title} F1 / AUC" for title, _, _ in SETS), f"{SETS[1][0]} Se / precision"]
+    lines = markdown_table(header, table_rows(runs), text_columns=6)
+    dates = sorted({scores["date"] for run in runs for scores in run.values() if isinstance(scores, dict)})
+    by_hand = [f"- {run['row']} (seed {run['seed']}, trained {run['trained']}): {run['recorded']}"
+               for run in runs if "recorded" in run]
     commands = [f"- `{name}`: " + ("weights: member k of `bundles/drive_vessel_unet/models/model.pt` (0.3.0 weights), "
                                    f"the one trained with seed {MEMBER_SEED_STEP} k" if row.shipped else
                                    f"`OMP_NUM_THREADS=1 taskset -c 0 {' '.join(['medseg', *train_args(name, 0)])}`")
                 for name, row in ROWS.items()]
     return "\n".join([
-        "# DRIVE-trained vessel networks on another camera, compared on validation data",
-        "",
-        f"- Written on {machine_description()}, torch {torch.__version__}, Python {platform.python_version()}; rows "
-        f"scored on {', '.join(sorted(dates))}, each trained on the machine its column names (\"not recorded\": runs "
-        "scored before the record kept it). Written by `python bench/camera_transfer.py table`.",
-        "- Every row: one U-Net (features 16-256) trained on DRIVE's training photographs for the 55-minute preset "
-        "(`configs/cpu_budget.yaml`, one core), validated on the 4 DRIVE photographs of split seed 0.",
-        "- Scored with `medseg.engines.evaluate_vessel_folder` (`medseg evaluate --images --labels`): the bundle's "
-        "own inference path, `--scale auto`, the FOV estimated (no masks given), F1 at 0.5 and AUC-ROC pooled "
-        "inside the estimated FOV; the erosion of upsampled edges off, as when the first rows were scored (an "
-        "inference choice, measured apart: `bench/results/upsampled_edges.md`).",
-        "- **Chosen on**: the two validation columns (DRIVE val, LES-AV training). The test columns are scored "
-        "only for rows already chosen and chose nothing.",
-        "- Rows `preset` (seeds 0 and 10) are the two members of the shipped ensemble, the shipped recipe's two "
-        "seeds; with the erosion of upsampled edges, the inference choice measured apart on the same LES-AV "
-        "photographs (with their own FOV masks there), they are the final row: `bench/results/upsampled_edges.md`.",
+        *INTRODUCTION.format(machine=machine_line(), dates=", ".join(dates)).splitlines(),
         "",
         *lines,
         "",
-        "Chosen on validation, the highest mean F1 of the two validation columns among the rows trained on the same "
-        "day on the same machine (the budget is wall-clock time, so its steps depend on the machine and on what "
-        "shared it: rows trained on other days or machines are not compared, and a day without a `preset_retrained` "
-        "run, the reference, chooses nothing): " + "; ".join(chosen) + ".",
+        *(["Rows recorded by hand, not by this script (the figures it wrote before it kept a record):", "",
+           *by_hand, ""] if by_hand else []),
+        f"Chosen on validation: among the rows trained on the same day on the same machine beside `{REFERENCE}`, "
+        f"the reference, and whose mean steps lie within {STEP_TOLERANCE:.0%} of its own (the budget is wall-clock "
+        "time, so its steps depend on the machine and on what shared it), the highest mean over seeds of the mean F1 "
+        "of the two validation columns, over the seeds every compared row has; a day without the reference chooses "
+        "nothing, and `score ROW --test` refuses a row that was not chosen:",
+        "",
+        *(f"- {choice.text}" for choice in choices(runs)),
         "",
         "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
         "",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -25,6 +24,8 @@ import torch
 from monai.data import DataLoader, Dataset, ThreadDataLoader
 
 from medseg.data import cached_dataset, drive_records, vessel_transforms
+
+from common import DATA, machine_line, markdown_table
 
 
 def epoch_seconds(loader, epochs: int) -> list[float]:
@@ -40,7 +41,7 @@ def epoch_seconds(loader, epochs: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="DRIVE folder")
+    parser.add_argument("--root", default=DATA / "DRIVE", help="DRIVE folder")
     parser.add_argument("--out", help="markdown file to write the results table to")
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (each gives --num-samples patches)")
     parser.add_argument("--num-samples", type=int, default=4)
@@ -74,11 +75,8 @@ def main() -> None:
         print(f"{name}: build {build_seconds:.2f} s, epoch 1 {first:.2f} s, epoch 2 {second:.2f} s", flush=True)
 
     _, _, _, reference, reference_steady = results[0]
-    rows = [
-        f"| {name} | {build:.2f} | {first:.2f} | {second:.2f} | {reference / second:.1f}x | {steady:.2f} "
-        f"| {reference_steady / steady:.1f}x |"
-        for name, build, first, second, steady in results
-    ]
+    rows = [[name, f"{build:.2f}", f"{first:.2f}", f"{second:.2f}", f"{reference / second:.1f}x", f"{steady:.2f}",
+             f"{reference_steady / steady:.1f}x"] for name, build, first, second, steady in results]
     pythonpath = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
     command = f"{pythonpath}python " + " ".join(sys.argv)
     report = "\n".join(
@@ -86,18 +84,14 @@ def main() -> None:
             "# DRIVE data loading: second-epoch iteration time",
             "",
             f"- Date: {datetime.date.today().isoformat()}",
-            f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU; load average at the end "
-            f"{os.getloadavg()[0]:.1f} (shared machine)",
-            f"- Software: Python {platform.python_version()}, torch {torch.__version__}, MONAI {monai.__version__}",
+            f"- Machine: {machine_line()}, MONAI {monai.__version__}; {psutil.virtual_memory().total / 2**30:.0f} GiB "
+            f"RAM, load average at the end {os.getloadavg()[0]:.1f} (shared machine)",
             f"- Command: `{command}`",
             f"- Workload: {len(records)} DRIVE training images, `vessel_transforms('train')` (96x96 patches, "
             f"{args.num_samples} per image), batch size {args.batch_size} images",
             "",
-            f"| Setup | build s (cache fill) | epoch 1 s | epoch 2 s | epoch-2 speed-up vs reference "
-            f"| median epoch 2-{max(2, args.epochs)} s | median speed-up |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
+            *markdown_table(["Setup", "build s (cache fill)", "epoch 1 s", "epoch 2 s", "epoch-2 speed-up vs reference",
+                             f"median epoch 2-{max(2, args.epochs)} s", "median speed-up"], rows),
             "",
         ]
     )

@@ -24,22 +24,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from medseg.engines.ensemble import member_folder
-from medseg.tracking import machine_description, training_record
+from medseg.tracking import training_record
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, WORK, machine_line, markdown_table, shown
 BUNDLE = "bundles/drive_vessel_unet"
 BASELINE = "bench/drive_baseline/baseline.yaml"
 PRESET = "configs/cpu_budget.yaml"
+# bench/results/drive_ablation.md joins the runner's tables (`table`) with parts written by hand: its summary, the
+# table of earlier runs and the prose read from the tables; each of those carries this mark
+BY_HAND = ("*Recorded by hand on 2026-11-30, not written by a script: figures copied from the runner's tables or "
+           "from the evaluations whose commands are named, means computed by hand.*")
 
 
 @dataclass(frozen=True)
@@ -185,21 +186,15 @@ def table(root: Path) -> str:
     results = [json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))]
     order = list(ROWS)
     results.sort(key=lambda r: (r["minutes"], order.index(r["row"]), r["seed"]))
-    lines = [
-        "| row | ingredient | budget (min) | seed | steps | F1 @0.5 | AUC-ROC | AUC-PR | Se | Sp | F1 @val thr (thr) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        half, val = r["threshold_half"], r["threshold_val"]
-        lines.append(
-            f"| {r['row']} | {ROWS[r['row']].ingredient} | {r['minutes']:g} | {r['seed']} | {steps(r)} | {half['f1']:.4f} | "
-            f"{half['auc_roc']:.4f} | {half['auc_pr']:.4f} | {half['sensitivity']:.4f} | {half['specificity']:.4f} | "
-            f"{val['f1']:.4f} ({val['threshold']:.3f}) |"
-        )
+    rows = [[r["row"], ROWS[r["row"]].ingredient, f"{r['minutes']:g}", str(r["seed"]), steps(r),
+             *(f"{r['threshold_half'][metric]:.4f}" for metric in ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity")),
+             f"{r['threshold_val']['f1']:.4f} ({r['threshold_val']['threshold']:.3f})"] for r in results]
+    lines = markdown_table(["row", "ingredient", "budget (min)", "seed", "steps", "F1 @0.5", "AUC-ROC", "AUC-PR", "Se",
+                            "Sp", "F1 @val thr (thr)"], rows, text_columns=2)
     commands = [f"- `{r['row']}` (seed {r['seed']}, {r['minutes']:g} min): {row_commands(r, root)}"
                 + (f"; {ROWS[r['row']].notes}" if ROWS[r["row"]].notes else "") for r in results]
-    machine = f"{machine_description()}, torch {torch.__version__}, Python {platform.python_version()}"
-    return "\n".join([*lines, "", f"Machine: {machine}. Rows run on {sorted({r['date'] for r in results})}.", "",
+    written = f"*Written by `python bench/drive_ablation.py table --out {shown(root)}` from the rows' `result.json`.*"
+    return "\n".join([written, "", *lines, "", f"Machine: {machine_line()}. Rows run on {sorted({r['date'] for r in results})}.", "",
                       "Commands (run from the repository root, one core per network):", "", *commands, ""])
 
 
@@ -210,9 +205,9 @@ def main() -> None:
     run.add_argument("rows", nargs="+", choices=list(ROWS))
     run.add_argument("--minutes", type=float, default=50.0, help="wall-clock training budget of each row")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", type=Path, default=REPO / "bench" / "work" / "ablation")
+    run.add_argument("--out", type=Path, default=WORK / "ablation")
     show = sub.add_parser("table", help="markdown table of the finished rows")
-    show.add_argument("--out", type=Path, default=REPO / "bench" / "work" / "ablation")
+    show.add_argument("--out", type=Path, default=WORK / "ablation")
     args = parser.parse_args()
     if args.action == "table":
         print(table(args.out))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from PIL import Image
 from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
 from medseg.inference import DEFAULT_PROBABILITY_DTYPE, infer_files, load_model
+
+from common import DATA, RESULTS, machine_line, markdown_table, shown
 
 METRICS = ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity", "accuracy")
 
@@ -53,15 +54,15 @@ def score_infer_outputs(
     return pooled_vessel_metrics(probabilities, drive_records(drive, "test"), threshold), seconds
 
 
-def cells(metrics: dict[str, float]) -> str:
-    return " | ".join(f"{metrics[m]:.4f}" for m in METRICS)
+def cells(metrics: dict[str, float]) -> list[str]:
+    return [f"{metrics[m]:.4f}" for m in METRICS]
 
 
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/drive_vessel_unet"))
-    parser.add_argument("--drive", type=Path, default=Path("../shared/data/DRIVE"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/drive_infer_score.md"))
+    parser.add_argument("--drive", type=Path, default=DATA / "DRIVE")
+    parser.add_argument("--out", type=Path, default=RESULTS / "drive_infer_score.md")
     args = parser.parse_args()
     recorded = json.loads((args.bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
     defaults, seconds = score_infer_outputs(args.bundle, args.drive, 0.5, None, DEFAULT_PROBABILITY_DTYPE)
@@ -69,18 +70,17 @@ def main_bench() -> None:
     lines = [
         "# DRIVE test set scored through `medseg infer --save-prob`",
         "",
-        f"- Date: {datetime.date.today()}. Machine: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; infer with its defaults took "
-        f"{seconds:.0f} s.",
-        f"- Command: `python bench/drive_infer_score.py --bundle {args.bundle} --drive {args.drive}`",
+        f"- Date: {datetime.date.today()}. Machine: {machine_line()}, {torch.get_num_threads()} torch thread(s); "
+        f"infer with its defaults took {seconds:.0f} s.",
+        f"- Command: `python bench/drive_infer_score.py --bundle {args.bundle} --drive {shown(args.drive)}`",
         f"- Weights: `{args.bundle}/models/model.pt`; the 20 test images, FOV-pooled against 1st_manual, threshold 0.5.",
         "- `medseg evaluate`: the `eval_metrics` recorded in the bundle's metadata.json by `medseg bundle ship`.",
         "",
-        f"| scored from | {' | '.join(METRICS)} |",
-        f"|---|{'---:|' * len(METRICS)}",
-        f"| `medseg infer --save-prob` (defaults: automatic FOV, {DEFAULT_PROBABILITY_DTYPE} PNG) | {cells(defaults)} |",
-        f"| `medseg infer --fov DRIVE/test/mask --save-prob float16` | {cells(masks_given)} |",
-        f"| `medseg evaluate` (metadata.json) | {cells({m: recorded['test_' + m] for m in METRICS})} |",
+        *markdown_table(["scored from", *METRICS], [
+            [f"`medseg infer --save-prob` (defaults: automatic FOV, {DEFAULT_PROBABILITY_DTYPE} PNG)", *cells(defaults)],
+            ["`medseg infer --fov DRIVE/test/mask --save-prob float16`", *cells(masks_given)],
+            ["`medseg evaluate` (metadata.json)", *cells({m: recorded["test_" + m] for m in METRICS})],
+        ]),
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -42,7 +42,6 @@ import ast
 import json
 import math
 import os
-import platform
 import re
 import resource
 import shutil
@@ -57,9 +56,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "bench" / "work" / "inference"
-BUNDLE = ROOT / "bundles" / "drive_vessel_unet"
+import common
+from common import DATA, REPO, RESULTS, machine_line, markdown_table
+
+WORK = common.WORK / "inference"
+BUNDLE = REPO / "bundles" / "drive_vessel_unet"
 CASES = {
     "drive": "DRIVE test, 20 photographs 565 x 584",
     "photo3504": "one photograph 3504 x 2336",
@@ -277,9 +278,9 @@ def train_steps(network: str, seconds: float = 20.0) -> dict:
     torch.manual_seed(0)
     parser = ConfigParser()
     if network == "medseg":
-        parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(ROOT / "configs" / "cpu_budget.yaml")])
+        parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(REPO / "configs" / "cpu_budget.yaml")])
     else:
-        parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(ROOT / "bench" / "drive_baseline" / "baseline.yaml")])
+        parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(REPO / "bench" / "drive_baseline" / "baseline.yaml")])
     parser.update({"bundle_root": str(BUNDLE), "ensemble_members": 1})
     model = parser.get_parsed_content("network_def", instantiate=True).train()
     batch = int(parser["batch_images"]) * int(parser["patches_per_image"])
@@ -373,6 +374,16 @@ def _seconds(launch: dict) -> str:
     return ", ".join(f"{t:.1f}" for t in launch["inference_runs"]) + " s"
 
 
+def _row_cells(row: dict, peaks: dict) -> list[str]:
+    """One measured row of the main table, as its cells."""
+    quality = row.get("quality")
+    return [CASES[row["case"]], row["method"], row["precision"], str(row["sw_batch_size"]), f"{row['wall_s']:.1f}",
+            f"{row['peak_rss_mib']:.0f}", f"{row['gflop']:.0f}", f"{row['gflop'] / row['wall_s']:.0f}",
+            f"{100 * row['gflop'] / row['wall_s'] / peaks['bfloat16']:.1f}", _ratio(row["vs_previous"]),
+            _ratio(row.get("ceiling")), _ratio(row["vs_monai"]), f"{100 * row['agreement']:.3f}%",
+            *((f"{quality['f1']:.4f}", f"{quality['auc_roc']:.4f}") if quality else ("-", "-"))]
+
+
 def report(
     rows: list[dict],
     peaks: dict,
@@ -384,13 +395,12 @@ def report(
     source: str | None = None,
 ) -> str:
     from medseg.inference import native_bfloat16
-    from medseg.tracking import machine_description
 
     lines = [
         "# Inference benchmark: the shipped bundles against the previous defaults, plain MONAI and the matmul peak",
         "",
-        f"- Date: {date.today().isoformat()}. Machine: {machine_description()}, native bf16: "
-        f"{native_bfloat16('cpu') or 'none'}; torch {torch.__version__}, Python {platform.python_version()}.",
+        f"- Date: {date.today().isoformat()}. Machine: {machine_line()}; native bf16: "
+        f"{native_bfloat16('cpu') or 'none'}.",
         f"- Command: `{command}`",
         *([f"- {source}"] if source else []),
         "- Every row: one process, one intra-op thread (`OMP_NUM_THREADS=1`), `medseg.inference.infer_files` with "
@@ -407,31 +417,20 @@ def report(
         f"- Load average when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
     if rows:
-        lines += [
-        "",
-        "| case | method | precision | sw batch | wall (s) | peak RSS (MiB) | GFLOP | GFLOP/s | % of bf16 peak "
-        "| speed vs previous | ceiling vs previous | speed vs monai | same mask as previous | F1 | AUC-ROC |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-    for row in rows:
-        quality = row.get("quality")
-        scores = f"{quality['f1']:.4f} | {quality['auc_roc']:.4f}" if quality else "- | -"
-        lines.append(
-            f"| {CASES[row['case']]} | {row['method']} | {row['precision']} | {row['sw_batch_size']} | "
-            f"{row['wall_s']:.1f} | {row['peak_rss_mib']:.0f} | {row['gflop']:.0f} | {row['gflop'] / row['wall_s']:.0f} | "
-            f"{100 * row['gflop'] / row['wall_s'] / peaks['bfloat16']:.1f} | {_ratio(row['vs_previous'])} | "
-            f"{_ratio(row.get('ceiling'))} | {_ratio(row['vs_monai'])} | {100 * row['agreement']:.3f}% | {scores} |"
-        )
+        lines += ["", *markdown_table(
+            ["case", "method", "precision", "sw batch", "wall (s)", "peak RSS (MiB)", "GFLOP", "GFLOP/s",
+             "% of bf16 peak", "speed vs previous", "ceiling vs previous", "speed vs monai", "same mask as previous",
+             "F1", "AUC-ROC"], [_row_cells(row, peaks) for row in rows], text_columns=3)]
     if sweep:
         fastest = min(result["wall_s"] for result in sweep.values())
         lines += [
             "",
             f"## sw_batch_size sweep: {CASES['drive']}, the bundle's defaults otherwise",
             "",
-            "| sw_batch_size (windows x 3 TTA views per forward) | wall (s) | vs fastest | peak RSS (MiB) |",
-            "|---:|---:|---:|---:|",
-            *(f"| {batch} | {result['wall_s']:.1f} | {result['wall_s'] / fastest:.2f}x | {result['peak_rss_mib']:.0f} |"
-              for batch, result in sweep.items()),
+            *markdown_table(["sw_batch_size (windows x 3 TTA views per forward)", "wall (s)", "vs fastest",
+                             "peak RSS (MiB)"],
+                            [[str(batch), f"{result['wall_s']:.1f}", f"{result['wall_s'] / fastest:.2f}x",
+                              f"{result['peak_rss_mib']:.0f}"] for batch, result in sweep.items()], text_columns=0),
         ]
     if windows:
         lines += [
@@ -441,27 +440,26 @@ def report(
             "The criterion: at least 99.9 % of the FOV pixels with the mask of the previous float32 defaults "
             "(96 x 96 at overlap 0.5), F1 and AUC-ROC within 0.0005 of theirs.",
             "",
-            "| window, overlap | wall (s) | GFLOP | ceiling vs previous | same mask as previous | F1 | AUC-ROC |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-            *(f"| {candidate.split(',')[0]} x {candidate.split(',')[0]}, overlap {candidate.split(',')[1]} | "
-              f"{result['wall_s']:.1f} | {result['gflop']:.0f} | {_ratio(result.get('ceiling'))} | "
-              f"{100 * result['agreement']:.3f}% | "
-              f"{result['quality']['f1']:.4f} | {result['quality']['auc_roc']:.4f} |"
-              for candidate, result in windows.items()),
+            *markdown_table(
+                ["window, overlap", "wall (s)", "GFLOP", "ceiling vs previous", "same mask as previous", "F1", "AUC-ROC"],
+                [[f"{candidate.split(',')[0]} x {candidate.split(',')[0]}, overlap {candidate.split(',')[1]}",
+                  f"{result['wall_s']:.1f}", f"{result['gflop']:.0f}", _ratio(result.get("ceiling")),
+                  f"{100 * result['agreement']:.3f}%", f"{result['quality']['f1']:.4f}",
+                  f"{result['quality']['auc_roc']:.4f}"] for candidate, result in windows.items()]),
         ]
     if train:
         lines += [
             "",
             "## Training step of the CPU preset (`configs/cpu_budget.yaml`)",
             "",
-            "| network | precision | batch | patches/s | GFLOP/s (fwd + bwd) | % of bf16 peak | patches/s vs MONAI baseline |",
-            "|---|---|---:|---:|---:|---:|---:|",
         ]
         reference = train[-1]["patches_per_s"]
-        for name, row in zip(("medseg U-Net member (preset)", "MONAI BasicUNet (baseline)"), train):
-            lines.append(f"| {name} | {row['precision']} | {row['batch']} | {row['patches_per_s']:.1f} | "
-                         f"{row['gflop_per_s']:.0f} | {100 * row['gflop_per_s'] / peaks['bfloat16']:.1f} | "
-                         f"{row['patches_per_s'] / reference:.2f}x |")
+        lines += markdown_table(
+            ["network", "precision", "batch", "patches/s", "GFLOP/s (fwd + bwd)", "% of bf16 peak",
+             "patches/s vs MONAI baseline"],
+            [[name, row["precision"], str(row["batch"]), f"{row['patches_per_s']:.1f}", f"{row['gflop_per_s']:.0f}",
+              f"{100 * row['gflop_per_s'] / peaks['bfloat16']:.1f}", f"{row['patches_per_s'] / reference:.2f}x"]
+             for name, row in zip(("medseg U-Net member (preset)", "MONAI BasicUNet (baseline)"), train)], 2)
     if processes:
         one, two = processes["1 process"], processes["torchrun, 2 processes"]
         lines += [
@@ -474,11 +472,11 @@ def report(
             f"{len(one['inference_runs'])} times, the two taking turns; the table gives the medians "
             f"(every run's inference time: 1 process {_seconds(one)}, 2 processes {_seconds(two)}).",
             "",
-            "| launch | wall (s) | inference (s) | throughput vs 1 process (inference) | (wall) |",
-            "|---|---:|---:|---:|---:|",
-            f"| `python -m medseg infer`, 1 thread | {one['wall']:.1f} | {one['inference']:.1f} | 1.00x | 1.00x |",
-            f"| `torchrun --standalone --nproc_per_node 2 -m medseg infer`, 1 thread each | {two['wall']:.1f} | "
-            f"{two['inference']:.1f} | {one['inference'] / two['inference']:.2f}x | {one['wall'] / two['wall']:.2f}x |",
+            *markdown_table(["launch", "wall (s)", "inference (s)", "throughput vs 1 process (inference)", "(wall)"], [
+                ["`python -m medseg infer`, 1 thread", f"{one['wall']:.1f}", f"{one['inference']:.1f}", "1.00x", "1.00x"],
+                ["`torchrun --standalone --nproc_per_node 2 -m medseg infer`, 1 thread each", f"{two['wall']:.1f}",
+                 f"{two['inference']:.1f}", f"{one['inference'] / two['inference']:.2f}x",
+                 f"{one['wall'] / two['wall']:.2f}x"]]),
         ]
     return "\n".join(lines) + "\n"
 
@@ -487,7 +485,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--drive", type=Path, default=ROOT.parent / "shared" / "data" / "DRIVE")
+    parser.add_argument("--drive", type=Path, default=DATA / "DRIVE")
     parser.add_argument("--train-step", action="store_true", help="add the training-step table")
     parser.add_argument("--batch-sweep", type=int, nargs="*", default=[], metavar="B",
                         help="add a table of the drive case at these sw_batch_size values (defaults otherwise)")
@@ -496,7 +494,7 @@ def main() -> None:
                         "of the previous defaults that a --cases drive run left in bench/work")
     parser.add_argument("--processes", type=int, default=0, metavar="N",
                         help="add the 1-process vs 2-process comparison on N DRIVE photographs")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "inference.md")
     parser.add_argument("--render-log", type=Path, metavar="LOG",
                         help="take the cases and the sweep from the log of an earlier run (its stdout) instead of "
                         "measuring them again; agreement and quality are computed from its files in bench/work")
@@ -562,7 +560,7 @@ def main() -> None:
     source = None
     if args.render_log:
         source = (f"The cases table: measured by `{read_command(args.render_log)}` (its log: "
-                  f"`{args.render_log.relative_to(ROOT) if args.render_log.is_absolute() else args.render_log}`), "
+                  f"`{args.render_log.relative_to(REPO) if args.render_log.is_absolute() else args.render_log}`), "
                   "rendered by the command above, which measured the other tables.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(rows, peaks, sweep, train, processes, command.strip(), windows, source))

@@ -24,7 +24,6 @@ import ctypes
 import datetime
 import multiprocessing as mp
 import os
-import platform
 import re
 import shlex
 import sys
@@ -40,7 +39,8 @@ from monai.networks.nets import UNet as MonaiUNet
 from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.networks import BackboneUNet, U2Net, U2NetLite, UNet
-from medseg.tracking import machine_description
+
+from common import RESULTS, machine_line, markdown_table
 
 REFERENCE = "MONAI BasicUNet"
 # (height, width) -> batch size, timed steps
@@ -140,11 +140,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def speed_table(paper: bool) -> list[str]:
-    rows = [
-        "| network | params (M) | patch | batch | GFLOPs/patch (fwd) | fp32 patches/s | fp32 peak MiB "
-        f"| bf16 patches/s | bf16 peak MiB | fp32 speed vs {REFERENCE} | bf16 speed vs {REFERENCE} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     builders = networks(paper)
     for size, (batch, steps) in SIZES.items():
         results = {}
@@ -156,23 +152,20 @@ def speed_table(paper: bool) -> list[str]:
         ref_fp32, ref_bf16 = results[REFERENCE]
         for name, (fp32, bf16) in results.items():
             if "error" in fp32:
-                rows.append(f"| {name} | | {size[0]}x{size[1]} | {batch} | fails: {fp32['error']} | | | | | | |")
+                rows.append([name, "", f"{size[0]}x{size[1]}", str(batch), f"fails: {fp32['error']}", *[""] * 6])
                 continue
             ratio32 = fp32["patches_per_s"] / ref_fp32["patches_per_s"]
             ratio16 = bf16["patches_per_s"] / ref_bf16["patches_per_s"]
-            rows.append(
-                f"| {name} | {fp32['params_m']:.2f} | {size[0]}x{size[1]} | {batch} | {fp32['gflops']:.2f} "
-                f"| {_fmt(fp32['patches_per_s'], 2)} | {_fmt(fp32['peak_mib'], 0)} "
-                f"| {_fmt(bf16['patches_per_s'], 2)} | {_fmt(bf16['peak_mib'], 0)} | {ratio32:.2f} | {ratio16:.2f} |"
-            )
-    return rows
+            rows.append([name, f"{fp32['params_m']:.2f}", f"{size[0]}x{size[1]}", str(batch), f"{fp32['gflops']:.2f}",
+                         _fmt(fp32["patches_per_s"], 2), _fmt(fp32["peak_mib"], 0), _fmt(bf16["patches_per_s"], 2),
+                         _fmt(bf16["peak_mib"], 0), f"{ratio32:.2f}", f"{ratio16:.2f}"])
+    return markdown_table(["network", "params (M)", "patch", "batch", "GFLOPs/patch (fwd)", "fp32 patches/s",
+                           "fp32 peak MiB", "bf16 patches/s", "bf16 peak MiB", f"fp32 speed vs {REFERENCE}",
+                           f"bf16 speed vs {REFERENCE}"], rows)
 
 
 def checkpointing_table() -> list[str]:
-    rows = [
-        "| network | patch | batch | checkpointing | patches/s | peak MiB | peak vs plain | speed vs plain |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     cases = [
         ("medseg UNet (16, 32, 64, 128, 256)", (16, 32, 64, 128, 256), (584, 565), 1),
         ("medseg UNet (64, 128, 256, 512, 1024)", (64, 128, 256, 512, 1024), (256, 256), 1),
@@ -183,12 +176,11 @@ def checkpointing_table() -> list[str]:
         ckpt = run_isolated(build, size, batch, 2, False, False, True)
         print(f"checkpointing {name} {size}: plain {plain} checkpointed {ckpt}", flush=True)
         for label, result in (("off", plain), ("on", ckpt)):
-            rows.append(
-                f"| {name} | {size[0]}x{size[1]} | {batch} | {label} | {result['patches_per_s']:.2f} "
-                f"| {result['peak_mib']:.0f} | {result['peak_mib'] / plain['peak_mib']:.2f} "
-                f"| {result['patches_per_s'] / plain['patches_per_s']:.2f} |"
-            )
-    return rows
+            rows.append([name, f"{size[0]}x{size[1]}", str(batch), label, f"{result['patches_per_s']:.2f}",
+                         f"{result['peak_mib']:.0f}", f"{result['peak_mib'] / plain['peak_mib']:.2f}",
+                         f"{result['patches_per_s'] / plain['patches_per_s']:.2f}"])
+    return markdown_table(["network", "patch", "batch", "checkpointing", "patches/s", "peak MiB", "peak vs plain",
+                           "speed vs plain"], rows, text_columns=4)
 
 
 def command() -> str:
@@ -197,15 +189,12 @@ def command() -> str:
 
 
 def machine() -> str:
-    return (
-        f"{machine_description()} ({torch.get_num_threads()} torch threads), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, MONAI {monai.__version__}"
-    )
+    return f"{machine_line()}, MONAI {monai.__version__} ({torch.get_num_threads()} torch threads)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/networks.md"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "networks.md")
     parser.add_argument("--paper", action="store_true", help="published widths instead of CPU-sized ones")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from PIL import Image
 from medseg.data import drive_records
 from medseg.engines import pooled_vessel_metrics
 from medseg.inference import LoadedModel, infer_files, load_model
+
+from common import DATA, RESULTS, machine_line, markdown_table, shown
 
 
 def run(model: LoadedModel, images: Path, masks: Path, out: Path, scale: str, ids: list[str]) -> tuple[dict, float]:
@@ -42,9 +43,9 @@ def run(model: LoadedModel, images: Path, masks: Path, out: Path, scale: str, id
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/drive_vessel_unet"))
-    parser.add_argument("--drive", type=Path, default=Path("../shared/data/DRIVE"))
+    parser.add_argument("--drive", type=Path, default=DATA / "DRIVE")
     parser.add_argument("--images", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/scale_aware.md"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale_aware.md")
     args = parser.parse_args()
     test_records = drive_records(args.drive, "test")
     ids = [f"{i:02d}" for i in range(1, args.images + 1)]
@@ -76,22 +77,18 @@ def main_bench() -> None:
         "# Scale-aware fundus inference",
         "",
         f"- Date: {datetime.date.today()}",
-        f"- Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}",
-        f"- Command: `python bench/scale_aware.py --bundle {args.bundle} --drive {args.drive} --images {args.images}`",
+        f"- Machine: {machine_line()}, {torch.get_num_threads()} torch thread(s)",
+        f"- Command: `python bench/scale_aware.py --bundle {args.bundle} --drive {shown(args.drive)} "
+        f"--images {args.images}`",
         f"- Weights: `{args.bundle}/models/model.pt` of bundle version {version}; DRIVE test images {ids[0]}-{ids[-1]} "
         "upscaled (bilinear, masks "
         "nearest), probabilities resized back to 565x584, FOV-pooled metrics at threshold 0.5 against 1st_manual.",
         "",
-        "| upscale | --scale | F1 | AUC-ROC | Se | Sp | dF1 vs native | dAUC vs native | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *markdown_table(["upscale", "--scale", "F1", "AUC-ROC", "Se", "Sp", "dF1 vs native", "dAUC vs native", "wall s"],
+                        [[upscale, scale, *(f"{m[key]:.4f}" for key in ("f1", "auc_roc", "sensitivity", "specificity")),
+                          f"{m['f1'] - reference['f1']:+.4f}", f"{m['auc_roc'] - reference['auc_roc']:+.4f}",
+                          f"{seconds:.0f}"] for upscale, scale, m, seconds in rows], text_columns=2),
     ]
-    for upscale, scale, m, seconds in rows:
-        lines.append(
-            f"| {upscale} | {scale} | {m['f1']:.4f} | {m['auc_roc']:.4f} | {m['sensitivity']:.4f} | "
-            f"{m['specificity']:.4f} | {m['f1'] - reference['f1']:+.4f} | {m['auc_roc'] - reference['auc_roc']:+.4f} "
-            f"| {seconds:.0f} |"
-        )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

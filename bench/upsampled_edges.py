@@ -27,19 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from monai.bundle import ConfigParser
 
 from medseg.data import LES_AV_LABEL_POSITIVE, les_av_records, multi_camera_records
 from medseg.engines.ensemble import MEMBER_SEED_STEP
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import LoadedModel, load_model, read_state_dict
-from medseg.networks import ensemble_size, member_state_dict
-from medseg.tracking import machine_description
+from medseg.networks import ensemble_size
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-RESULTS = REPO / "bench" / "results" / "upsampled_edges.md"
+from common import DATA, RESULTS, machine_line, markdown_table, save_member
+
+RESULT = RESULTS / "upsampled_edges.md"
 METRICS = ("f1", "auc_roc", "sensitivity", "precision")
 
 
@@ -68,8 +66,7 @@ def shipped_networks(bundle: Path, work: Path) -> list[tuple[str, LoadedModel]]:
     seed = ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))["seed"]
     members = ensemble_size(weights)
     for k in range(members if members > 1 else 0):
-        path = work / f"member{k}.pt"
-        torch.save(member_state_dict(weights, k), path)
+        path = save_member(bundle, k, work / f"member{k}.pt")
         model = load_model(bundle, overrides={"ensemble_members": 1}, checkpoint=path)
         networks.append((f"`{bundle.name}` member {k} alone (seed {seed + MEMBER_SEED_STEP * k})", model))
     return networks
@@ -99,22 +96,20 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row for bundle in args.bundles for row in bundle_rows(bundle.resolve())]
     header = ["bundle", "photographs", "upsampled_edge_erosion", "F1", "AUC-ROC", "sensitivity", "precision"]
-    RESULTS.write_text("\n".join([
+    RESULT.write_text("\n".join([
         "# Eroding the edges of upsampled probabilities: validation photographs only",
         "",
-        f"- Date: {datetime.date.today()}. Machine: {machine_description()}, torch {torch.__version__}.",
+        f"- Date: {datetime.date.today()}. Machine: {machine_line()}.",
         f"- Command: `python bench/upsampled_edges.py {' '.join(str(b) for b in args.bundles)}`",
         "- Each row: the shipped weights, or one member of the shipped ensemble alone, through "
         "`medseg.engines.evaluate_vessel_folder` (float32, `--scale auto`, LES-AV's own FOV masks), pooled over the "
         "photographs, threshold 0.5; \"the bundle's\": the setting of its `configs/inference.yaml`. No test "
         "photograph is scored here.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|---|---|---|" + "---:|" * (len(header) - 3),
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(header, rows, text_columns=3),
         "",
     ]))
-    print(RESULTS.read_text())
+    print(RESULT.read_text())
 
 
 if __name__ == "__main__":

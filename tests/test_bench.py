@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_bench(name: str):
+    if str(REPO / "bench") not in sys.path:  # as `python bench/SCRIPT.py` runs it: beside bench/common.py
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -75,6 +77,24 @@ def test_rows_that_reuse_weights_name_a_trained_row():
         assert row.weights_of is None or ablation.ROWS[row.weights_of].weights_of is None
 
 
+def test_every_table_and_reading_of_the_ablation_results_says_whether_the_runner_or_a_hand_wrote_it(tmp_path):
+    results = (REPO / "bench" / "results" / "drive_ablation.md").read_text()
+    paragraphs = [text.strip() for text in results.split("\n\n")]
+    written = "*Written by `python bench/drive_ablation.py table --out "
+    tables = [k for k, paragraph in enumerate(paragraphs) if paragraph.startswith("|")]
+    assert len(tables) == 4
+    assert all(paragraphs[k - 1] == ablation.BY_HAND or paragraphs[k - 1].startswith(written) for k in tables)
+    readings = [k for k, paragraph in enumerate(paragraphs) if re.match(r"(## )?What the .* says", paragraph)]
+    assert len(readings) == 2 and all(paragraphs[k + 1] == ablation.BY_HAND for k in readings)
+    # the runner's tables say so as the runner renders them
+    result = {"row": "baseline", "minutes": 12, "seed": 0, "steps": 1201, "date": "2026-11-30",
+              "threshold_half": dict.fromkeys(("f1", "auc_roc", "auc_pr", "sensitivity", "specificity"), 0.8),
+              "threshold_val": {"f1": 0.8, "threshold": 0.5}}
+    (tmp_path / "baseline_seed0").mkdir()
+    (tmp_path / "baseline_seed0" / "result.json").write_text(json.dumps(result))
+    assert ablation.table(tmp_path).startswith(written)
+
+
 def test_the_loss_mix_row_halves_the_dice_term_only():
     loss = _parser("train", ablation.ROWS["loss_mix"]).get_parsed_content("loss")
     assert (loss.lambda_dice, loss.lambda_ce) == (0.5, 1.0)
@@ -115,10 +135,15 @@ def test_camera_transfer_compares_on_validation_sets_and_scores_test_sets_only_w
     assert val_records and not any("/test/" in record["image"] for record in val_records)
 
 
-def _scored_run(row: str, trained: str, drive_val: float, les_av: float) -> dict:
-    return {"row": row, "seed": 0, "trained": trained, "machine": "a CPU", "steps": "6,000",
+def _scored_run(row: str, trained: str, drive_val: float, les_av: float, seed: int = 0, steps: int = 6000) -> dict:
+    return {"row": row, "seed": seed, "trained": trained, "machine": "a CPU", "steps": f"{steps:,}",
             "drive_val": {"f1": drive_val, "auc_roc": 0.97, "date": trained},
             "les_av_training": {"f1": les_av, "auc_roc": 0.97, "date": trained}}
+
+
+def _choice(runs: list[dict], monkeypatch) -> str:
+    monkeypatch.setattr(camera_transfer, "recorded_runs", lambda: runs)
+    return camera_transfer.table().split("Chosen on validation", 1)[1].split("\n\nCommands", 1)[0]
 
 
 def test_camera_transfer_chooses_only_beside_a_baseline_trained_the_same_day(monkeypatch):
@@ -128,11 +153,64 @@ def test_camera_transfer_chooses_only_beside_a_baseline_trained_the_same_day(mon
             # a better pair of candidates, but with no reference trained beside them
             _scored_run("bce_loss", "2026-12-02", 0.82, 0.82),
             _scored_run("random_convolution", "2026-12-02", 0.81, 0.82)]
-    monkeypatch.setattr(camera_transfer, "recorded_runs", lambda: runs)
-    choice = camera_transfer.table().split("Chosen on validation", 1)[1].split("\n\n", 1)[0]
-    assert "2026-12-01 (a CPU): **clahe (seed 0)**" in choice
-    assert "2026-12-02 (a CPU): nothing (no preset_retrained beside them)" in choice
-    assert "bce_loss" not in choice
+    choice = _choice(runs, monkeypatch)
+    assert "- 2026-12-01 (a CPU): **clahe** (mean validation F1 over seed 0: clahe 0.8000," in choice
+    assert "- 2026-12-02 (a CPU): nothing (no preset_retrained beside bce_loss, random_convolution)" in choice
+    assert "**bce_loss**" not in choice
+
+
+def test_camera_transfer_chooses_by_the_mean_over_seeds_not_the_best_seed(monkeypatch):
+    # all_jitter has the best single seed (0.83), clahe the better mean (0.8025 against 0.80)
+    runs = [_scored_run("preset_retrained", "2026-12-01", 0.79, 0.79), _scored_run("preset_retrained", "2026-12-01",
+                                                                                    0.79, 0.79, seed=10),
+            _scored_run("all_jitter", "2026-12-01", 0.83, 0.83), _scored_run("all_jitter", "2026-12-01", 0.77, 0.77,
+                                                                             seed=10),
+            _scored_run("clahe", "2026-12-01", 0.80, 0.80), _scored_run("clahe", "2026-12-01", 0.805, 0.805, seed=10)]
+    choice = _choice(runs, monkeypatch)
+    assert "**clahe** (mean validation F1 over seeds 0, 10: clahe 0.8025, all_jitter 0.8000" in choice
+
+
+def test_camera_transfer_compares_no_row_whose_steps_differ_from_the_reference_beyond_the_tolerance(monkeypatch):
+    far = round(4000 * (1 + camera_transfer.STEP_TOLERANCE)) + 100
+    runs = [_scored_run("preset_retrained", "2026-12-01", 0.79, 0.79, steps=4000),
+            _scored_run("clahe", "2026-12-01", 0.80, 0.79, steps=4500),
+            _scored_run("green_all_jitter", "2026-12-01", 0.85, 0.85, steps=far)]
+    choice = _choice(runs, monkeypatch)
+    assert "**clahe**" in choice
+    assert f"not compared, their mean steps outside 25% of preset_retrained's 4,000: green_all_jitter {far:,}" in choice
+    runs[1]["steps"] = f"{far:,}"  # no candidate left within the tolerance: nothing is chosen
+    choice = _choice(runs, monkeypatch)
+    assert "2026-12-01 (a CPU): nothing (no candidate with preset_retrained's steps and seeds" in choice
+
+
+def test_camera_transfer_refuses_to_score_the_test_sets_of_a_row_not_chosen(monkeypatch, tmp_path):
+    runs = [_scored_run("preset_retrained", "2026-12-01", 0.80, 0.79), _scored_run("clahe", "2026-12-01", 0.79, 0.79)]
+    monkeypatch.setattr(camera_transfer, "WORK", tmp_path)
+    monkeypatch.setattr(camera_transfer, "RECORD", tmp_path / "camera_transfer.json")
+    camera_transfer.RECORD.write_text(json.dumps(runs))
+    (tmp_path / "clahe_seed0").mkdir()
+    (tmp_path / "clahe_seed0" / "scores.json").write_text(json.dumps(runs[1]))
+    # refused before any weights are read: bench/work holds none here
+    refused = r"clahe \(seed 0\): not chosen on the validation sets.*\*\*preset_retrained\*\*"
+    with pytest.raises(SystemExit, match=refused):
+        camera_transfer.score("clahe", 0, test=True)
+    camera_transfer.refuse_unchosen(runs[0])  # the chosen row may be scored
+
+
+def test_camera_transfer_tells_the_rows_recorded_by_hand_from_those_it_scored():
+    table = (REPO / "bench" / "results" / "camera_transfer.md").read_text()
+    runs = json.loads((REPO / "bench" / "results" / "camera_transfer.json").read_text())
+    by_hand = [run for run in runs if "recorded" in run]
+    assert by_hand and all(run["drive_val"]["date"] == "2026-12-02" for run in by_hand)
+    rows = [line for line in table.splitlines() if line.startswith(f"| {by_hand[0]['row']} |")]
+    assert rows and all("| by hand |" in row for row in rows)
+    assert f"- {by_hand[0]['row']} (seed {by_hand[0]['seed']}, trained 2026-12-02): by hand on" in table
+    # the file is the script's rendering of the record (printed, so one more newline)
+    assert table == camera_transfer.table().replace(camera_transfer.machine_line(), _written_on(table)) + "\n"
+
+
+def _written_on(table: str) -> str:
+    return re.search(r"- Written on (.*?); rows scored", table).group(1)
 
 
 bundle_results = _load_bench("bundle_results")
@@ -177,6 +255,84 @@ def test_the_camera_tables_of_readme_and_bundle_docs_are_the_measured_file():
     assert {f"`{bundle.name}`" for bundle in fundus} <= set(re.findall(r"^\| (`\w+`) \|", measured, re.M))
 
 
+def _sections() -> dict[str, str]:
+    """bundle name -> its section of bench/results/bundles.md."""
+    _, *sections = (REPO / "bench" / "results" / "bundles.md").read_text().split("\n## `bundles/")
+    return {text.split("`", 1)[0]: text.split("\n\n", 1)[1].rstrip("\n") for text in sections}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_each_results_section_is_the_scripts_rendering_with_its_notes_and_training_record(bundle):
+    text = _sections()[bundle.name]
+    scored, table = text.split("\n", 1)[0], [line for line in text.splitlines() if line.startswith("|")]
+    assert text == bundle_results.section(bundle, scored, table)
+    note = bundle_results.block(bundle_results.NOTE_BLOCK, bundle_results.DRIVE_TEST_NOTE)
+    assert (note in text) == (bundle.name in bundle_results.CHOSEN_WITH_DRIVE_TEST)
+
+
+def test_the_camera_results_are_the_scripts_rendering_with_the_note_on_what_chose_the_recipe():
+    text = (REPO / "bench" / "results" / "bundle_cameras.md").read_text().split("\n\n", 1)[1].rstrip("\n")
+    scored = text.split(" by `python bench/bundle_results.py`", 1)[0]
+    assert text == bundle_results.camera_block(scored, [line for line in text.splitlines() if line.startswith("|")])
+
+
+def test_every_block_of_drive_test_figures_carries_the_note_on_what_chose_the_recipe():
+    note = bundle_results.block(bundle_results.NOTE_BLOCK, bundle_results.DRIVE_TEST_NOTE)
+    assert "chosen with DRIVE test feedback before 2026-12-02" in note
+    assert "The LES-AV test figures of `drive_vessel_unet` and `drive_vessel_u2net`" in note
+    readme = (REPO / "README.md").read_text()
+    blocks = [_block(readme, bundle_results.HEADLINE_BLOCK), _block(readme, bundle_results.CAMERA_BLOCK)]
+    for bundle in BUNDLES:
+        docs = (bundle / "docs" / "README.md").read_text()
+        if bundle.name in bundle_results.CHOSEN_WITH_DRIVE_TEST:
+            blocks.append(_block(docs, bundle_results.TEST_BLOCK))
+        if bundle_results.is_fundus(bundle):
+            blocks.append(_block(docs, bundle_results.CAMERA_BLOCK))
+    assert len(blocks) == 2 + 3 + 3
+    assert all(note in block for block in blocks)
+
+
+def test_the_readme_headline_is_the_eval_metrics_that_bundle_ship_measured():
+    headline = _block((REPO / "README.md").read_text(), bundle_results.HEADLINE_BLOCK)
+    assert headline == bundle_results.headline_block(BUNDLES)
+    metrics = json.loads((REPO / "bundles" / "drive_vessel_unet" / "configs" / "metadata.json").read_text())
+    assert f"| `drive_vessel_unet` | DRIVE test | {metrics['eval_metrics']['test_f1']:.4f} |" in headline
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_a_training_record_typed_by_hand_says_so_wherever_it_is_quoted(bundle):
+    record = json.loads((bundle / "configs" / "metadata.json").read_text())["medseg"]["training"]
+    # no MLflow run of the shipped weights is kept: their records were typed before `bundle ship` wrote them
+    assert record["source"].startswith("recorded by hand on 2026-12-03")
+    quoted = _block((bundle / "docs" / "README.md").read_text(), bundle_results.TRAINING_BLOCK)
+    assert quoted == bundle_results.training_line(bundle) and record["source"] in quoted
+    assert "MLflow run of the weights" not in quoted
+
+
+# a figure as the docs print them: a fraction with three or more decimals (F1, AUC-ROC, mIoU, thresholds, ...)
+FIGURE = re.compile(r"(?<![\d.])[01]\.\d{3,}(?![\d.])")
+
+
+def unbacked_figures(text: str, results: str) -> set[str]:
+    """The figures of ``text`` that ``results`` does not hold, digit for digit."""
+    held = set(FIGURE.findall(results))
+    return set(FIGURE.findall(text)) - held
+
+
+def test_every_figure_of_the_readme_and_bundle_docs_is_one_a_results_file_holds():
+    results = "\n".join(path.read_text() for path in sorted((REPO / "bench" / "results").iterdir())
+                        if path.suffix in (".md", ".json"))
+    assert "0.8305" in FIGURE.findall(results)
+    for docs in [REPO / "README.md", *(bundle / "docs" / "README.md" for bundle in BUNDLES)]:
+        assert not unbacked_figures(docs.read_text(), results), docs
+
+
+def test_the_figure_check_finds_a_figure_typed_by_hand():
+    results = "| threshold 0.5 | 0.8305 | 0.9821 |"
+    assert unbacked_figures("F1 0.8305, AUC-ROC 0.9821", results) == set()
+    assert unbacked_figures("F1 0.826 (rounded by hand), AUC-ROC 0.9821, Dice 0.8123", results) == {"0.826", "0.8123"}
+
+
 @pytest.mark.parametrize("bundle", ["drive_vessel_unet", "fundus_vessel_unet"])
 def test_upsampled_edge_erosion_is_chosen_on_photographs_neither_trained_on_nor_tested(bundle, drive_root, les_av_root):
     _, records = upsampled_edges.validation_photographs(REPO / "bundles" / bundle, les_av_root.parent)
@@ -207,3 +363,30 @@ def test_the_inference_report_bounds_each_row_by_its_flops_at_the_one_thread_bf1
     all_cores = inference_bench.report([previous], {**peaks, "float32_all_cores": 180.0, "bfloat16_all_cores": 400.0},
                                        {}, [], None, "python bench/inference.py")
     assert "fp32 180, bf16 400)" in all_cores
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "common.py"))
+def test_every_bench_script_takes_its_paths_machine_line_and_tables_from_common(script):
+    source = (REPO / "bench" / script).read_text()
+    assert "import common" in source or "from common import" in source
+    # one description of the machine: medseg.tracking's, through common.machine_line
+    assert "platform." not in source and "machine_description" not in source
+    assert "|---" not in source, "markdown tables are written by common.markdown_table"
+    assert "parents[1]" not in source and '"shared"' not in source, "paths come from common"
+
+
+fov_estimate = _load_bench("fov_estimate")
+
+
+def test_the_fov_estimate_scores_the_training_photographs_apart_and_says_what_set_its_constants(drive_root,
+                                                                                                 les_av_root):
+    sets = fov_estimate.photographs(drive_root.parent)
+    assert list(sets) == [("DRIVE", "training"), ("LES-AV", "training"), ("DRIVE", "test"), ("LES-AV", "test")]
+    assert sum(len(pairs) for pairs in sets.values()) == 62
+    assert all(f"/{split}/" in str(image) for (_, split), pairs in sets.items() for image, _ in pairs)
+    results = (REPO / "bench" / "results" / "fov_estimate.md").read_text()
+    assert fov_estimate.INFORMED_BY in results
+    shown = re.findall(r"^\| (DRIVE|LES-AV) (training|test) \| (.*?) \| (\d+) \|", results, re.M)
+    assert {(name, split, int(count)) for name, split, _, count in shown} == {
+        (name, split, len(pairs)) for (name, split), pairs in sets.items()}
+    assert len(shown) == len(sets) * len(fov_estimate.FRAMINGS)

@@ -94,12 +94,17 @@ def test_main_command_runs_the_demo_end_to_end(tmp_path):
 
 
 def test_the_bundle_table_quotes_the_eval_metrics_of_each_metadata():
-    names = {"F1": "test_f1", "AUC-ROC": "test_auc_roc", "mIoU": "test_miou"}
-    rows = re.findall(r"^\| `bundles/(\w+)` \|.*\| ([^|]+) \|$", README, re.M)
-    assert {bundle for bundle, _ in rows} == {p.name for p in (REPO / "bundles").iterdir() if p.is_dir()}
-    for bundle, quoted in rows:
+    bundles = {p.name for p in (REPO / "bundles").iterdir() if p.is_dir()}
+    assert set(re.findall(r"^\| `bundles/(\w+)` \|", README, re.M)) == bundles
+    # the figures stand in the block bench/bundle_results.py renders from each metadata's eval_metrics
+    headline = re.search(r"<!-- headline-results -->\n(.*?)<!-- /headline-results -->", README, re.S).group(1)
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", headline, re.M)
+    assert {bundle for bundle, *_ in rows} == bundles
+    for bundle, *quoted in rows:
         recorded = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
-        quoted_metrics = re.findall(r"([\w-]+) (\d\.\d+)", quoted)
-        assert quoted_metrics, f"no metric quoted for {bundle}"
-        for name, value in quoted_metrics:
-            assert float(value) == pytest.approx(recorded[names[name]], abs=5e-4), (bundle, name)
+        for name, value in zip(("test_f1", "test_auc_roc", "test_miou"), quoted):
+            if value.strip() != "-":
+                assert float(value) == pytest.approx(recorded[name], abs=5e-5), (bundle, name)
+        assert any(value.strip() != "-" for value in quoted), bundle
+
+

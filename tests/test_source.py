@@ -1,4 +1,5 @@
-"""The package's source has one home per piece of code: no block of six or more lines stands twice."""
+"""The package's and the bench scripts' source has one home per piece of code: no block of six or more lines stands
+twice."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "medseg"
+# the scripts that measure bench/results share their helpers through bench/common.py
+BENCH = REPO / "bench"
 BLOCK = 6
 
 
@@ -31,8 +37,9 @@ def repeated_blocks(root: Path) -> dict[tuple[str, ...], list[str]]:
     return {block: where for block, where in places.items() if len(where) > 1}
 
 
-def test_no_block_of_six_lines_stands_twice_in_the_package():
-    repeated = repeated_blocks(PACKAGE)
+@pytest.mark.parametrize("root", [PACKAGE, BENCH], ids=lambda root: root.name)
+def test_no_block_of_six_lines_stands_twice(root):
+    repeated = repeated_blocks(root)
     assert not repeated, "\n\n".join(f"{', '.join(where)}:\n" + "\n".join(block) for block, where in repeated.items())
 
 
