@@ -80,6 +80,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
         return _read_nifti(path)
     if suffix in IMAGE_SUFFIXES:
         pixels, alpha = read_photograph(path)
+        if min(pixels.shape[:2]) < 2:  # no neighbourhood for any kernel: nothing a segmentation can tell
+            raise DatasetError(f"{path}: {pixels.shape[0]} x {pixels.shape[1]} pixels, too small to segment")
         return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), ImageMeta(path, alpha=alpha)
     raise DatasetError(
         f"{path}: unsupported file type {suffix or '(no suffix)'!r}; expected one of "
