@@ -37,11 +37,11 @@ from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_con
 from medseg.tracking import check_tracking_server, default_tracking_uri
 
 
-def _folder_training(args: argparse.Namespace) -> FolderTraining | None:
+def folder_training(args: argparse.Namespace) -> FolderTraining | None:
     """The labelled folder of ``--images`` (and its validation), checked file by file before anything is written;
     ``None`` for the bundle's own dataset."""
     if args.images is None and args.labels is None:
-        if args.val is not None or args.val_images is not None or args.keep_bundle_data:
+        if args.val is not None or args.val_images is not None or getattr(args, "keep_bundle_data", False):
             raise CLIError("--val, --val-images and --keep-bundle-data need --images DIR --labels DIR")
         return None
     if args.images is None or args.labels is None:
@@ -61,7 +61,7 @@ def _folder_training(args: argparse.Namespace) -> FolderTraining | None:
         raise CLIError(str(err)) from None
     if args.val is not None and not 0 < args.val < pairs:
         raise CLIError(f"--val {args.val}: the folder holds {pairs} pairs; keep at least one to train on")
-    return FolderTraining(folder, args.val, val, args.keep_bundle_data)
+    return FolderTraining(folder, args.val, val, getattr(args, "keep_bundle_data", False))
 
 
 def _folder_arguments(args: argparse.Namespace) -> list[str]:
@@ -113,9 +113,22 @@ def _train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: 
     return 0
 
 
+def add_training_folder_arguments(parser: argparse.ArgumentParser, description: str) -> argparse._ArgumentGroup:
+    """The group of a labelled folder and its validation: ``--images``, ``--labels``, ``--masks``,
+    ``--label-positive``, ``--val N`` or ``--val-images``/``--val-labels``/``--val-masks``."""
+    folders = parser.add_argument_group("your own labelled photographs", description)
+    add_folder_arguments(folders, required=False)
+    folders.add_argument("--val", type=int, metavar="N",
+                         help="hold out N of the folder's photographs for validation (default: a fifth, at least one)")
+    folders.add_argument("--val-images", type=Path, metavar="DIR", help="validation photographs of their own")
+    folders.add_argument("--val-labels", type=Path, metavar="DIR", help="their labels")
+    folders.add_argument("--val-masks", type=Path, metavar="DIR", help="their FOV masks (default: estimated)")
+    return folders
+
+
 def _train(args: argparse.Namespace) -> int:
     overrides = bundle_overrides(args)
-    training = _folder_training(args)
+    training = folder_training(args)
     tracking_uri = args.tracking_uri or default_tracking_uri()
     check_tracking_server(tracking_uri)
     plan = ensemble_plan(args)
@@ -166,17 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quiet", action="store_true",
         help="no progress bar and no per-epoch lines (an ensemble's members still write them to their logs)",
     )
-    folders = parser.add_argument_group(
-        "your own labelled photographs",
-        "train the bundle's recipe on a folder (paired by file stem, as medseg evaluate --images pairs them; "
-        "checked as medseg data check checks it before anything is written)",
-    )
-    add_folder_arguments(folders, required=False)
-    folders.add_argument("--val", type=int, metavar="N",
-                         help="hold out N of the folder's photographs for validation (default: a fifth, at least one)")
-    folders.add_argument("--val-images", type=Path, metavar="DIR", help="validation photographs of their own")
-    folders.add_argument("--val-labels", type=Path, metavar="DIR", help="their labels")
-    folders.add_argument("--val-masks", type=Path, metavar="DIR", help="their FOV masks (default: estimated)")
+    folders = add_training_folder_arguments(
+        parser, "train the bundle's recipe on a folder (paired by file stem, as medseg evaluate --images pairs "
+        "them; checked as medseg data check checks it before anything is written)")
     folders.add_argument("--keep-bundle-data", action="store_true",
                          help="mix the bundle's own training photographs in (keep_bundle_data_ratio of them per "
                          "photograph of yours), so that the model keeps serving the cameras it was trained on")

@@ -175,3 +175,36 @@ class LinearWarmUp:
         if engine.state.iteration <= self.iterations:
             for group in self.optimizer.param_groups:
                 group["lr"] *= engine.state.iteration / self.iterations
+
+
+def held_out_records(training: FolderTraining, seed: int) -> list[dict]:
+    """The photographs a training on ``training`` validated on (never trained on): its validation folder, or the
+    same split of the folder (``seed``: the run's ``split_seed``)."""
+    if training.val_folder is not None:
+        return training.val_folder.records()
+    return split_validation(training.folder.records(), n_val=training.validation_size(), seed=seed)[1]
+
+
+def fine_tuned_metadata(parent: Mapping[str, Any], parent_name: str, summary: Mapping[str, Any],
+                        eval_metrics: Mapping[str, float]) -> dict[str, Any]:
+    """The metadata.json of a bundle of weights trained on a user's folder, from its ``parent`` bundle's: the
+    version ``<parent version>-<digest>``, ``eval_metrics`` those on the held-out photographs (``heldout_*``),
+    and ``medseg.parent_bundle`` and ``medseg.training_data`` saying where the weights came from."""
+    version = f"{parent.get('version', '0.0.0')}-{summary['digest'][:8]}"
+    data = (f"{summary['pairs']} labelled photographs of {summary['source']} (digest {summary['digest']}; "
+            f"{summary['validation']} held out: {summary['validation_ids']})")
+    meta = {**parent, "version": version, "eval_metrics": dict(eval_metrics)}
+    meta["changelog"] = {version: f"{parent_name} {parent.get('version', '-')} trained on {data}.",
+                         **parent.get("changelog", {})}
+    meta["data_source"] = f"{data}; before that: {parent.get('data_source', '-')}"
+    meta["medseg"] = {**parent.get("medseg", {}), "parent_bundle": {"name": parent_name, "version": parent.get("version")},
+                      "training_data": {"folder": summary["source"], "count": summary["pairs"],
+                                        "digest": summary["digest"], "held_out": summary["validation_ids"]}}
+    meta["medseg"].pop("training", None)  # the parent's training record describes other weights
+    return meta
+
+
+def heldout_eval_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """``eval_metrics`` from a :func:`medseg.engines.evaluate_vessel_folder` report of the held-out photographs:
+    every metric at 0.5 as ``heldout_<name>``."""
+    return {f"heldout_{name}": value for name, value in report["threshold_0.5"].items() if name != "threshold"}
