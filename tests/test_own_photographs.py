@@ -13,8 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import re
+import shlex
+
 import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
@@ -22,6 +26,9 @@ from PIL import Image
 
 from medseg.cli import main
 from medseg.data import write_synthetic_folder
+from medseg.networks import UNet, ensemble_state_dict
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 # the smallest recipe of drive_vessel_unet that still runs every part: a few epochs, one validation at the end
 SMALL_RECIPE = {"network_features": [4, 8, 16], "patch_size": [32, 32], "roi_size": [64, 64], "sw_batch_size": 8,
@@ -29,16 +36,25 @@ SMALL_RECIPE = {"network_features": [4, 8, 16], "patch_size": [32, 32], "roi_siz
 SMALL_FOV_WIDTH = 60
 
 
-@pytest.fixture(scope="module")
-def small_bundle(tmp_path_factory) -> Path:
-    bundle = tmp_path_factory.mktemp("bundles") / "small_vessel_unet"
-    assert main(["bundle", "export", "drive_vessel_unet", str(bundle)]) == 0
+def _small_copy(parent: str, bundle: Path, members: int) -> Path:
+    """``parent`` exported to ``bundle`` with :data:`SMALL_RECIPE`, ``members`` networks and, for that network,
+    freshly initialised weights in ``models/model.pt``."""
+    assert main(["bundle", "export", parent, str(bundle)]) == 0
     train = bundle / "configs" / "train.yaml"
-    train.write_text(yaml.safe_dump({**yaml.safe_load(train.read_text()), **SMALL_RECIPE}, sort_keys=False))
+    recipe = {**yaml.safe_load(train.read_text()), **SMALL_RECIPE, "ensemble_members": members}
+    train.write_text(yaml.safe_dump(recipe, sort_keys=False))
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     meta["medseg"]["training_fov_width"] = SMALL_FOV_WIDTH
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
+    networks = [UNet(spatial_dims=2, in_channels=3, out_channels=1, features=SMALL_RECIPE["network_features"],
+                     norm="batch", upsample="deconv").state_dict() for _ in range(members)]
+    torch.save(ensemble_state_dict(networks), bundle / "models" / "model.pt")
     return bundle
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory) -> Path:
+    return _small_copy("drive_vessel_unet", tmp_path_factory.mktemp("bundles") / "small_vessel_unet", 1)
 
 
 def _medseg(cwd: Path, *argv: str) -> str:
@@ -101,3 +117,21 @@ def test_own_photographs_are_checked_trained_fine_tuned_shipped_and_inferred(sma
                                 str(tmp_path / "monai_predicted")], cwd=new_bundle, capture_output=True, text=True)
     assert monai_run.returncode == 0, (monai_run.stdout + monai_run.stderr)[-3000:]
     assert any((tmp_path / "monai_predicted").rglob("*retina1*"))
+
+
+def test_every_command_of_the_readme_section_runs_on_a_folder_of_synthetic_retinas(tmp_path):
+    # fundus_vessel_unet as a small copy (its recipe shrunk, its two members freshly initialised), so that the
+    # commands run in a minute; the training's budget a few seconds
+    small = _small_copy("fundus_vessel_unet", tmp_path / "bundles" / "fundus_vessel_unet", 2)
+    write_synthetic_folder(tmp_path / "my_photos", 3, height=64, width=64, seed=5, image_format="jpg")
+    write_synthetic_folder(tmp_path / "new_photos", 2, height=64, width=64, seed=6)
+    block = re.search(r"<!-- own-photographs -->\s*```sh\n(.*?)\n```", README, re.S).group(1)
+    commands = [shlex.split(line) for line in block.splitlines()]
+    assert [argv[1] for argv in commands] == ["data", "train", "evaluate", "bundle", "infer"]
+    for argv in commands:
+        argv = [str(small) if arg == "fundus_vessel_unet" else arg for arg in argv[1:]]
+        if argv[0] == "train":
+            argv += ["--set", "time_budget_minutes=0.05", "--set", "val_interval=1", "--quiet"]
+        _medseg(tmp_path, *argv)
+    assert json.loads((tmp_path / "my_bundle" / "configs" / "metadata.json").read_text())["eval_metrics"]
+    assert sorted(path.stem.split("_")[0] for path in (tmp_path / "predictions").iterdir()) == ["retina0", "retina1"]
