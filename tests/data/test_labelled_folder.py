@@ -120,3 +120,19 @@ def test_mixing_adds_the_bundles_photographs_at_the_ratio_to_training_only():
     assert [r["id"] for r in train[:4]] == ["o0", "o1", "o2", "o3"] and len(train) == 6
     assert val == [{"id": "v"}]
     assert len(mix_records(own, bundle, ratio=10)[0]) == 4 + 16
+
+
+def test_training_on_a_bad_folder_fails_before_anything_is_written(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (folder / "labels" / "retina1.png").unlink()
+    train = ["train", "drive_vessel_unet", "--images", str(folder / "images"), "--labels", str(folder / "labels")]
+    _fails_naming(capsys, train, tmp_path, "retina1.jpg: image without label")
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_validation_that_leaves_nothing_to_train_on_is_refused(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "drive_vessel_unet", "--images", str(folder / "images"), "--labels", str(folder / "labels")]
+    _fails_naming(capsys, [*train, "--val", "3"], tmp_path, "--val 3: the folder holds 3 pairs")
+    _fails_naming(capsys, [*train, "--val", "1", "--val-images", str(folder / "images"), "--val-labels",
+                           str(folder / "labels")], tmp_path, "not both")
