@@ -94,21 +94,28 @@ def _initial_weights(args: argparse.Namespace, members: int) -> list[Path]:
 
 def _train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: str,
                     training: FolderTraining | None) -> int:
-    again = passed_arguments(args) + _folder_arguments(args)
+    again, folder = passed_arguments(args), _folder_arguments(args)
     overrides = bundle_overrides(args)
     if training is not None:
         overrides.update(folder_training_overrides(args.bundle, training, "evaluate", overrides))
     plan = dataclasses.replace(plan, member_init=tuple(map(str, _initial_weights(args, plan.members))))
     try:
-        trained = train_ensemble(args.bundle, plan, output_dir(args), tracking_uri, again, args.overlays,
+        trained = train_ensemble(args.bundle, plan, output_dir(args), tracking_uri, again + folder, args.overlays,
                                  overrides, resume=args.resume, echo=not args.quiet)
     except EnsembleError as err:
         raise CLIError(str(err)) from None
     print(report_table(json.loads(trained.report.read_text())))
     print(f"the ensemble on its validation images: {trained.report} (MLflow run {trained.run_id}, the members' parent)")
     checkpoints = [arg for weight in trained.weights for arg in ("--checkpoint", str(weight))]
-    print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, *checkpoints]))
-    print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights), *again]))
+    if training is None:
+        print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, *checkpoints]))
+        print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights), *again]))
+    else:  # weights of a folder are scored on other photographs of it, and ship into a bundle of their own
+        print("score it: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, "--images", "DIR", "--labels",
+                                         "DIR", *checkpoints]))
+        print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights),
+                                        *again, "--new-bundle", "DIR",
+                                        *(arg for arg in folder if arg != "--keep-bundle-data")]))
     print(f"review the runs: mlflow ui --backend-store-uri {tracking_uri}")
     return 0
 
