@@ -149,11 +149,11 @@ def score(name: str, work: Path, test: bool) -> dict:
     with joined_checkpoint(join_checkpoints(members)) as checkpoint:
         model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)
         for _, split, validation in SETS:
-            if validation or test:
+            if (validation or test) and split not in results:  # a score cut short keeps the sets it finished
                 chosen, positive = records(split, work)
                 report = evaluate_vessel_folder(model, chosen, work / name / f"{split}.json", label_positive=positive)
                 results[split] = {metric: report["threshold_0.5"][metric] for metric in ("f1", "auc_roc")}
-    results_file.write_text(json.dumps(results, indent=2))
+                results_file.write_text(json.dumps(results, indent=2))
     return results
 
 
