@@ -31,7 +31,12 @@ from medseg.cli import (
     joined_weights,
     output_dir,
 )
-from medseg.engines.evaluation import eval_metrics_from_report
+# the same folder arguments and checks as medseg train
+from medseg.cli.train import add_training_folder_arguments, folder_training
+from medseg.data import DatasetError
+from medseg.engines.evaluation import eval_metrics_from_report, evaluate_vessel_folder
+from medseg.engines.finetune import fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics
+from medseg.inference import load_model
 from medseg.engines.workflow import run_bundle_config
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
@@ -189,7 +194,48 @@ def write_weights(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.
     torch.save({name: value.to(dtype) if value.is_floating_point() else value for name, value in state_dict.items()}, path)
 
 
+def _ship_new_bundle(args: argparse.Namespace) -> int:
+    """``ship BUNDLE CHECKPOINT... --new-bundle DIR --images ...``: a copy of BUNDLE in DIR with the weights of a
+    training on a labelled folder, scored on its held-out photographs through the inference path."""
+    parent, target = args.bundle.resolve(), args.new_bundle.resolve()
+    training = folder_training(args)
+    if training is None:
+        raise CLIError("--new-bundle needs the folder the weights were trained on: --images DIR --labels DIR")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise CLIError(f"{target}: exists and is not an empty folder; nothing shipped")
+    state_dict, seed = joined_weights(args.checkpoints), ensemble_plan(args).split_seed
+    report_path = output_dir(args) / "metrics_heldout.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="medseg-ship-") as work:
+        candidate = Path(work) / "model.pt"
+        write_weights(state_dict, candidate, WEIGHT_DTYPES[args.dtype])
+        try:
+            model = load_model(parent, overlays=args.overlays, overrides=bundle_overrides(args), checkpoint=candidate)
+            report = evaluate_vessel_folder(model, held_out_records(training, seed), report_path,
+                                            label_positive=training.folder.label_positive or None)
+        except (DatasetError, FileNotFoundError, ValueError) as err:
+            raise CLIError(f"{', '.join(map(str, args.checkpoints))}: evaluating it with {parent.name} failed, "
+                           f"nothing shipped ({err})") from None
+        meta = fine_tuned_metadata(read_metadata(parent), parent.name, folder_summary(training, seed),
+                                   heldout_eval_metrics(report))
+        with atomic_folder(target) as staging:  # a failed ship leaves no half-written bundle
+            for path in bundle_files(parent):
+                copy = staging / path.relative_to(parent)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, copy)
+            shutil.copy2(candidate, staging / "models" / "model.pt")
+            (staging / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    print(f"{target}: {parent.name} {meta['version']}, weights of {', '.join(map(str, args.checkpoints))}")
+    print("eval_metrics (held-out photographs): " + metrics_line(meta["eval_metrics"]))
+    print(f"infer with it: medseg infer {target} IMAGES -o OUTPUT_DIR")
+    return 0
+
+
 def _ship(args: argparse.Namespace) -> int:
+    if args.new_bundle is not None:
+        return _ship_new_bundle(args)
+    if args.images is not None:
+        raise CLIError("weights trained on a labelled folder ship into a new bundle: add --new-bundle DIR")
     bundle = args.bundle.resolve()
     if is_packaged(bundle):
         raise CLIError(f"{bundle}: a bundle installed with medseg is not changed in place; "
@@ -320,4 +366,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ship.add_argument("--tracking-uri", help="MLflow store of the Model Registry (default: sqlite:///mlflow.db here)")
     ship.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="float32",
                       help="storage dtype of the weights (float16 halves the file; default: float32)")
+    ship.add_argument("--new-bundle", type=Path, metavar="DIR",
+                      help="write a new bundle to DIR instead (BUNDLE is its parent): BUNDLE's files with these weights, "
+                      "scored on the held-out photographs of the folder they were trained on (--images ... as given "
+                      "to medseg train); its metadata names that folder (count, digest) and the parent bundle")
+    add_training_folder_arguments(ship, "the folder the weights were trained on, with the same validation split")
     ship.set_defaults(func=_ship)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from medseg.cli import CLIError
 from medseg.data import DatasetError
-from medseg.data.report import DATASETS, run_check, write_preview
+from medseg.data.labelled_folder import LabelledFolder, check_labelled_folder
+from medseg.data.report import DATASETS, folder_report, run_check, write_preview
 
 
-def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset layout to read")
+def _add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--dataset", required=required, choices=DATASETS, help="which dataset layout to read")
     parser.add_argument(
         "--root",
         help="dataset folder (DRIVE: training/ and test/; CamVid: train/, trainannot/, ...). Default for drive, "
@@ -19,8 +21,29 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_folder_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--images``, ``--labels``, ``--masks`` and ``--label-positive``: a labelled folder of photographs, paired by
+    file stem as ``medseg evaluate --images`` pairs them."""
+    parser.add_argument("--images", type=Path, required=required, help="folder of photographs")
+    parser.add_argument("--labels", type=Path, required=required,
+                        help="folder of their vessel labels, one per photograph, same file stem")
+    parser.add_argument("--masks", type=Path, help="folder of their FOV masks (NAME.* or NAME_mask.*); without it "
+                        "the FOV is estimated, as at inference")
+    parser.add_argument("--label-positive", type=int, nargs="+", metavar="V",
+                        help="the vessel values of index-map labels (e.g. LES-AV's 1 2 3 4); default: binary labels")
+
+
+def labelled_folder(args: argparse.Namespace) -> LabelledFolder:
+    """The folder of ``--images``/``--labels``/``--masks``/``--label-positive``."""
+    return LabelledFolder.of(args.images, args.labels, args.masks, args.label_positive)
+
+
 def _check(args: argparse.Namespace) -> int:
-    print(run_check(args.dataset, args.root))
+    if args.images is None:
+        print(run_check(args.dataset, args.root))
+        return 0
+    folder = labelled_folder(args)
+    print(folder_report(folder, check_labelled_folder(folder)))
     return 0
 
 
@@ -33,6 +56,11 @@ def _reporting_data_errors(handler):
     """Turn dataset problems into the CLI's one-error-and-exit-1 path."""
 
     def run(args: argparse.Namespace) -> int:
+        if getattr(args, "images", None) is not None or getattr(args, "labels", None) is not None:
+            if args.images is None or args.labels is None or args.dataset is not None:
+                raise CLIError("a labelled folder is --images DIR --labels DIR, without --dataset")
+        elif args.dataset is None:
+            raise CLIError("--dataset, or --images DIR --labels DIR, is required")
         try:
             return handler(args)
         except (DatasetError, ValueError) as err:  # ValueError: no --root and no MEDSEG_DATA_ROOT
@@ -53,9 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="open every file and print counts, sizes, label values and fractions",
         description="Open every image, label and mask; print per-split counts, image sizes, label values, "
-        "vessel or class fractions and FOV fraction. Exits 1 naming each bad file if any is missing or invalid.",
+        "vessel or class fractions and FOV fraction. Exits 1 naming each bad file if any is missing or invalid. "
+        "--images DIR --labels DIR [--masks DIR] checks your own labelled photographs before `medseg train`.",
     )
-    _add_dataset_arguments(check)
+    _add_dataset_arguments(check, required=False)
+    add_folder_arguments(check, required=False)
     check.set_defaults(func=_reporting_data_errors(_check))
 
     preview = commands.add_parser(

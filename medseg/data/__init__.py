@@ -26,8 +26,10 @@ from medseg.data.synthetic import (
     synthetic_retina,
     synthetic_volume,
     write_synthetic_drive,
+    write_synthetic_folder,
     write_synthetic_volumes,
 )
+from medseg.data.labelled_folder import LabelledFolder, check_labelled_folder, labelled_folder_records, mix_records
 
 __all__ = [
     "CLASS_NAMES",
@@ -60,7 +62,12 @@ __all__ = [
     "as_stored_image",
     "vessel_transforms",
     "write_synthetic_drive",
+    "write_synthetic_folder",
     "write_synthetic_volumes",
+    "LabelledFolder",
+    "check_labelled_folder",
+    "labelled_folder_records",
+    "mix_records",
 ]
 
 _LAZY = {

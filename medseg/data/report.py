@@ -21,7 +21,8 @@ from medseg.data.camvid import (
 from medseg.data.drive import drive_records, read_binary, validate_drive, validate_drive_sample
 from medseg.data.files import read_pixels
 from medseg.data.synthetic import ensure_synthetic_drive
-from medseg.data.vessel_folders import validate_les_av
+from medseg.data.labelled_folder import LabelledFolder
+from medseg.data.vessel_folders import VesselImageStats, validate_les_av
 from medseg.resources import DATA_ROOT_VARIABLE
 from medseg.utils import atomic_path, format_table
 
@@ -83,6 +84,16 @@ def _les_av_table(root: Path) -> str:
     header = ["split", "images", "size HxW", "label values (vessel: > 0)", "vessel % mean (min-max)", "FOV %"]
     total = sum(len(split_stats) for split_stats in stats.values())
     return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows, rule=False)
+
+
+def folder_report(folder: LabelledFolder, stats: Sequence[VesselImageStats]) -> str:
+    """The table of a checked labelled folder (:func:`medseg.data.labelled_folder.check_labelled_folder`), with
+    its digest, which a training run and a bundle trained on it record."""
+    fov = [s.fov_fraction for s in stats if s.fov_fraction is not None]
+    row = [*_vessel_columns("all", stats), _percent_range(fov) if fov else "estimated at training"]
+    header = ["pairs", "images", "size HxW", "label values", "vessel % mean (min-max)", "FOV %"]
+    return (f"{folder.images}: {len(stats)} labelled photographs, every file valid, digest {folder.digest()}\n"
+            + format_table(header, [row], rule=False))
 
 
 def _camvid_table(root: Path) -> str:

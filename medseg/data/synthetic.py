@@ -196,6 +196,26 @@ def write_synthetic_drive(root: str | Path, n_training: int = 20, n_test: int = 
     return root
 
 
+def write_synthetic_folder(root: str | Path, count: int, height: int = 584, width: int = 565, seed: int = 0,
+                           image_format: str = "png") -> Path:
+    """Write ``count`` synthetic retinas as a plain labelled folder, the layout of a user's own photographs:
+    ``root/images/retina<k>.<image_format>`` (RGB; "png" or "jpg"), ``root/labels/retina<k>.png`` and
+    ``root/masks/retina<k>.png`` ({0, 255} greyscale). Retina ``k`` is :func:`synthetic_retina` of seed
+    ``seed * 100_003 + k``. ``root`` is complete or untouched, and must not exist or be an empty folder."""
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root}: exists and is not an empty folder; refusing to write a labelled folder there")
+    with atomic_folder(root) as staging:
+        for folder in ("images", "labels", "masks"):
+            (staging / folder).mkdir()
+        for k in range(count):
+            image, vessels, fov = synthetic_retina(seed * 100_003 + k, height, width)
+            Image.fromarray(image).save(staging / "images" / f"retina{k}.{image_format}")
+            Image.fromarray(vessels * 255).save(staging / "labels" / f"retina{k}.png")
+            Image.fromarray(fov * 255).save(staging / "masks" / f"retina{k}.png")
+    return root
+
+
 def synthetic_volume(
     seed: int,
     shape: tuple[int, int, int] = (64, 64, 48),

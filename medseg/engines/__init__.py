@@ -13,12 +13,15 @@ from medseg.engines.evaluation import (
     write_segmentation_report,
     write_vessel_report,
 )
+from medseg.engines.finetune import FolderTraining, LinearWarmUp, folder_summary, with_initial_weights
 from medseg.engines.inferers import AutocastInferer, PredictInferer
 from medseg.engines.random_state import RandomStates
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AutocastInferer",
+    "FolderTraining",
+    "LinearWarmUp",
     "PredictInferer",
     "RandomStates",
     "RunArtifacts",
@@ -27,9 +30,11 @@ __all__ = [
     "TrainingProgress",
     "VesselReport",
     "eval_metrics_from_report",
+    "folder_summary",
     "latest_checkpoint",
     "pooled_vessel_metrics",
     "second_observer_metrics",
     "write_segmentation_report",
+    "with_initial_weights",
     "write_vessel_report",
 ]

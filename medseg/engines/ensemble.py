@@ -66,13 +66,16 @@ class EnsemblePlan:
     split_seed: int
     experiment_name: str = "medseg"
     dataset_name: str = "-"
+    # fine-tuning: member k starts from the weights in member_init[k] (medseg.engines.finetune)
+    member_init: tuple[str, ...] = ()
 
     def member_seed(self, k: int) -> int:
         return self.seed + MEMBER_SEED_STEP * k
 
-    def member_overrides(self, k: int) -> dict[str, int]:
+    def member_overrides(self, k: int) -> dict[str, int | str]:
         """The config overrides under which member ``k`` trains as a single network."""
-        return {"ensemble_members": 1, "seed": self.member_seed(k), "split_seed": self.split_seed}
+        init = {"init_weights": self.member_init[k]} if self.member_init else {}
+        return {"ensemble_members": 1, "seed": self.member_seed(k), "split_seed": self.split_seed, **init}
 
 
 def read_ensemble_plan(

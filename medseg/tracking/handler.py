@@ -32,10 +32,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import mlflow.data
+import numpy as np
 import torch
 from ignite import distributed as idist
 from ignite.engine import Engine
-from mlflow.entities import RunTag
+from mlflow.entities import DatasetInput, InputTag, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -66,6 +68,8 @@ class TrackingHandler(MLFlowHandler):
             validation) are logged after that epoch as MLflow images, key the file's name, step the epoch.
         model_config: the run's executed train config (MONAI's ``save_execute_config`` file), so that the
             model's network is the one trained whatever ``--set`` overrides built it.
+        training_folder: a user's labelled folder the run trains on (:func:`medseg.engines.folder_summary`:
+            name, source, digest, counts), logged as the run's MLflow dataset input of context "training".
         args, kwargs: ``MLFlowHandler`` arguments.
     """
 
@@ -79,6 +83,7 @@ class TrackingHandler(MLFlowHandler):
         system_metrics: bool = False,
         epoch_images: str | None = None,
         run_folder: str | None = None,
+        training_folder: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -89,6 +94,7 @@ class TrackingHandler(MLFlowHandler):
         self.system_metrics = system_metrics
         self.epoch_images = epoch_images if isinstance(epoch_images, str) else None
         self.run_folder = run_folder if isinstance(run_folder, str) else None
+        self.training_folder = dict(training_folder) if isinstance(training_folder, Mapping) else None
         self.monitor: SystemMetricsMonitor | None = None
         self.tracking_lost = False
 
@@ -132,11 +138,25 @@ class TrackingHandler(MLFlowHandler):
         if self.tags and self.cur_run is not None:
             tags = [RunTag(key, value) for key, value in self.tags.items()]
             self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)
+        if self.training_folder is not None and self.cur_run is not None:
+            self._log_training_folder()
         if self.system_metrics and self.cur_run is not None and self.monitor is None:
             # CPU, memory, disk and network use beside the run's metrics (MLflow's own sampler, psutil)
             self.monitor = SystemMetricsMonitor(self.cur_run.info.run_id, sampling_interval=10,
                                                 tracking_uri=self.client.tracking_uri)
             self.monitor.start()
+
+    def _log_training_folder(self) -> None:
+        """The folder as an MLflow dataset (``mlflow.data.from_numpy``: its name, digest and source; the
+        profile counts the pairs), one row per pair, 1 for a validation pair and 0 for a training one; its
+        summary (counts, the held-out ids) as params ``training_folder.<key>``."""
+        folder = self.training_folder
+        self._log_params({f"training_folder.{key}": value for key, value in folder.items()})
+        held_out = np.array([0] * int(folder["train"]) + [1] * int(folder["validation"]))
+        dataset = mlflow.data.from_numpy(held_out, source=folder["source"], name=folder["name"],
+                                         digest=folder["digest"])
+        self.client.log_inputs(self.cur_run.info.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                                        [InputTag("mlflow.data.context", "training")])])
 
     def start(self, engine: Engine) -> None:
         self._tracked(partial(self._start_and_tag, engine), "run start")

@@ -1,0 +1,223 @@
+"""Fine-tuning `drive_vessel_unet` on another camera's labelled photographs: choices on validation data only.
+
+Every row runs the command a user runs (`medseg train drive_vessel_unet --images ... --labels ... --init-from
+drive_vessel_unet --config finetune`, the two members of the ensemble at once, one per core) on LES-AV's
+`training/` photographs, with one setting changed: the learning rate, the CPU budget (at most 15 minutes), the
+ratio of DRIVE photographs mixed in (`--keep-bundle-data`). LES-AV `training/` is split once (seed 0): 8
+photographs to train on, 3 held out for validation (given as `--val-images`), so that every row validates on the
+same 3. Rows are compared on validation data only: those 3 LES-AV photographs and, for the forgetting,
+DRIVE's 4 held-out training photographs (the bundle's own validation split), each scored through the inference
+path of `medseg evaluate --images` (`medseg.engines.evaluate_vessel_folder`, no masks: the FOV estimated, as a user
+without masks gets it). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`, which
+refuses a row the validation columns did not choose.
+
+    python bench/fine_tune.py run lr_3e-4            # trains (the row's budget), then scores validation
+    python bench/fine_tune.py score lr_3e-4 --test   # a chosen row only
+    python bench/fine_tune.py table > bench/results/fine_tune.md
+
+`--minutes M` replaces every row's budget and `--work DIR` the working folder: a quick try of the script
+(`--minutes 0.3 --work /tmp/fine_tune_try`); its scores are not measurements, and `table` says which budget they had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
+from medseg.engines.ensemble import join_checkpoints, joined_checkpoint
+from medseg.engines.evaluation import evaluate_vessel_folder
+from medseg.inference import load_model
+from medseg.tracking import machine_description
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = "drive_vessel_unet"
+DATA = REPO.parent / "shared" / "data"
+WORK = REPO / "bench" / "work" / "fine_tune"
+# LES-AV training/ photographs held out for validation, and of the rest those of the 3-photograph variant
+VAL_PHOTOGRAPHS, FEW_PHOTOGRAPHS, SPLIT_SEED = 3, 3, 0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One candidate: what it changes, its ``--set`` overrides, its folder ("all": 8 photographs, "few": 3)."""
+
+    change: str
+    sets: tuple[str, ...] = ()
+    folder: str = "all"
+    keep_bundle_data: bool = False
+    group: str = "schedule"  # rows are chosen within their group
+
+
+ROWS: dict[str, Row] = {
+    "lr_1e-4": Row("learning rate 1e-4, 10 minutes", ("learning_rate=0.0001",)),
+    "lr_3e-4": Row("learning rate 3e-4, 10 minutes", ("learning_rate=0.0003",)),
+    "lr_1e-3": Row("learning rate 1e-3 (the from-scratch rate), 10 minutes", ("learning_rate=0.001",)),
+    "lr_3e-4_5min": Row("learning rate 3e-4, 5 minutes", ("learning_rate=0.0003", "time_budget_minutes=5")),
+    "lr_3e-4_15min": Row("learning rate 3e-4, 15 minutes", ("learning_rate=0.0003", "time_budget_minutes=15")),
+    "few_lr_3e-4": Row("3 photographs, learning rate 3e-4, 10 minutes", ("learning_rate=0.0003",), "few",
+                       group="few"),
+    "keep_0.5": Row("--keep-bundle-data, 0.5 DRIVE photographs per LES-AV one", ("keep_bundle_data_ratio=0.5",),
+                    keep_bundle_data=True, group="keep"),
+    "keep_1": Row("--keep-bundle-data, 1 DRIVE photograph per LES-AV one", ("keep_bundle_data_ratio=1.0",),
+                  keep_bundle_data=True, group="keep"),
+    "keep_2": Row("--keep-bundle-data, 2 DRIVE photographs per LES-AV one", ("keep_bundle_data_ratio=2.0",),
+                  keep_bundle_data=True, group="keep"),
+}
+# (column title, scored set, validation?)
+SETS = (("LES-AV val (3)", "les_av_val", True), ("DRIVE val (4)", "drive_val", True),
+        ("LES-AV test (11), no masks", "les_av_test", False), ("DRIVE test (20), no masks", "drive_test", False))
+
+
+def linked_folders(work: Path) -> dict[str, Path]:
+    """LES-AV training/ as three plain labelled folders of symbolic links (the data is never copied): "all" (8 to
+    train on), "few" (3 of those) and "val" (the 3 held out, split seed 0)."""
+    train, val = split_validation(les_av_records(DATA / "LES-AV", "training"), n_val=VAL_PHOTOGRAPHS, seed=SPLIT_SEED)
+    parts = {"all": train, "few": train[:FEW_PHOTOGRAPHS], "val": val}
+    for name, records in parts.items():
+        for key, folder in (("image", "images"), ("label", "labels"), ("mask", "masks")):
+            (work / "folders" / name / folder).mkdir(parents=True, exist_ok=True)
+            for record in records:
+                link = work / "folders" / name / folder / Path(record[key]).name
+                if not link.is_symlink():
+                    link.symlink_to(record[key])
+    return {name: work / "folders" / name for name in parts}
+
+
+def train_args(name: str, work: Path, minutes: float | None) -> list[str]:
+    """The ``medseg train`` arguments of row ``name``: no masks given (the FOV estimated, as for most users)."""
+    row, folders = ROWS[name], linked_folders(work)
+    sets = [*row.sets, *([f"time_budget_minutes={minutes}"] if minutes is not None else [])]
+    return ["train", BUNDLE, "--images", str(folders[row.folder] / "images"), "--labels",
+            str(folders[row.folder] / "labels"), "--val-images", str(folders["val"] / "images"), "--val-labels",
+            str(folders["val"] / "labels"), "--label-positive", *map(str, LES_AV_LABEL_POSITIVE),
+            "--init-from", BUNDLE, "--config", "finetune", *[arg for s in sets for arg in ("--set", s)],
+            *(["--keep-bundle-data"] if row.keep_bundle_data else []), "--quiet", "--output-dir",
+            str(work / name), "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"]
+
+
+def records(split: str, work: Path) -> tuple[list[dict], tuple[int, ...] | None]:
+    """The records of one scored set, without masks (the FOV estimated), and their label's vessel values."""
+    strip = lambda rs: [{k: r[k] for k in ("id", "image", "label")} for r in rs]  # noqa: E731
+    if split == "drive_val":
+        return strip(split_validation(drive_records(DATA / "DRIVE", "training"), n_val=4, seed=0)[1]), None
+    if split == "drive_test":
+        return strip(drive_records(DATA / "DRIVE", "test")), None
+    if split == "les_av_val":
+        held_out = split_validation(les_av_records(DATA / "LES-AV", "training"), n_val=VAL_PHOTOGRAPHS,
+                                    seed=SPLIT_SEED)[1]
+        return strip(held_out), LES_AV_LABEL_POSITIVE
+    return strip(les_av_records(DATA / "LES-AV", "test")), LES_AV_LABEL_POSITIVE
+
+
+def chosen_rows(scores: dict[str, dict]) -> set[str]:
+    """Per group, the row with the highest validation score: LES-AV val F1 for the schedule and the 3-photograph
+    variant; for the mixing ratio, the mean F1 of LES-AV val and DRIVE val (the new camera and the forgetting)."""
+    chosen = set()
+    for group in {row.group for row in ROWS.values()}:
+        names = [name for name in scores if ROWS[name].group == group and "les_av_val" in scores[name]]
+        weight = (lambda s: (s["les_av_val"]["f1"] + s["drive_val"]["f1"]) / 2) if group == "keep" else \
+            (lambda s: s["les_av_val"]["f1"])
+        if names:
+            chosen.add(max(names, key=lambda name: weight(scores[name])))
+    return chosen
+
+
+def recorded(work: Path) -> dict[str, dict]:
+    return {path.parent.name: json.loads(path.read_text()) for path in work.glob("*/scores.json")}
+
+
+def score(name: str, work: Path, test: bool) -> dict:
+    """Score row ``name``'s ensemble (its two members' final weights) on the validation sets, and with ``test``
+    the test sets, refused unless the validation columns chose the row."""
+    if test and name not in chosen_rows(recorded(work)):
+        raise SystemExit(f"{name}: not chosen on validation data ({sorted(chosen_rows(recorded(work)))} are); "
+                         "its test photographs stay unscored")
+    results_file = work / name / "scores.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    members = sorted((work / name).glob("member*/checkpoints/model.pt"))
+    with joined_checkpoint(join_checkpoints(members)) as checkpoint:
+        model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)
+        for _, split, validation in SETS:
+            if (validation or test) and split not in results:  # a score cut short keeps the sets it finished
+                chosen, positive = records(split, work)
+                report = evaluate_vessel_folder(model, chosen, work / name / f"{split}.json", label_positive=positive)
+                results[split] = {metric: report["threshold_0.5"][metric] for metric in ("f1", "auc_roc")}
+                results_file.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def table(work: Path) -> str:
+    scores, facts = recorded(work), json.loads((work / "facts.json").read_text()) if (work / "facts.json").is_file() else {}
+    chosen = chosen_rows(scores)
+    lines = ["| row | change | budget (min) | trained in (s) | " + " | ".join(f"{t} F1 / AUC" for t, _, _ in SETS)
+             + " | chosen |", "|---|---|---:|---:|" + "---:|" * len(SETS) + "---|"]
+    for name in [name for name in ROWS if name in scores]:
+        cells = [f"{scores[name][split]['f1']:.4f} / {scores[name][split]['auc_roc']:.4f}" if split in scores[name]
+                 else "-" for _, split, _ in SETS]
+        fact = facts.get(name, {})
+        lines.append(f"| {name} | {ROWS[name].change} | {fact.get('budget', '-')} | {fact.get('seconds', '-')} | "
+                     + " | ".join(cells) + f" | {'**chosen**' if name in chosen else ''} |")
+    commands = [f"- `{name}`: `{shlex.join(['medseg', *train_args(name, Path('bench/work/fine_tune'), None)])}`"
+                for name in ROWS]
+    return "\n".join([
+        "# Fine-tuning drive_vessel_unet on another camera (LES-AV), chosen on validation data",
+        "",
+        f"- Written on {machine_description()} ({platform.node()}), {datetime.date.today().isoformat()}, torch "
+        f"{torch.__version__}, Python {platform.python_version()}, by `python bench/fine_tune.py table`; each row "
+        "by `python bench/fine_tune.py run ROW` (the command below), test columns by `score ROW --test`.",
+        "- Every row fine-tunes both members of the shipped ensemble (one per core) from their own weights on 8 of "
+        "LES-AV's 11 training photographs (3 in the `few_` rows) and validates on the other 3 (split seed 0).",
+        "- **Chosen on validation only**: per group, the highest LES-AV val F1 (the mixing ratio: the highest mean "
+        "of LES-AV val and DRIVE val F1). The test columns are scored for the chosen rows alone and chose nothing.",
+        "",
+        *lines,
+        "",
+        "Commands (from the repository root):",
+        "",
+        *commands,
+        "",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=WORK, help=f"working folder (default: {WORK})")
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("run", "score"):
+        command = sub.add_parser(action)
+        command.add_argument("row", choices=list(ROWS))
+        command.add_argument("--test", action="store_true", help="also score the test sets (chosen rows only)")
+        command.add_argument("--minutes", type=float, help="replace the row's budget (a quick try of the script)")
+    sub.add_parser("table")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    if args.action == "table":
+        print(table(work))
+        return
+    if args.action == "run":
+        (work / args.row / "scores.json").unlink(missing_ok=True)  # a new run: new scores
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "medseg", *train_args(args.row, work, args.minutes)], cwd=REPO,
+                       check=True)
+        facts_file = work / "facts.json"
+        facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+        budget = args.minutes or next((float(s.split("=")[1]) for s in ROWS[args.row].sets
+                                       if s.startswith("time_budget_minutes=")), "finetune.yaml's")
+        facts[args.row] = {"budget": budget, "seconds": round(time.perf_counter() - start)}
+        facts_file.write_text(json.dumps(facts, indent=2))
+    print(json.dumps(score(args.row, work, args.test), indent=2))
+
+
+if __name__ == "__main__":
+    main()
