@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_RUN_PARAMS",
     "DEFAULT_RUN_TAGS",
     "RUN_CONTROL_IDS",
+    "SEGMENT_START_METRIC",
     "TrackingServerError",
     "EXPERIMENT_KIND_TAG",
     "check_tracking_server",
@@ -58,6 +60,9 @@ __all__ = [
 
 DEFAULT_RUN_TAGS = ("network", "dataset")
 DEFAULT_RUN_PARAMS = ("max_epochs",)
+# logged by a training each time its process starts, fresh or resumed (medseg.tracking.handler), so that the time
+# between a kill and its resume is left out of its wall minutes (training_record)
+SEGMENT_START_METRIC = "segment_start"
 DEFAULT_RUN_METRICS = ("train_loss", "best_metric", "best_metric_epoch", "val_f1", "val_auc_roc", "val_miou", "test_f1",
                        "test_auc_roc", "test_miou")
 
@@ -327,7 +332,7 @@ def training_record(checkpoints: Sequence[str | os.PathLike], tracking_uri: str,
     # a member's run is named after its folder, member<k>
     networks = sorted(members, key=lambda member: int(re.sub(r"\D", "", member.info.run_name.rsplit("_", 1)[-1]) or 0))
     networks = networks or [run]
-    end = run.info.end_time or int(time.time() * 1000)
+    end = (run.info.end_time or int(time.time() * 1000)) - _downtime_ms(client, networks)  # active time only
     return {
         "date": datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat(),
         "machine": run.data.tags.get(MACHINE_TAG, "not recorded"),
@@ -336,6 +341,32 @@ def training_record(checkpoints: Sequence[str | os.PathLike], tracking_uri: str,
         "steps": [max((m.step for m in client.get_metric_history(network.info.run_id, "train_loss")), default=0)
                   for network in networks],
     }
+
+
+def _downtime_ms(client: MlflowClient, networks: Sequence[Any]) -> int:
+    """Milliseconds in which a training waited for a resume: the spans from a network's last ``train_loss`` before
+    a resumed start (:data:`SEGMENT_START_METRIC`) to that start, less the time another network ran meanwhile."""
+    waits, runs = [], []
+    for network in networks:
+        starts = sorted(m.timestamp for m in client.get_metric_history(network.info.run_id, SEGMENT_START_METRIC))
+        losses = sorted(m.timestamp for m in client.get_metric_history(network.info.run_id, "train_loss"))
+        for start, next_start in zip(starts, [*starts[1:], math.inf]):
+            logged = [t for t in losses if start <= t < next_start]
+            runs += [(start, logged[-1])] if logged else []
+            waits += [(logged[-1], next_start)] if logged and next_start < math.inf else []
+    return sum(end - begin - sum(max(0, min(end, run_end) - max(begin, run_begin)) for run_begin, run_end in _union(runs))
+               for begin, end in _union(waits))
+
+
+def _union(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The disjoint spans covering ``spans`` (``(begin, end)`` pairs), in order."""
+    union: list[tuple[int, int]] = []
+    for begin, end in sorted(spans):
+        if union and begin <= union[-1][1]:
+            union[-1] = (union[-1][0], max(union[-1][1], end))
+        else:
+            union.append((begin, end))
+    return union
 
 
 def _run_name_record(checkpoints: Sequence[str | os.PathLike]) -> Path | None:

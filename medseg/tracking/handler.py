@@ -9,6 +9,8 @@ handler share one run: with ``run_name=None`` the second one joins the newest un
 What it lacks, added here:
 
 - ``tags`` set on the run when it starts (see ``medseg.tracking.run_tags``);
+- the trainer's handler (the one logging iterations) logs ``segment_start`` each time a training process starts,
+  fresh or resumed, so that a record of the run leaves out the time between a kill and its resume;
 - attaching only on rank 0 under DDP (MONAI's bundle settings do this with ``_disabled_``);
 - two trainings that start at once (an ensemble's members) may both find no experiment and both create it; the
   loser's ``RESOURCE_ALREADY_EXISTS`` is retried by MONAI only when the error message names that code, which the
@@ -40,7 +42,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from monai.handlers import MLFlowHandler
 from PIL import Image
 
-from medseg.tracking import tag_experiment_kind
+from medseg.tracking import SEGMENT_START_METRIC, tag_experiment_kind
 
 __all__ = ["TrackingHandler"]
 
@@ -115,6 +117,9 @@ class TrackingHandler(MLFlowHandler):
 
     def _start_and_tag(self, engine: Engine) -> None:
         super().start(engine)
+        if self.iteration_log and self.cur_run is not None:  # the trainer's handler: mark this process's start
+            self.client.log_metric(self.cur_run.info.run_id, SEGMENT_START_METRIC, engine.state.iteration,
+                                   step=engine.state.iteration)
         if self.tags and self.cur_run is not None:
             tags = [RunTag(key, value) for key, value in self.tags.items()]
             self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)
