@@ -77,8 +77,8 @@ class TimeBudget:
 
         def load_state_dict(state_dict: Mapping) -> None:
             if ELAPSED_KEY not in state_dict:
-                engine.logger.info(f"the checkpoint holds no time spent of a budget: the budget of {self.seconds / 60:g} "
-                                   "minutes starts from zero")
+                engine.logger.info("the checkpoint holds no time spent of a budget: the budget of "
+                                   f"{self.seconds / 60:g} minutes starts from zero")
                 state_dict = {**state_dict, ELAPSED_KEY: 0.0, BASE_LRS_KEY: []}
             load(state_dict)
 

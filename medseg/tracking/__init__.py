@@ -354,7 +354,8 @@ def _downtime_ms(client: MlflowClient, networks: Sequence[Any]) -> int:
             logged = [t for t in losses if start <= t < next_start]
             runs += [(start, logged[-1])] if logged else []
             waits += [(logged[-1], next_start)] if logged and next_start < math.inf else []
-    return sum(end - begin - sum(max(0, min(end, run_end) - max(begin, run_begin)) for run_begin, run_end in _union(runs))
+    ran = _union(runs)
+    return sum(end - begin - sum(max(0, min(end, stop) - max(begin, go)) for go, stop in ran)
                for begin, end in _union(waits))
 
 
