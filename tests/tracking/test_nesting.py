@@ -108,12 +108,17 @@ def test_weights_of_no_recorded_training_have_no_training_record(tmp_path):
     assert training_record([checkpoint(tmp_path / "elsewhere" / "model.pt")], uri, "bundle") is None
 
 
-def test_the_training_records_wall_minutes_leave_out_the_time_between_a_kill_and_its_resume(tmp_path):
+def store_of_a_training(tmp_path: Path, folder: str) -> tuple[str, MlflowClient, str]:
+    """A tracking store with the experiment "bundle", and a training folder that recorded the run name run_FOLDER."""
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
-    experiment = client.create_experiment("bundle")
-    (tmp_path / "single").mkdir()
-    (tmp_path / "single" / "mlflow_run_name.txt").write_text("run_single\n")
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "mlflow_run_name.txt").write_text(f"run_{folder}\n")
+    return uri, client, client.create_experiment("bundle")
+
+
+def test_the_training_records_wall_minutes_leave_out_the_time_between_a_kill_and_its_resume(tmp_path):
+    uri, client, experiment = store_of_a_training(tmp_path, "single")
     minute, start = 60_000, 1_796_000_000_000
     run = client.create_run(experiment, start_time=start, run_name="run_single").info.run_id
     # 10 minutes of training, killed; resumed an hour later from step 4 (steps 5 and 6 trained again) for 11 more
@@ -130,11 +135,7 @@ def test_the_training_records_wall_minutes_leave_out_the_time_between_a_kill_and
 
 
 def test_an_ensembles_wall_minutes_leave_out_the_downtime_its_members_shared_once(tmp_path):
-    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("bundle")
-    (tmp_path / "ensemble").mkdir()
-    (tmp_path / "ensemble" / "mlflow_run_name.txt").write_text("run_ensemble\n")
+    uri, client, experiment = store_of_a_training(tmp_path, "ensemble")
     minute, start = 60_000, 1_796_000_000_000
     parent = client.create_run(experiment, start_time=start, run_name="run_ensemble").info.run_id
     for member in (0, 1):  # both killed together at minute 10, both resumed at minute 40, done at minute 50
