@@ -14,6 +14,7 @@ import shlex
 from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, output_dir, passed_arguments
 from medseg.engines.ensemble import EnsembleError, EnsemblePlan, train_ensemble
 from medseg.engines.evaluation import report_table
+from medseg.engines.output_lock import FolderInUse, training_lock
 from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
 from medseg.tracking import check_tracking_server, default_tracking_uri
 
@@ -35,12 +36,18 @@ def _train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: 
 
 
 def _train(args: argparse.Namespace) -> int:
-    overrides = bundle_overrides(args)
     tracking_uri = args.tracking_uri or default_tracking_uri()
     check_tracking_server(tracking_uri)
     plan = ensemble_plan(args)
-    if plan.members > 1:
-        return _train_ensemble(args, plan, tracking_uri)
+    try:
+        with training_lock(output_dir(args)):
+            return _train_ensemble(args, plan, tracking_uri) if plan.members > 1 else _train_one(args, tracking_uri)
+    except FolderInUse as err:
+        raise CLIError(str(err)) from None
+
+
+def _train_one(args: argparse.Namespace, tracking_uri: str) -> int:
+    overrides = bundle_overrides(args)
     overrides["tracking_uri"] = tracking_uri
     if args.quiet:
         overrides["quiet"] = True
