@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from medseg.cli import CLIError, add_overlay_argument, add_precision_argument, bundle_argument, creatable_folder
-from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, LoadedModel, infer_files, load_model
-from medseg.inference.distributed import combined_summary, process_group, rank_device
+from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, LoadedModel, load_model
+from medseg.inference.distributed import RankFailed, infer_files_distributed, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
 
 DEFAULTS = InferenceSettings()
@@ -105,33 +106,24 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CLIError(f"{args.checkpoint}: no such checkpoint")
     creatable_folder(args.output.resolve())  # before the model is loaded
+    load = partial(_loaded_with_arguments, args)
     with process_group() as (rank, world_size):  # under torchrun, each rank predicts its share of the inputs
         try:
-            loaded = load_model(
-                args.model,
-                network=args.network,
-                network_kwargs=args.network_kwargs,
-                overlays=args.overlays,
-                checkpoint=args.checkpoint,
-            )
-            summary = infer_files(
-                _with_arguments(loaded, args),
-                args.inputs,
-                args.output,
-                device=rank_device(args.device),
-                save_prob=args.save_prob,
-                overwrite=args.overwrite,
-                progress=rank == 0,
-                shard=(rank, world_size),
-            )
-        except (OSError, ValueError, KeyError) as err:
+            summary = infer_files_distributed(load, args.inputs, args.output, device=rank_device(args.device),
+                                              save_prob=args.save_prob, overwrite=args.overwrite, progress=rank == 0)
+        except (OSError, ValueError, KeyError, RankFailed) as err:
             raise CLIError(str(err)) from None
-        summary = combined_summary(summary)
     if rank == 0:
         print(f"medseg infer: {summary}" + (f" by {world_size} processes" if world_size > 1 else ""))
         for failure in summary.failures:
             print(f"  failed: {failure}", file=sys.stderr)
     return 1 if summary.failures else 0
+
+
+def _loaded_with_arguments(args: argparse.Namespace) -> LoadedModel:
+    loaded = load_model(args.model, network=args.network, network_kwargs=args.network_kwargs, overlays=args.overlays,
+                        checkpoint=args.checkpoint)
+    return _with_arguments(loaded, args)
 
 
 def _with_arguments(model: LoadedModel, args: argparse.Namespace) -> LoadedModel:

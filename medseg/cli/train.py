@@ -35,6 +35,7 @@ from medseg.engines.finetune import (
     initial_weights_overrides,
     member_initial_weights,
 )
+from medseg.engines.output_lock import FolderInUse, training_lock
 from medseg.engines.workflow import MLFLOW_TRACKING, ConfigError, run_bundle_config
 from medseg.tracking import check_tracking_server, default_tracking_uri
 
@@ -136,13 +137,21 @@ def add_training_folder_arguments(parser: argparse.ArgumentParser, description: 
 
 
 def _train(args: argparse.Namespace) -> int:
-    overrides = bundle_overrides(args)
-    training = folder_training(args)
+    training = folder_training(args)  # checked file by file before anything is written
     tracking_uri = args.tracking_uri or default_tracking_uri()
     check_tracking_server(tracking_uri)
     plan = ensemble_plan(args)
-    if plan.members > 1:
-        return _train_ensemble(args, plan, tracking_uri, training)
+    try:
+        with training_lock(output_dir(args)):
+            if plan.members > 1:
+                return _train_ensemble(args, plan, tracking_uri, training)
+            return _train_one(args, tracking_uri, training)
+    except FolderInUse as err:
+        raise CLIError(str(err)) from None
+
+
+def _train_one(args: argparse.Namespace, tracking_uri: str, training: FolderTraining | None) -> int:
+    overrides = bundle_overrides(args)
     if training is not None:
         overrides.update(folder_training_overrides(args.bundle, training, "train", overrides))
     init = _initial_weights(args, 1) or overrides.get("init_weights")

@@ -14,6 +14,7 @@ bundle's evaluate and inference configs load as the number of networks the weigh
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
     "train_members",
 ]
 
+# prctl's option that sets the signal a process gets when its parent ends (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
 # member k of an ensemble trains with seed + MEMBER_SEED_STEP * k, so the members of the ensembles of seeds 0..9
 # never share an initialisation
 MEMBER_SEED_STEP = 10
@@ -321,11 +324,27 @@ def _start_member(command: list[str], log: Path, cores: set[int] | None, echo_pr
         # one thread per core of the member's share: more would compete with the other members
         env["OMP_NUM_THREADS"] = str(len(cores))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                               errors="replace")
+                               errors="replace", preexec_fn=_dies_with(os.getpid()))
     if cores is not None:
         os.sched_setaffinity(process.pid, cores)
     threading.Thread(target=_tee, args=(process, log, "--resume" in command, echo_prefix), daemon=True).start()
     return process
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """What a member runs between fork and exec so that it ends when ``parent`` does, however that ends (a SIGKILL
+    included, which no handler of the parent's sees): Linux's parent-death signal, sent when the thread that started
+    the member ends (the members are started from the thread that waits for them). ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child only calls it
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent ended before the signal was set
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 def _tee(process: subprocess.Popen, log: Path, append: bool, echo_prefix: str | None) -> None:

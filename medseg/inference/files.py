@@ -152,6 +152,7 @@ def infer_files(
     summary = InferenceSummary(output_dir, failures=failures if rank == 0 else [])
     writer = _FileWriter(output_dir, save_prob, overwrite, {path.resolve() for path in files})
     claimed: list[tuple[Path, dict[str, Path]]] = []
+    # the split of MONAI's partition_dataset (inputs rank, rank + world_size, ...), which refuses fewer inputs than ranks
     for index, path in enumerate(files):
         try:
             outputs = writer.claim(path)

@@ -11,6 +11,8 @@ What it lacks, added here:
 - ``tags`` set on the run when it starts (see ``medseg.tracking.run_tags``);
 - the run found by its id, which ``run_folder`` records (MONAI finds it by its name, and names are not unique):
   a trainer's and its validator's handlers, and a resumed training's, log to the run the folder recorded;
+- the trainer's handler (the one logging iterations) logs ``segment_start`` each time a training process starts,
+  fresh or resumed, so that a record of the run leaves out the time between a kill and its resume;
 - attaching only on rank 0 under DDP (MONAI's bundle settings do this with ``_disabled_``);
 - two trainings that start at once (an ensemble's members) may both find no experiment and both create it; the
   loser's ``RESOURCE_ALREADY_EXISTS`` is retried by MONAI only when the error message names that code, which the
@@ -44,7 +46,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from monai.handlers import MLFlowHandler
 from PIL import Image
 
-from medseg.tracking.record import record_run_id, recorded_run_id
+from medseg.tracking.record import SEGMENT_START_METRIC, record_run_id, recorded_run_id
 from medseg.tracking.store import tag_experiment_kind
 
 __all__ = ["TrackingHandler"]
@@ -135,6 +137,9 @@ class TrackingHandler(MLFlowHandler):
         super().start(engine)
         if self.run_folder and recorded is None and self.cur_run is not None:
             record_run_id(self.run_folder, self.cur_run.info.run_id)
+        if self.iteration_log and self.cur_run is not None:  # the trainer's handler: mark this process's start
+            self.client.log_metric(self.cur_run.info.run_id, SEGMENT_START_METRIC, engine.state.iteration,
+                                   step=engine.state.iteration)
         if self.tags and self.cur_run is not None:
             tags = [RunTag(key, value) for key, value in self.tags.items()]
             self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)

@@ -26,6 +26,7 @@ __all__ = [
     "MACHINE_TAG",
     "RUN_CONTROL_IDS",
     "RUN_ID_FILE",
+    "SEGMENT_START_METRIC",
     "executed_config",
     "hyper_parameters",
     "machine_description",
@@ -38,6 +39,9 @@ __all__ = [
 MACHINE_TAG, COMMAND_TAG = "medseg.machine", "medseg.command"
 # the file in a training's output folder that holds the id of its MLflow run
 RUN_ID_FILE = "mlflow_run_id.txt"
+# logged by a training each time its process starts, fresh or resumed (medseg.tracking.handler), so that the time
+# between a kill and its resume is left out of its wall minutes (medseg.tracking.training_record)
+SEGMENT_START_METRIC = "segment_start"
 
 
 # top-level ids that steer a run rather than describe its model: not logged as MLflow params (params cannot change

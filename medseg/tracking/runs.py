@@ -10,12 +10,13 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from medseg.tracking.record import COMMAND_TAG, MACHINE_TAG, recorded_run_id
+from medseg.tracking.record import COMMAND_TAG, MACHINE_TAG, SEGMENT_START_METRIC, recorded_run_id
 from medseg.tracking.store import sqlite_path, tracking_at
 from medseg.utils import format_table
 
@@ -148,7 +149,7 @@ def training_record(checkpoints: Sequence[str | os.PathLike], tracking_uri: str)
     # a member's run is named after its folder, member<k>
     networks = sorted(members, key=lambda member: int(re.sub(r"\D", "", member.info.run_name.rsplit("_", 1)[-1]) or 0))
     networks = networks or [run]
-    end = run.info.end_time or int(time.time() * 1000)
+    end = (run.info.end_time or int(time.time() * 1000)) - _downtime_ms(client, networks)  # active time only
     return {
         "date": datetime.date.fromtimestamp(run.info.start_time / 1000).isoformat(),
         "machine": run.data.tags.get(MACHINE_TAG, "not recorded"),
@@ -157,6 +158,33 @@ def training_record(checkpoints: Sequence[str | os.PathLike], tracking_uri: str)
         "steps": [max((m.step for m in client.get_metric_history(network.info.run_id, "train_loss")), default=0)
                   for network in networks],
     }
+
+
+def _downtime_ms(client: MlflowClient, networks: Sequence[Any]) -> int:
+    """Milliseconds in which a training waited for a resume: the spans from a network's last ``train_loss`` before
+    a resumed start (:data:`SEGMENT_START_METRIC`) to that start, less the time another network ran meanwhile."""
+    waits, runs = [], []
+    for network in networks:
+        starts = sorted(m.timestamp for m in client.get_metric_history(network.info.run_id, SEGMENT_START_METRIC))
+        losses = sorted(m.timestamp for m in client.get_metric_history(network.info.run_id, "train_loss"))
+        for start, next_start in zip(starts, [*starts[1:], math.inf]):
+            logged = [t for t in losses if start <= t < next_start]
+            runs += [(start, logged[-1])] if logged else []
+            waits += [(logged[-1], next_start)] if logged and next_start < math.inf else []
+    ran = _union(runs)
+    return sum(end - begin - sum(max(0, min(end, stop) - max(begin, go)) for go, stop in ran)
+               for begin, end in _union(waits))
+
+
+def _union(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The disjoint spans covering ``spans`` (``(begin, end)`` pairs), in order."""
+    union: list[tuple[int, int]] = []
+    for begin, end in sorted(spans):
+        if union and begin <= union[-1][1]:
+            union[-1] = (union[-1][0], max(union[-1][1], end))
+        else:
+            union.append((begin, end))
+    return union
 
 
 def _training_folder(checkpoints: Sequence[str | os.PathLike]) -> Path | None:

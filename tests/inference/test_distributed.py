@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,68 @@ def test_torchrun_with_two_gloo_processes_writes_every_input_and_reports_once(tm
     assert re.search(r"1 failed, in \d+\.\d s by 2 processes", result.stdout)
     broken = [line for line in result.stderr.splitlines() if "broken.png" in line and "failed:" in line]
     assert len(broken) == 1 and "rank " in broken[0], result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_ranks(commands: list[list[str]], timeout: float = 300) -> list[tuple[int | None, str]]:
+    """``(exit code, stderr)`` of two gloo ranks started as a multi-node launcher starts them (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_*`` set; no torchrun agent that would stop one rank when the other fails), each with
+    its own command line as two machines may see different files; ``None`` for a rank still running at
+    ``timeout``, which is then killed."""
+    port = free_port()
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
+        **os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for rank, command in enumerate(commands)]
+    deadline, results = time.monotonic() + timeout, []
+    for process in processes:
+        try:
+            results.append((process.wait(max(1.0, deadline - time.monotonic())), process.stderr.read()))
+        except subprocess.TimeoutExpired:
+            results.append((None, ""))
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return results
+
+
+def infer_command(checkpoint: Path, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "medseg", "infer", str(checkpoint), "--network", "unet", "--network-kwargs",
+            json.dumps(NETWORK_KWARGS), "--roi", "16", *arguments]
+
+
+def test_an_error_on_one_rank_ends_every_rank_naming_it_instead_of_leaving_the_others_waiting(tmp_path):
+    checkpoint, broken = tmp_path / "model.pt", tmp_path / "elsewhere" / "model.pt"
+    torch.save(UNet(**NETWORK_KWARGS).state_dict(), checkpoint)
+    broken.parent.mkdir()
+    broken.write_bytes(b"a truncated copy")  # the second machine's copy of the weights
+    photographs(tmp_path / "photos", 2)
+    arguments = (str(tmp_path / "photos"), "-o", str(tmp_path / "out"))
+    results = run_two_ranks([infer_command(checkpoint, *arguments), infer_command(broken, *arguments)])
+    assert all(code is not None for code, _ in results), "a rank was still waiting"
+    for code, stderr in results:
+        assert code == 1
+        assert re.search(rf"rank 1: .*{re.escape(str(broken))}", stderr), stderr[-2000:]
+        assert "Traceback" not in stderr
+
+
+def test_the_inputs_are_listed_once_by_rank_0_so_a_folder_that_changes_cannot_split_them_differently(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    torch.save(UNet(**NETWORK_KWARGS).state_dict(), checkpoint)
+    inputs = photographs(tmp_path / "photos", 3)
+    # the second rank sees the folder after outputs were written into it: a list of its own would shard otherwise
+    seen_later = tmp_path / "photos_later"
+    seen_later.mkdir()
+    for path in [*inputs, tmp_path / "photos" / "photo0_mask.png"]:
+        (seen_later / path.name).write_bytes(inputs[0].read_bytes())
+    out = tmp_path / "out"
+    results = run_two_ranks([infer_command(checkpoint, str(tmp_path / "photos"), "-o", str(out)),
+                             infer_command(checkpoint, str(seen_later), "-o", str(out))])
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert sorted(path.name for path in out.iterdir() if path.name.endswith("_mask.png")) == [
+        f"{path.stem}_mask.png" for path in inputs]

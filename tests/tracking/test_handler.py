@@ -2,10 +2,11 @@
 
 import warnings
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
+from medseg.tracking import SEGMENT_START_METRIC
 from medseg.tracking.handler import TrackingHandler
 
 
@@ -34,3 +35,19 @@ def test_a_training_that_loses_the_race_to_create_the_experiment_logs_to_the_win
     assert not handler.tracking_lost
     assert run.info.run_name == "second" and run.info.status == "FINISHED"
     assert run.data.params["seed"] == "13"
+
+
+def test_the_training_handler_marks_each_start_of_the_training_and_the_validators_do_not(tmp_path):
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    for _ in ("first process", "resumed process"):  # a killed run stays unfinished; the resumed one joins it
+        trainer, validator = Engine(lambda engine, batch: 0.5), Engine(lambda engine, batch: None)
+        TrackingHandler(tracking_uri=uri, experiment_name="resumed", run_name="run", tag_name="train_loss",
+                        output_transform=lambda output: output, close_on_complete=False).attach(trainer)
+        TrackingHandler(tracking_uri=uri, experiment_name="resumed", run_name="run", iteration_log=False,
+                        close_on_complete=False).attach(validator)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: validator.run([0]))
+        trainer.run([0, 1], max_epochs=2)
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
+    assert len(client.get_metric_history(run.info.run_id, SEGMENT_START_METRIC)) == 2

@@ -14,6 +14,7 @@ from monai.utils import path_to_sqlite_uri
 from medseg.tracking import (
     COMMAND_TAG,
     MACHINE_TAG,
+    SEGMENT_START_METRIC,
     evaluation_tags,
     machine_description,
     record_run_id,
@@ -123,3 +124,46 @@ def test_the_training_record_of_shipped_weights_comes_from_the_ensembles_run_and
 def test_weights_of_no_recorded_training_have_no_training_record(tmp_path):
     uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
     assert training_record([checkpoint(tmp_path / "elsewhere" / "model.pt")], uri) is None
+
+
+def store_of_a_training(tmp_path: Path, folder: str) -> tuple[str, MlflowClient, str]:
+    """A tracking store with the experiment "bundle", and the training folder ``folder``."""
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    client = MlflowClient(uri)
+    (tmp_path / folder).mkdir()
+    return uri, client, client.create_experiment("bundle")
+
+
+def test_the_training_records_wall_minutes_leave_out_the_time_between_a_kill_and_its_resume(tmp_path):
+    uri, client, experiment = store_of_a_training(tmp_path, "single")
+    minute, start = 60_000, 1_796_000_000_000
+    run = client.create_run(experiment, start_time=start, run_name="run_single").info.run_id
+    record_run_id(tmp_path / "single", run)
+    # 10 minutes of training, killed; resumed an hour later from step 4 (steps 5 and 6 trained again) for 11 more
+    client.log_metric(run, SEGMENT_START_METRIC, 0, timestamp=start, step=0)
+    for step, at in ((1, 1), (4, 5), (6, 10)):
+        client.log_metric(run, "train_loss", 1.0 / step, timestamp=start + at * minute, step=step)
+    client.log_metric(run, SEGMENT_START_METRIC, 4, timestamp=start + 70 * minute, step=4)
+    for step, at in ((5, 71), (12, 80)):
+        client.log_metric(run, "train_loss", 1.0 / step, timestamp=start + at * minute, step=step)
+    client.set_terminated(run, end_time=start + 81 * minute)
+    record = training_record([checkpoint(tmp_path / "single" / "checkpoints" / "model.pt")], uri)
+    assert record["wall_minutes"] == 81 - 60
+    assert record["steps"] == [12]
+
+
+def test_an_ensembles_wall_minutes_leave_out_the_downtime_its_members_shared_once(tmp_path):
+    uri, client, experiment = store_of_a_training(tmp_path, "ensemble")
+    minute, start = 60_000, 1_796_000_000_000
+    parent = client.create_run(experiment, start_time=start, run_name="run_ensemble").info.run_id
+    record_run_id(tmp_path / "ensemble", parent)
+    for member in (0, 1):  # both killed together at minute 10, both resumed at minute 40, done at minute 50
+        run = client.create_run(experiment, run_name=f"run_member{member}",
+                                tags={"mlflow.parentRunId": parent}).info.run_id
+        client.log_metric(run, SEGMENT_START_METRIC, 0, timestamp=start, step=0)
+        client.log_metric(run, "train_loss", 1.0, timestamp=start + (10 - member) * minute, step=5)
+        client.log_metric(run, SEGMENT_START_METRIC, 4, timestamp=start + 40 * minute, step=4)
+        client.log_metric(run, "train_loss", 0.5, timestamp=start + 50 * minute, step=9)
+    client.set_terminated(parent, end_time=start + 52 * minute)
+    members = [checkpoint(tmp_path / "ensemble" / f"member{k}" / "checkpoints" / "model.pt") for k in range(2)]
+    assert training_record(members, uri)["wall_minutes"] == 52 - 30  # minutes 10 to 40: no member ran
