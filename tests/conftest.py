@@ -10,10 +10,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from medseg.data.synthetic import write_synthetic_drive
+from medseg.networks import UNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")).resolve()
@@ -95,3 +97,16 @@ def synthetic_drive_template(tmp_path_factory) -> Path:
 def synthetic_drive(synthetic_drive_template, tmp_path) -> Path:
     """A private, modifiable copy of the synthetic DRIVE folder."""
     return Path(shutil.copytree(synthetic_drive_template, tmp_path / "drive"))
+
+
+@pytest.fixture
+def net2d() -> torch.nn.Module:
+    """A small random 2D U-Net, RGB in, one logit channel out (the inference and fundus tests' network)."""
+    torch.manual_seed(0)
+    return UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16)).eval()
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """A (3, 70, 90) uint8 image of uniform noise."""
+    return np.random.default_rng(0).integers(0, 256, (3, 70, 90), dtype=np.uint8)

@@ -13,18 +13,6 @@ import torch
 
 from medseg.fundus import FundusSteps, standardize_inside_fov
 from medseg.inference import ImageMeta, InferenceSettings, LoadedModel, predict, predict_image
-from medseg.networks import UNet
-
-
-@pytest.fixture
-def net2d() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16)).eval()
-
-
-@pytest.fixture
-def image() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (3, 70, 90), dtype=np.uint8)
 
 
 def run(network: torch.nn.Module, image: np.ndarray, fov: np.ndarray | None = None, **settings) -> torch.Tensor:

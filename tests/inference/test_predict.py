@@ -11,17 +11,6 @@ from medseg.inference import predict, resolve_precision
 from medseg.networks import UNet
 
 
-@pytest.fixture
-def net2d() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return UNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 8, 16)).eval()
-
-
-@pytest.fixture
-def image() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (3, 70, 90), dtype=np.uint8)
-
-
 def test_uint8_windows_match_monai_on_the_float_image(net2d):
     image = np.random.default_rng(1).integers(0, 256, (3, 70, 90), dtype=np.uint8)
     probs = predict(net2d, image, roi_size=(32, 32), sw_batch_size=3, normalization="scale255", precision="float32")
