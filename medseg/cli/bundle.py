@@ -1,5 +1,5 @@
 """``medseg bundle list`` / ``info BUNDLE``: what the MONAI bundles are, from their files; ``export NAME DIR``: a
-plain bundle folder; ``ship``: release weights.
+plain bundle folder (``--onnx``: with ``models/model.onnx``); ``ship``: release weights.
 
 ``list`` and ``info`` read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config
 expression is evaluated, so looking at a bundle does not run it. ``ship BUNDLE CHECKPOINT`` runs the bundle's
@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, ensemble_plan, joined_weights, output_dir
 from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.workflow import run_bundle_config
+from medseg.inference import export_onnx, load_model
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
 from medseg.utils import atomic_folder, format_table
@@ -250,6 +251,11 @@ def _export(args: argparse.Namespace) -> int:
             copy = staging / path.relative_to(source)
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, copy)
+        if args.onnx:
+            try:
+                files.append(export_onnx(load_model(staging), staging / "models" / "model.onnx"))
+            except (FileNotFoundError, ValueError) as err:
+                raise CLIError(f"{source}: no ONNX export ({err}); nothing exported") from None
     meta = read_metadata(target)
     print(f"{target}: {source.name} {meta.get('version', '-')}, {len(files)} files")
     print(f"run it with MONAI's runner from there: cd {target} && python -m monai.bundle run --config_file "
@@ -291,6 +297,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("bundle", help="a shipped bundle's name (see `medseg bundle list`) or a bundle folder")
     export.add_argument("directory", type=Path, help="the new bundle folder")
     export.add_argument("--root", type=Path, default=None, help=root_help)
+    export.add_argument("--onnx", action="store_true",
+                        help="also write models/model.onnx: the network, batch norms folded, with dynamic batch and "
+                        "spatial axes (OpenVINO and ONNX Runtime read it)")
     export.set_defaults(func=_export)
 
     ship = commands.add_parser(
