@@ -29,11 +29,14 @@ logger = logging.getLogger(__name__)
 def prepare_network(model: LoadedModel, device: str | torch.device = "cpu") -> PreparedNetwork:
     """``model.network`` ready for :func:`~medseg.inference.predict` on ``device`` by the model's ``runtime`` and
     ``precision`` settings; int8 first draws its calibration windows from the bundle's training photographs
-    (:func:`~medseg.inference.calibration.calibration_windows`). Logs the runtime and precision."""
+    (:func:`~medseg.inference.calibration.calibration_windows`). Logs the runtime and precision. A network that
+    is already a :class:`PreparedNetwork` is returned as it is (it keeps its runtime and precision)."""
     settings = model.settings
+    if isinstance(model.network, PreparedNetwork):
+        return model.network
     runtime = resolve_runtime(settings.runtime, device)
-    logger.info("inference on %s in %s", "OpenVINO" if runtime == "openvino" else "PyTorch",
-                describe_precision(settings.precision, device))
+    logger.info("inference in %s, by %s", describe_precision(settings.precision, device),
+                "OpenVINO" if runtime == "openvino" else "PyTorch")
     if runtime == "torch":
         return InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)
     from medseg.inference.openvino_runtime import OpenVINONetwork
