@@ -474,8 +474,9 @@ def cohort(drive: Path, photographs: int) -> dict:
             "per_hour": photographs / walls[fastest] * 3600}
 
 
-def openvino_report(windows: dict[str, dict], cohort_row: dict | None) -> str:
-    """The window table on the validation photographs and the cohort row, as Markdown."""
+def openvino_report(windows: dict[str, dict], cohort_row: dict | None, limit: int | None = None) -> str:
+    """The window table on the validation photographs (``limit``: a trial on the first photographs of each set) and
+    the cohort row, as Markdown."""
     lines = []
     if windows:
         names = list(next(iter(windows.values()))["scores"])
@@ -483,7 +484,8 @@ def openvino_report(windows: dict[str, dict], cohort_row: dict | None) -> str:
             "", "## Windows on the validation photographs", "",
             f"Reference: `{VALIDATION_REFERENCE}` (window, overlap, batch, runtime, precision). A candidate passes "
             f"when F1 and AUC-ROC (FOV-pooled, at 0.5) are within {SAME_SCORE} of the reference's on every set and "
-            f"at least {SAME_MASK:.1%} of the FOV pixels keep the reference's mask. Wall: predicting only, 1 thread.",
+            f"at least {SAME_MASK:.1%} of the FOV pixels keep the reference's mask. Wall: predicting only, 1 thread."
+            + (f" A trial: the first {limit} photograph(s) of each set only." if limit else ""),
             "",
             "| candidate | wall (s) | " + " | ".join(f"{name} F1 / AUC-ROC" for name in names)
             + " | same mask (FOV) | passes |",
@@ -753,7 +755,7 @@ def main() -> None:
                   if args.validation_windows else {})
     cohort_row = cohort(args.drive, args.cohort) if args.cohort else None
     args.out.write_text(report(rows, peaks, sweep, train, processes, command.strip(), windows, source)
-                        + openvino_report(validation, cohort_row))
+                        + openvino_report(validation, cohort_row, args.validation_photographs))
     print(args.out.read_text())
 
 
