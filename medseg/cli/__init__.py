@@ -72,7 +72,21 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         help="auto: bfloat16 where the device computes it natively (CPUs with AMX or AVX512-BF16, GPUs from sm_80), "
-        f"float32 elsewhere; the log says which (default: the bundle's, else {InferenceSettings.precision})",
+        "float32 elsewhere; the log says which; int8: OpenVINO only, quantized on windows of the bundle's training "
+        f"photographs (default: the bundle's, else {InferenceSettings.precision})",
+    )
+
+
+def add_runtime_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--runtime``; left out, ``default`` applies (the model's own setting, or evaluation's)."""
+    from medseg.inference import RUNTIMES
+
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="what computes the network: torch, openvino (CPU; pip install 'medseg[openvino]'; converted once per "
+        "weights and cached) or auto (OpenVINO on a CPU where it is installed, else torch); windows, TTA, scale "
+        f"and FOV are medseg's on each (default: {default})",
     )
 
 

@@ -1,5 +1,5 @@
 """``medseg bundle list`` / ``info BUNDLE``: what the MONAI bundles are, from their files; ``export NAME DIR``: a
-plain bundle folder; ``ship``: release weights.
+plain bundle folder (``--onnx``: with ``models/model.onnx``); ``ship``: release weights.
 
 ``list`` and ``info`` read ``configs/metadata.json`` and ``configs/train.yaml`` as data (JSON / YAML); no config
 expression is evaluated, so looking at a bundle does not run it. ``ship BUNDLE CHECKPOINT`` runs the bundle's
@@ -38,6 +38,7 @@ from medseg.engines.evaluation import eval_metrics_from_report, evaluate_vessel_
 from medseg.engines.finetune import fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics
 from medseg.inference import load_model
 from medseg.engines.workflow import run_bundle_config
+from medseg.inference import export_onnx, load_model
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
 from medseg.utils import atomic_folder, format_table, one_line
@@ -308,6 +309,11 @@ def _export(args: argparse.Namespace) -> int:
                 copy = staging / path.relative_to(source)
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, copy)
+            if args.onnx:
+                try:
+                    files.append(export_onnx(load_model(staging), staging / "models" / "model.onnx"))
+                except (FileNotFoundError, ValueError) as err:
+                    raise CLIError(f"{source}: no ONNX export ({err}); nothing exported") from None
     except OSError as err:  # a full disk, a target below a file, a read-only folder
         raise CLIError(f"{target}: {err.strerror or err}; nothing exported") from None
     print(f"{target}: {source.name} {meta.get('version', '-')}, {len(files)} files")
@@ -350,6 +356,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("bundle", help="a shipped bundle's name (see `medseg bundle list`) or a bundle folder")
     export.add_argument("directory", type=Path, help="the new bundle folder")
     export.add_argument("--root", type=Path, default=None, help=root_help)
+    export.add_argument("--onnx", action="store_true",
+                        help="also write models/model.onnx: the network, batch norms folded, with dynamic batch and "
+                        "spatial axes (OpenVINO and ONNX Runtime read it)")
     export.set_defaults(func=_export)
 
     ship = commands.add_parser(

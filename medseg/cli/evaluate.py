@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError, add_bundle_arguments, bundle_overrides, config_failure, joined_weights, output_dir
+from medseg.cli import (
+    CLIError,
+    add_bundle_arguments,
+    add_runtime_argument,
+    bundle_overrides,
+    config_failure,
+    joined_weights,
+    output_dir,
+)
 from medseg.data import DatasetError, vessel_folder_records
 from medseg.engines.ensemble import EnsembleError, evaluate_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder, report_table
@@ -39,7 +47,8 @@ def _evaluate_folder(args: argparse.Namespace) -> int:
             model = load_model(args.bundle, overlays=args.overlays, overrides=bundle_overrides(args),
                                checkpoint=checkpoint)
             report = evaluate_vessel_folder(model, records, metrics_file, label_positive=args.label_positive,
-                                            device=args.device, precision=args.precision)
+                                            device=args.device, precision=args.precision,
+                                            runtime=args.runtime or "torch")
         except (DatasetError, FileNotFoundError, ValueError) as err:
             raise CLIError(str(err)) from None
     print(report_table({key: value for key, value in report.items() if key != "per_image"}))
@@ -54,6 +63,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     overrides = bundle_overrides(args)
     metrics_file = output_dir(args) / f"metrics_{args.split}.json"
     overrides.update(split=args.split, metrics_file=str(metrics_file))
+    if args.runtime is not None:
+        overrides["runtime"] = args.runtime
     try:
         evaluate_checkpoints(args.bundle, args.checkpoints, args.overlays, overrides,
                              tracking_uri=args.tracking_uri or default_tracking_uri())
@@ -77,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="weights to evaluate (default: BUNDLE/models/model.pt); repeat it to evaluate the ensemble of the "
         "networks, each trained by its own run",
     )
+    add_runtime_argument(parser, "torch, as the bundle's evaluate.yaml")
     parser.add_argument("--split", choices=("val", "test"), default="test", help="which images (default: test)")
     parser.add_argument("--tracking-uri", help="MLflow store of the evaluation run (default: sqlite:///mlflow.db "
                         "here); a checkpoint of a medseg train run is evaluated in a run nested under it")
@@ -94,5 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     folders.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     folders.add_argument("--precision", choices=PRECISIONS, default="float32",
-                         help="float32 (default: scores that reproduce on any machine), bfloat16 or auto, as medseg infer")
+                         help="float32 (default: scores that reproduce on any machine), bfloat16, auto or int8 (--runtime "
+                         "openvino), as medseg infer")
     parser.set_defaults(func=_evaluate)

@@ -15,15 +15,22 @@ from pathlib import Path
 
 import torch
 
-from medseg.cli import CLIError, add_overlay_argument, add_precision_argument, bundle_argument, creatable_folder
+from medseg.cli import (
+    CLIError,
+    add_overlay_argument,
+    add_precision_argument,
+    add_runtime_argument,
+    bundle_argument,
+    creatable_folder,
+)
 from medseg.inference import DEFAULT_PROBABILITY_DTYPE, InferenceSettings, LoadedModel, load_model
 from medseg.inference.distributed import RankFailed, infer_files_distributed, process_group, rank_device
 from medseg.inference.predict import TTA_MODES
 
 DEFAULTS = InferenceSettings()
 # the settings a flag of the same name overrides
-OVERRIDABLE = ("sw_overlap", "sw_batch_size", "mode", "threshold", "normalization", "tta", "precision", "fov",
-               "scale", "upsampled_edge_erosion", "slice_axis")
+OVERRIDABLE = ("sw_overlap", "sw_batch_size", "mode", "threshold", "normalization", "tta", "precision", "runtime",
+               "fov", "scale", "upsampled_edge_erosion", "slice_axis")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_precision_argument(parser)
+    add_runtime_argument(parser, f"the bundle's, else {DEFAULTS.runtime}")
     parser.add_argument(
         "--save-prob",
         nargs="?",

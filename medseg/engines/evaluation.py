@@ -6,7 +6,6 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from ignite.engine import Engine, Events
 
 from medseg.data import read_binary, read_vessel_label, validate_vessel_records
 from medseg.data.files import read_pixels
-from medseg.inference import InferenceNetwork, LoadedModel, fov_for, predict_image, read_image
+from medseg.inference import LoadedModel, fov_for, predict_image, prepare_network, read_image
 from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
 from medseg.utils import atomic_write_text, format_table
 
@@ -134,6 +133,7 @@ def evaluate_vessel_folder(
     label_positive: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     precision: str = "float32",
+    runtime: str = "torch",
 ) -> dict:
     """Score ``model`` on any labelled vessel dataset, every image through the inference path of ``medseg infer``
     (the model's settings, ``--scale auto`` for fundus models), and write the report as JSON.
@@ -145,13 +145,14 @@ def evaluate_vessel_folder(
 
     Report keys: ``images``, ``fov`` ("given masks" or "estimated"), ``threshold_0.5``, ``threshold_val`` (at
     the model's ``validation_threshold``, when it has one) and ``per_image`` ({id: F1 at 0.5}). ``precision``
-    replaces the model's own (float32 by default, as the bundles' evaluate.yaml).
+    and ``runtime`` replace the model's own (float32 on PyTorch by default, as the bundles' evaluate.yaml).
     """
     validate_vessel_records(records, label_positive)
     # float32 by default, as the bundles' evaluate.yaml: scores that reproduce on any machine
-    settings = replace(model.settings, precision=precision)
+    model = model.with_settings(precision=precision, runtime=runtime)
+    settings = model.settings
     pooled, per_image = FOVVesselMetrics(), {}
-    network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)
+    network = prepare_network(model, device)
     for record in records:
         image, meta = read_image(Path(record["image"]))
         if "mask" in record:

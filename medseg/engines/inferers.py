@@ -17,6 +17,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from medseg.inference import InferenceSettings, LoadedModel, PreparedNetwork, prepare_network, weights_digest
 from medseg.inference.predict import predict
 
 __all__ = ["AutocastInferer", "PredictInferer"]
@@ -27,20 +28,35 @@ class PredictInferer(Inferer):
 
     Args:
         roi_size: sliding-window size.
+        runtime: what computes the network (:func:`~medseg.inference.resolve_runtime`); other than ``"torch"``,
+            the network is prepared once per weights (:func:`~medseg.inference.prepare_network`).
         predict_kwargs: any other keyword argument of :func:`~medseg.inference.predict` (``sw_overlap``,
             ``sw_batch_size``, ``mode``, ``normalization``, ``activation``, ``tta``, ``precision``, ...).
     """
 
-    def __init__(self, roi_size: Sequence[int], **predict_kwargs: Any) -> None:
+    def __init__(self, roi_size: Sequence[int], runtime: str = InferenceSettings.runtime, **predict_kwargs: Any) -> None:
         super().__init__()
         self.roi_size = tuple(roi_size)
+        self.runtime = runtime
         self.predict_kwargs = predict_kwargs
+        self._prepared: tuple[tuple[int, str], PreparedNetwork] | None = None
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         device = inputs.device
         images = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # plain tensors: no meta tracking
+        if self.runtime != "torch":
+            network = self._prepared_network(network, device)
         probs = [predict(network, image, roi_size=self.roi_size, device=device, **self.predict_kwargs) for image in images]
         return torch.stack(probs).to(device=device, dtype=torch.float32)
+
+    def _prepared_network(self, network: torch.nn.Module, device: torch.device) -> PreparedNetwork:
+        """``network`` on the runtime, prepared again only when it is another network or its weights changed."""
+        identity = (id(network), weights_digest(network))
+        if self._prepared is None or self._prepared[0] != identity:
+            precision = self.predict_kwargs.get("precision", InferenceSettings.precision)
+            settings = InferenceSettings(roi_size=self.roi_size, precision=precision, runtime=self.runtime)
+            self._prepared = identity, prepare_network(LoadedModel(network, settings), device)
+        return self._prepared[1]
 
 
 def _to_float32(output: Any) -> Any:

@@ -13,6 +13,7 @@ from medseg.inference.files import (
     infer_files,
     predict_image,
 )
+from medseg.inference.export import ONNX_OPSET, export_onnx
 from medseg.inference.io import (
     DEFAULT_PROBABILITY_DTYPE,
     ImageMeta,
@@ -25,19 +26,25 @@ from medseg.inference.io import (
 )
 from medseg.inference.loading import (
     LoadedModel,
+    bundle_training_images,
     ensemble_members_in,
     load_model,
     network_input,
     read_state_dict,
     settings_from_metadata,
 )
+from medseg.inference.prepare import prepare_network
 from medseg.inference.predict import NORMALIZATIONS, predict
 from medseg.inference.runtime import (
     PRECISIONS,
+    RUNTIMES,
     InferenceNetwork,
+    PreparedNetwork,
     describe_precision,
     native_bfloat16,
     resolve_precision,
+    resolve_runtime,
+    weights_digest,
 )
 from medseg.inference.settings import InferenceSettings, complete_settings
 
@@ -45,7 +52,9 @@ __all__ = [
     "DEFAULT_PROBABILITY_DTYPE",
     "GEOMETRY_FILE",
     "NORMALIZATIONS",
+    "ONNX_OPSET",
     "PRECISIONS",
+    "RUNTIMES",
     "ImageMeta",
     "ImagePrediction",
     "InferenceFailed",
@@ -53,10 +62,13 @@ __all__ = [
     "InferenceSettings",
     "InferenceSummary",
     "LoadedModel",
+    "PreparedNetwork",
+    "bundle_training_images",
     "complete_settings",
     "describe_precision",
     "ensemble_members_in",
     "expand_inputs",
+    "export_onnx",
     "fov_for",
     "infer_files",
     "is_supported",
@@ -66,10 +78,13 @@ __all__ = [
     "output_paths",
     "predict",
     "predict_image",
+    "prepare_network",
     "read_image",
     "read_state_dict",
     "resolve_precision",
+    "resolve_runtime",
     "settings_from_metadata",
+    "weights_digest",
     "write_mask",
     "write_overlay",
     "write_probabilities",

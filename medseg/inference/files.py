@@ -38,7 +38,7 @@ from medseg.inference.loading import LoadedModel, network_input
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.predict import predict
 from medseg.utils import atomic_path, atomic_write_text, full_suffix
-from medseg.inference.runtime import InferenceNetwork, describe_precision
+from medseg.inference.prepare import prepare_network
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ def infer_files(
     """
     settings = model.settings
     output_dir = Path(output_dir)
-    network = InferenceNetwork.of(model.network, device, settings.precision, settings.spatial_dims)  # prepared once
-    logger.info("inference in %s", describe_precision(settings.precision, device))
+    network = prepare_network(model, device)  # once, on the model's runtime
     rank, world_size = shard
     start = time.perf_counter()
     files, failures = expand_inputs(inputs)

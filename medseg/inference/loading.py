@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from medseg.utils import one_line
 
 __all__ = [
     "LoadedModel",
+    "bundle_training_images",
     "ensemble_members_in",
     "load_model",
     "network_input",
@@ -47,17 +49,19 @@ SETTINGS_ID = "inference_settings"
 class LoadedModel:
     """A network (logits out) with its inference settings, which are completed from the network when the model
     is made (:func:`complete_settings`): what :func:`~medseg.inference.infer_files`, the evaluations and the
-    MLflow model take."""
+    MLflow model take. ``training_images`` lists the photographs the network was trained on (a bundle's training
+    split, read only when called): what precision int8 calibrates on."""
 
     network: torch.nn.Module
     settings: InferenceSettings = field(default_factory=InferenceSettings)
+    training_images: Callable[[], Sequence[str | Path]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", complete_settings(self.network, self.settings))
 
     def with_settings(self, **changes: Any) -> LoadedModel:
         """The same network with some settings changed (``fov=``, ``precision=``, ...)."""
-        return LoadedModel(self.network, replace(self.settings, **changes))
+        return LoadedModel(self.network, replace(self.settings, **changes), self.training_images)
 
 
 def load_model(
@@ -237,11 +241,23 @@ def _load_bundle(
         weights = checkpoint or folder / "models" / "model.pt"
         scripted = folder / "models" / "model.ts"
         if checkpoint is None and not weights.is_file() and scripted.is_file():
-            return LoadedModel(torch.jit.load(str(scripted), map_location="cpu").eval(), settings)
+            return LoadedModel(torch.jit.load(str(scripted), map_location="cpu").eval(), settings,
+                               partial(bundle_training_images, folder, overlays))
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no such checkpoint (give one with --checkpoint)")
         state_dict = read_state_dict(weights)
         parser.update(ensemble_override(parser, state_dict, str(weights), folder))
         module = parser.get_parsed_content("network_def")
     _load_weights(module, state_dict, weights, str(folder))
-    return LoadedModel(module.eval(), settings)
+    return LoadedModel(module.eval(), settings, partial(bundle_training_images, folder, overlays))
+
+
+def bundle_training_images(folder: str | Path, overlays: Sequence[str | Path] = ()) -> list[str]:
+    """The photographs of a bundle's training split: the ``calibration_images`` id of its ``configs/train.yaml``
+    (with ``overlays``), never the validation or test images."""
+    folder = Path(folder).resolve()
+    parser = read_bundle_config(folder, "train", overlays)
+    if "calibration_images" not in parser:
+        raise ValueError(f"{folder / 'configs' / 'train.yaml'}: no 'calibration_images' id (its training photographs)")
+    with contextlib.chdir(folder):  # the config's paths are relative to the bundle
+        return [str(path) for path in parser.get_parsed_content("calibration_images")]

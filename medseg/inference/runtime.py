@@ -12,12 +12,19 @@ of a U-Net's time), and every 2x max pooling becomes an element-wise maximum of 
 a time (:class:`HalvingMaxPool`: the same values, in half of PyTorch's time for channels-last bf16 batches, where
 max pooling took a tenth of a U-Net's time). The copy is in the channels-last layout (2D, 3D) and in bfloat16 when
 asked.
+
+:func:`resolve_runtime` picks the runtime that computes the network: PyTorch (:class:`InferenceNetwork`) or
+OpenVINO (:class:`medseg.inference.openvino_runtime.OpenVINONetwork`, CPUs only, with the optional extra
+``medseg[openvino]``). Both are a :class:`PreparedNetwork`: :func:`~medseg.inference.predict` calls either alike.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import hashlib
+import importlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -27,16 +34,32 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "PRECISIONS",
+    "RUNTIMES",
     "HalvingMaxPool",
     "InferenceNetwork",
+    "PreparedNetwork",
     "Precision",
     "describe_precision",
+    "example_sizes",
+    "exportable_network",
     "native_bfloat16",
     "resolve_precision",
+    "resolve_runtime",
+    "weights_digest",
 ]
 
-Precision = Literal["auto", "float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+logger = logging.getLogger(__name__)
+
+# The example input traced for OpenVINO and ONNX is this size along every spatial axis: odd at each of 7 halvings
+# (255, 127, ..., 1), so the traced graph holds a U-Net's padding of odd decoder sizes (medseg.networks.blocks)
+# and serves windows of any size; a network that refuses it is traced at its window size instead.
+_ODD_EXAMPLE_SIZE = 255
+
+# int8: OpenVINO only, quantized by NNCF on windows of the bundle's training photographs
+Precision = Literal["auto", "float32", "bfloat16", "int8"]
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "int8")
+Runtime = Literal["torch", "openvino", "auto"]
+RUNTIMES: tuple[str, ...] = ("torch", "openvino", "auto")
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -57,7 +80,7 @@ def native_bfloat16(device: str | torch.device) -> str | None:
     return None
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> Literal["float32", "bfloat16"]:
+def resolve_precision(precision: str, device: str | torch.device) -> Literal["float32", "bfloat16", "int8"]:
     """``precision`` itself, or for ``"auto"``: bfloat16 where :func:`native_bfloat16` finds native support,
     float32 elsewhere."""
     if precision not in PRECISIONS:
@@ -75,7 +98,72 @@ def describe_precision(precision: str, device: str | torch.device) -> str:
     return f"{resolved} (auto: {native_bfloat16(device) or 'no native bfloat16'} on {device})"
 
 
-class InferenceNetwork(nn.Module):
+def resolve_runtime(runtime: str, device: str | torch.device) -> Literal["torch", "openvino"]:
+    """``runtime`` itself, or for ``"auto"``: OpenVINO on the CPU where it is installed, else PyTorch (saying so
+    in one log line when OpenVINO is missing). OpenVINO on any other device raises ``ValueError``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if runtime == "openvino" and not on_cpu:
+        raise ValueError(f"the OpenVINO runtime computes on the CPU, not on {device}")
+    if runtime != "auto":
+        return runtime  # type: ignore[return-value]
+    if not on_cpu:
+        return "torch"
+    try:
+        importlib.import_module("openvino")
+    except ImportError:
+        logger.info("runtime auto: OpenVINO is not installed (pip install 'medseg[openvino]'), running on PyTorch")
+        return "torch"
+    return "openvino"
+
+
+def weights_digest(network: nn.Module) -> str:
+    """SHA-256 of ``network``'s state dict: every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _FirstOutput(nn.Module):
+    """The network with a deep-supervised list output reduced to its first element, as :class:`InferenceNetwork`."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x)
+        return logits[0] if isinstance(logits, (list, tuple)) else logits
+
+
+def exportable_network(network: nn.Module) -> nn.Module:
+    """A float32 eval-mode copy of ``network`` on the CPU with its batch norms folded and one output (TorchScript
+    modules as they are): what OpenVINO converts and ONNX exports."""
+    if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        network = network.module
+    if isinstance(network, torch.jit.ScriptModule):
+        return network.eval().float()
+    return _FirstOutput(fold_batch_norms(copy.deepcopy(network).eval().float().cpu()))
+
+
+def example_sizes(roi_size: Sequence[int]) -> list[tuple[int, ...]]:
+    """The spatial sizes to trace a network at for a graph of dynamic size, in order of preference: the odd size,
+    then the window size (for a network that refuses the odd one)."""
+    return [(_ODD_EXAMPLE_SIZE,) * len(roi_size), tuple(roi_size)]
+
+
+class PreparedNetwork(nn.Module):
+    """A network ready for :func:`~medseg.inference.predict`: windows (N, C_in, *S) in float32 on its device in,
+    float32 logits (N, C_out, *S) out. :meth:`InferenceNetwork.of` passes one through unchanged."""
+
+    precision: str
+
+
+class InferenceNetwork(PreparedNetwork):
     """A trained network prepared for inference on one device at one precision; returns float32 logits.
 
     Shapes: those of the wrapped network, (N, C_in, *S) -> (N, C_out, *S) (a deep-supervised network's list
@@ -103,6 +191,8 @@ class InferenceNetwork(nn.Module):
         super().__init__()
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.precision == "int8":
+            raise ValueError("precision int8 runs on the OpenVINO runtime only (runtime openvino or auto)")
         self.dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         self.memory_format = {2: torch.channels_last, 3: torch.channels_last_3d}.get(spatial_dims or 0)
         if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -125,10 +215,10 @@ class InferenceNetwork(nn.Module):
     @classmethod
     def of(
         cls, network: nn.Module, device: str | torch.device, precision: str, spatial_dims: int | None = None
-    ) -> InferenceNetwork:
-        """``network`` prepared for inference, or ``network`` itself if it already is (it keeps its device and
-        precision)."""
-        return network if isinstance(network, cls) else cls(network, device, precision, spatial_dims)
+    ) -> PreparedNetwork:
+        """``network`` prepared for inference, or ``network`` itself if it already is a :class:`PreparedNetwork`
+        (it keeps its runtime, device and precision)."""
+        return network if isinstance(network, PreparedNetwork) else cls(network, device, precision, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.memory_format is not None:

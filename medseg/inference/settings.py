@@ -31,7 +31,10 @@ class InferenceSettings:
     threshold: float = 0.5
     tta: bool | str = False  # as predict(): False / True, or "none" / "flips" / "dihedral"
     preprocessing: str = "rgb"
-    precision: str = "auto"  # as predict(): auto (bfloat16 where the device runs it natively), float32, bfloat16
+    # as predict(): auto (bfloat16 where the device runs it natively), float32, bfloat16; int8 (OpenVINO only)
+    precision: str = "auto"
+    # what computes the network: torch, openvino (CPU) or auto (OpenVINO on a CPU where it is installed)
+    runtime: str = "torch"
     # 2D field of view: "auto" (fundus estimate), "none", or a folder of masks NAME.* / NAME_mask.*;
     # None: auto for fundus models, none otherwise
     fov: str | None = None
