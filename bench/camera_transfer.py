@@ -45,7 +45,7 @@ from medseg.inference import LoadedModel, load_model
 from medseg.tracking import training_record
 
 import common
-from common import DATA, REPO, RESULTS, machine_line, markdown_table, save_member
+from common import DATA, REPO, RESULTS, commands_section, machine_line, markdown_table, save_member
 
 BUNDLE = REPO / "bundles" / "drive_vessel_unet"
 PRESET = "configs/cpu_budget.yaml"
@@ -340,10 +340,8 @@ def table() -> str:
         "",
         *(f"- {choice.text}" for choice in choices(runs)),
         "",
-        "Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S [--test]` scores):",
-        "",
-        *commands,
-        "",
+        *commands_section("Commands (from the repository root; `python bench/camera_transfer.py score ROW --seed S "
+                          "[--test]` scores):", commands),
     ])
 
 

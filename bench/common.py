@@ -44,6 +44,11 @@ def markdown_table(header: list[str], rows: list[list[str]], text_columns: int |
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def commands_section(heading: str, commands: list[str]) -> list[str]:
+    """The closing lines of a results file: ``heading``, then one markdown line per command that made a row."""
+    return [heading, "", *commands, ""]
+
+
 def save_member(bundle: Path, member: int, path: Path) -> Path:
     """Write member ``member`` of ``bundle``'s shipped ensemble (``models/model.pt``) to ``path`` as the float32
     weights of one network; returns ``path``."""

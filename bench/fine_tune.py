@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import subprocess
 import sys
@@ -32,18 +31,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.engines.ensemble import join_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import load_model
-from medseg.tracking import machine_description
 
-REPO = Path(__file__).resolve().parents[1]
+from common import DATA, REPO, WORK, commands_section, machine_line, markdown_table
+
 BUNDLE = "drive_vessel_unet"
-DATA = REPO.parent / "shared" / "data"
-WORK = REPO / "bench" / "work" / "fine_tune"
+WORK = WORK / "fine_tune"
 # LES-AV training/ photographs held out for validation, and of the rest those of the 3-photograph variant
 VAL_PHOTOGRAPHS, FEW_PHOTOGRAPHS, SPLIT_SEED = 3, 3, 0
 
@@ -160,21 +156,22 @@ def score(name: str, work: Path, test: bool) -> dict:
 def table(work: Path) -> str:
     scores, facts = recorded(work), json.loads((work / "facts.json").read_text()) if (work / "facts.json").is_file() else {}
     chosen = chosen_rows(scores)
-    lines = ["| row | change | budget (min) | trained in (s) | " + " | ".join(f"{t} F1 / AUC" for t, _, _ in SETS)
-             + " | chosen |", "|---|---|---:|---:|" + "---:|" * len(SETS) + "---|"]
+    header = ["row", "change", "budget (min)", "trained in (s)", *(f"{t} F1 / AUC" for t, _, _ in SETS), "chosen"]
+    rows = []
     for name in [name for name in ROWS if name in scores]:
         cells = [f"{scores[name][split]['f1']:.4f} / {scores[name][split]['auc_roc']:.4f}" if split in scores[name]
                  else "-" for _, split, _ in SETS]
         fact = facts.get(name, {})
-        lines.append(f"| {name} | {ROWS[name].change} | {fact.get('budget', '-')} | {fact.get('seconds', '-')} | "
-                     + " | ".join(cells) + f" | {'**chosen**' if name in chosen else ''} |")
+        rows.append([name, ROWS[name].change, str(fact.get("budget", "-")), str(fact.get("seconds", "-")), *cells,
+                     "**chosen**" if name in chosen else ""])
+    lines = markdown_table(header, rows, text_columns=(0, 1, len(header) - 1))
     commands = [f"- `{name}`: `{shlex.join(['medseg', *train_args(name, Path('bench/work/fine_tune'), None)])}`"
                 for name in ROWS]
     return "\n".join([
         "# Fine-tuning drive_vessel_unet on another camera (LES-AV), chosen on validation data",
         "",
-        f"- Written on {machine_description()} ({platform.node()}), {datetime.date.today().isoformat()}, torch "
-        f"{torch.__version__}, Python {platform.python_version()}, by `python bench/fine_tune.py table`; each row "
+        f"- Written on {machine_line()}, {datetime.date.today().isoformat()}, by `python bench/fine_tune.py table`; "
+        "each row "
         "by `python bench/fine_tune.py run ROW` (the command below), test columns by `score ROW --test`.",
         "- Every row fine-tunes both members of the shipped ensemble (one per core) from their own weights on 8 of "
         "LES-AV's 11 training photographs (3 in the `few_` rows) and validates on the other 3 (split seed 0).",
@@ -183,10 +180,7 @@ def table(work: Path) -> str:
         "",
         *lines,
         "",
-        "Commands (from the repository root):",
-        "",
-        *commands,
-        "",
+        *commands_section("Commands (from the repository root):", commands),
     ])
 
 
