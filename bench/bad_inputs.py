@@ -40,8 +40,6 @@ MEDSEG_SCRIPT = Path(sys.executable).parent / "medseg"
 SANDBOX_NAME = "$CASE"
 # the warning MONAI's runner prints for every config it parses, good input or bad
 MONAI_TRUST_WARNING = "monai/bundle/scripts.py"
-TRAINING_READS_LATE = ("the records validated before training (MONAI's loader meets the file mid-epoch, with a "
-                       "traceback) and issue #34 item 14 (a failed run leaves config_*.json in the output folder)")
 MONAI_READS_METADATA = ("MONAI: its runner reads metadata.json itself (ConfigParser.read_meta) and lets json's error "
                         "out as a traceback, before any medseg code runs")
 
@@ -416,7 +414,7 @@ CASES = [
          "not a readable checkpoint"),
     # train
     Case("truncated training photograph", "train", lambda root, stack: train(root, first_training_image),
-         "corrupt or unreadable image", pending=TRAINING_READS_LATE),
+         "corrupt or unreadable image"),
     Case("output folder below a regular file", "train",
          lambda root, stack: train(root, lambda drive: under_a_file(root), output=root / "plain_file" / "out"),
          "is a file"),

@@ -15,6 +15,7 @@ from medseg.data.files import DatasetError, as_stored_image, read_photograph, re
 from medseg.data.vessel_folders import (
     LABEL_POSITIVE,
     LES_AV_LABEL_POSITIVE,
+    checked_vessel_records,
     les_av_records,
     multi_camera_records,
     read_vessel_label,
@@ -41,6 +42,7 @@ __all__ = [
     "RandConvolutiond",
     "camvid_records",
     "camvid_transforms",
+    "checked_vessel_records",
     "class_frequencies",
     "drive_records",
     "les_av_records",

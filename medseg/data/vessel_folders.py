@@ -24,6 +24,7 @@ __all__ = [
     "LES_AV_LABEL_POSITIVE",
     "LES_AV_SPLITS",
     "VesselImageStats",
+    "checked_vessel_records",
     "les_av_records",
     "multi_camera_records",
     "read_vessel_label",
@@ -142,6 +143,15 @@ def validate_vessel_records(
     """Open every image, label and mask of ``records``: all decode, labels are binary (or index maps read with
     ``positive``), sizes match. Every problem is named in one :class:`DatasetError`; else one entry per pair."""
     return check_all(_validate_pair, [(record, positive) for record in records], dataset)
+
+
+def checked_vessel_records(records: Sequence[dict[str, str]]) -> Sequence[dict[str, str]]:
+    """``records`` as they are, once every image, label and mask of them has been opened and checked
+    (:func:`validate_vessel_records`, each record with its own ``label_positive``): a bundle's training reads its
+    records through this, so a bad file stops it before anything is written, named in one line, rather than
+    mid-epoch inside MONAI's loader."""
+    check_all(_validate_pair, [(record, record.get(LABEL_POSITIVE)) for record in records], "the training records")
+    return records
 
 
 def les_av_records(root: str | Path, split: str) -> list[dict[str, str]]:

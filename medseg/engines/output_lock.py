@@ -45,14 +45,16 @@ def training_lock(folder: Path) -> Iterator[None]:
         if path.exists() and os.path.samestat(os.fstat(lock.fileno()), path.stat()):
             break
         lock.close()  # locked a file its previous holder removed meanwhile: lock the one in the folder now
-    with lock:
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        try:
-            yield
-        finally:
-            path.unlink()  # while still holding it: a process that opened it before fails, or tries again above
-    if created:
-        with contextlib.suppress(OSError):  # not empty: the training wrote into it
-            folder.rmdir()
+    try:
+        with lock:
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            try:
+                yield
+            finally:
+                path.unlink()  # while still holding it: a process that opened it before fails, or tries again above
+    finally:  # a training that failed before writing anything leaves no folder behind either
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the training wrote into it
+                folder.rmdir()
