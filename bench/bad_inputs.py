@@ -31,8 +31,9 @@ from PIL import Image
 from medseg.cli import main
 from medseg.data.synthetic import write_synthetic_drive
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "bad_inputs.md"
+from common import REPO, RESULTS, machine_line, markdown_table
+
+TABLE = RESULTS / "bad_inputs.md"
 DRIVE_BUNDLE = REPO / "bundles" / "drive_vessel_unet"
 CAMVID_WEIGHTS = REPO / "bundles" / "camvid_unet" / "models" / "model.pt"
 MEDSEG_SCRIPT = Path(sys.executable).parent / "medseg"
@@ -495,12 +496,12 @@ def run_case(case: Case, root: Path) -> Outcome:
     return outcome
 
 
-def table_row(case: Case, outcome: Outcome | None, root: Path, skipped: str | None) -> str:
+def table_row(case: Case, outcome: Outcome | None, root: Path, skipped: str | None) -> list[str]:
     def shown(text: str) -> str:
         return text.replace(str(root), SANDBOX_NAME).replace(str(REPO), ".").replace("|", "\\|")
 
     if outcome is None:
-        return f"| {case.command} | {case.name} | - | - | - | skipped: {shown(skipped or '')} |"
+        return [case.command, case.name, "-", "-", "-", f"skipped: {shown(skipped or '')}"]
     runner = ["medseg"] if case.entry != "monai" else ["python", "-m", "monai.bundle"]
     command = shlex.join([*runner, *outcome.call.argv])
     breaches = outcome.breaches(case)
@@ -508,7 +509,7 @@ def table_row(case: Case, outcome: Outcome | None, root: Path, skipped: str | No
     lines = outcome.error_lines
     message = lines[0] if len(lines) == 1 else (f"{len(lines)} lines, the last: {lines[-1]}" if lines else "(none)")
     message = message if len(message) <= 400 else message[:396] + " ..."
-    return f"| {case.command} | {case.name} | `{shown(command)}` | {outcome.code} | {shown(message)} | {verdict} |"
+    return [case.command, case.name, f"`{shown(command)}`", str(outcome.code), shown(message), verdict]
 
 
 def main_table() -> str:
@@ -528,13 +529,14 @@ def main_table() -> str:
         f"Each case runs in a fresh folder, shown as `{SANDBOX_NAME}`. The contract: exit 1 (2 for a usage error), "
         "one line on stderr naming the file and the problem, no traceback, nothing written, nothing overwritten "
         "(every case with outputs starts with an earlier run's outputs in place).",
+        f"Measured on {machine_line()}.",
         "",
-        "| command | bad input | command line | exit | stderr | contract |",
-        "|---|---|---|---|---|---|",
     ]
-    return "\n".join(header + rows) + "\n"
+    table = markdown_table(["command", "bad input", "command line", "exit", "stderr", "contract"], rows,
+                           text_columns=6)
+    return "\n".join(header + table) + "\n"
 
 
 if __name__ == "__main__":
-    RESULTS.write_text(main_table())
-    print(f"wrote {RESULTS}")
+    TABLE.write_text(main_table())
+    print(f"wrote {TABLE}")

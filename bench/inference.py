@@ -488,14 +488,13 @@ def openvino_report(windows: dict[str, dict], cohort_row: dict | None, limit: in
             f"at least {SAME_MASK:.1%} of the FOV pixels keep the reference's mask. Wall: predicting only, 1 thread."
             + (f" A trial: the first {limit} photograph(s) of each set only." if limit else ""),
             "",
-            "| candidate | wall (s) | " + " | ".join(f"{name} F1 / AUC-ROC" for name in names)
-            + " | same mask (FOV) | passes |",
-            "|---|---:|" + "---:|" * len(names) + "---:|---|",
         ]
-        for candidate, result in windows.items():
-            cells = [f"{result['scores'][name]['f1']:.4f} / {result['scores'][name]['auc_roc']:.4f}" for name in names]
-            lines.append(f"| `{candidate}` | {result['wall_s']:.1f} | " + " | ".join(cells)
-                         + f" | {result['agreement']:.4%} | {'yes' if result['passes'] else 'no'} |")
+        header = ["candidate", "wall (s)", *(f"{name} F1 / AUC-ROC" for name in names), "same mask (FOV)", "passes"]
+        rows = [[f"`{candidate}`", f"{result['wall_s']:.1f}",
+                 *(f"{result['scores'][name]['f1']:.4f} / {result['scores'][name]['auc_roc']:.4f}" for name in names),
+                 f"{result['agreement']:.4%}", "yes" if result["passes"] else "no"]
+                for candidate, result in windows.items()]
+        lines += markdown_table(header, rows, text_columns=(0, len(header) - 1))
     if cohort_row:
         launches = ", ".join(f"{name}: {wall:.1f} s" for name, wall in cohort_row["walls"].items())
         lines += ["", "## Cohort", "",
@@ -666,7 +665,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--render-log", type=Path, metavar="LOG",
                         help="take the cases and the sweep from the log of an earlier run (its stdout) instead of "
                         "measuring them again; agreement and quality are computed from its files in bench/work")
-    parser.add_argument("--les-av", type=Path, default=ROOT.parent / "shared" / "data" / "LES-AV")
+    parser.add_argument("--les-av", type=Path, default=DATA / "LES-AV")
     parser.add_argument("--validation-windows", nargs="*", default=[], metavar="ROI,OVERLAP,BATCH,RUNTIME,PRECISION",
                         help=f"add the window table on the validation photographs (e.g. 256,0.25,1,openvino,auto), "
                         f"each against {VALIDATION_REFERENCE}")

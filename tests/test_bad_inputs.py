@@ -15,7 +15,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# the case table lives in the bench script that writes bench/results/bad_inputs.md (the bench is not a package)
+# the case table lives in the bench script that writes bench/results/bad_inputs.md (the bench is not a package;
+# its scripts import bench/common.py from beside them)
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
 _SPEC = importlib.util.spec_from_file_location("bad_inputs", REPO / "bench" / "bad_inputs.py")
 bad_inputs = sys.modules["bad_inputs"] = importlib.util.module_from_spec(_SPEC)  # dataclasses look their module up
 _SPEC.loader.exec_module(bad_inputs)
@@ -53,6 +56,6 @@ def test_a_pickled_payload_would_run_if_unpickled_but_medseg_never_runs_it(tmp_p
 
 
 def test_the_committed_table_lists_every_case():
-    table = bad_inputs.RESULTS.read_text()
+    table = bad_inputs.TABLE.read_text()
     for case in bad_inputs.CASES:
         assert f"| {case.command} | {case.name} |" in table
