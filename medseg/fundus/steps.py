@@ -59,15 +59,16 @@ class FundusSteps:
     statistics_fov: np.ndarray | None = None
 
     @classmethod
-    def plan(cls, image: torch.Tensor, settings: FundusSettings, fov: np.ndarray | None, name: str = "image"
-             ) -> FundusSteps:
+    def plan(
+        cls, image: torch.Tensor, settings: FundusSettings, fov: np.ndarray | None, name: str = "image"
+    ) -> FundusSteps:
         """The steps for the (C, H, W) ``image`` named ``name``, whose FOV is ``fov`` (given or estimated; ``None``
         where there is none, or none was found). A fundus model with ``scale="auto"`` measures the FOV's width
         (estimating it if ``fov`` is ``None``); a photograph with no disc to measure keeps its scale, and the log
         says so."""
         size = (int(image.shape[1]), int(image.shape[2]))
         measured = fov if fov is not None else _disc_of(image) if _needs_disc(settings) else None
-        factor = _scale_factor(settings, measured, name)
+        factor = _scale_factor(settings, measured)
         radius = upsampled_edge_radius(factor) if settings.fundus and settings.upsampled_edge_erosion else 0.0
         if radius and settings.activation != "sigmoid":
             raise ValueError(f"upsampled_edge_erosion erodes sigmoid probabilities, not {settings.activation} outputs")
@@ -76,8 +77,9 @@ class FundusSteps:
             statistics_fov = measured if measured is not None else np.ones(size, dtype=bool)
         if settings.fundus:
             width = fov_width(measured) if measured is not None else None
-            logger.info("%s: scale %.4g (FOV %s)%s", name, factor,
-                        f"{width:.0f} pixels wide" if width else "not found: the whole image",
+            found = f"FOV {width:.0f} pixels wide" if width else "no disc found: every pixel predicted"
+            hint = ", give --scale FACTOR to resample it" if width is None and settings.scale == "auto" else ""
+            logger.info("%s: scale %.4g (%s%s)%s", name, factor, found, hint,
                         f", edges eroded by {radius:.3g} pixels" if radius else "")
         return cls(size, factor, fov, radius, statistics_fov)
 
@@ -116,7 +118,7 @@ def _disc_of(image: torch.Tensor) -> np.ndarray | None:
     return find_fov(image.movedim(0, -1).numpy() if image.shape[0] > 1 else image[0].numpy())
 
 
-def _scale_factor(settings: FundusSettings, fov: np.ndarray | None, name: str) -> float:
+def _scale_factor(settings: FundusSettings, fov: np.ndarray | None) -> float:
     """The resampling factor of a photograph with FOV ``fov`` (``None``: no disc found)."""
     if not settings.fundus or settings.scale == "none":
         return 1.0
@@ -124,7 +126,6 @@ def _scale_factor(settings: FundusSettings, fov: np.ndarray | None, name: str) -
         return float(settings.scale)
     if settings.training_fov_width is None:
         raise ValueError("scale 'auto' needs the training FOV width (a fundus bundle's metadata, or --fundus-width)")
-    if fov is None:
-        logger.info("%s: no disc found, so it keeps its own scale (give --scale FACTOR to resample it)", name)
+    if fov is None:  # nothing to measure: the photograph keeps its scale (plan's log line says so)
         return 1.0
     return fundus_scale(fov, settings.training_fov_width)

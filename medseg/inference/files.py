@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from medseg.fundus import FundusSteps, find_fov, fov_from_alpha, fov_width
 from medseg.inference.io import (
@@ -161,17 +162,19 @@ def infer_files(
             continue
         if index % world_size == rank:
             claimed.append((path, outputs))
-    for path, outputs in tqdm(claimed, unit="file", disable=not progress or len(claimed) < 2, file=sys.stderr):
-        try:
-            image, meta = read_image(path)
-            fov_mask = None if meta.is_volume else fov_for(path, image, settings.fov, settings.fundus, meta.alpha)
-            prediction = predict_image(network, image, meta, settings, fov_mask, device=device, progress=progress)
-            probabilities = prediction.probabilities
-            writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
-            summary.written[path] = outputs
-            summary.geometry[path] = _geometry(prediction.steps)
-        except Exception as err:  # one bad input must not stop the others; it is reported by name
-            summary.failures.append(_failure(path, err, shard))
+    # each photograph's log lines (its scale, its FOV) print above the progress bar instead of into it
+    with logging_redirect_tqdm(loggers=[logging.getLogger("medseg")]):
+        for path, outputs in tqdm(claimed, unit="file", disable=not progress or len(claimed) < 2, file=sys.stderr):
+            try:
+                image, meta = read_image(path)
+                fov_mask = None if meta.is_volume else fov_for(path, image, settings.fov, settings.fundus, meta.alpha)
+                prediction = predict_image(network, image, meta, settings, fov_mask, device=device, progress=progress)
+                probabilities = prediction.probabilities
+                writer.write(outputs, image, meta, _mask(probabilities, settings.threshold, meta), probabilities)
+                summary.written[path] = outputs
+                summary.geometry[path] = _geometry(prediction.steps)
+            except Exception as err:  # one bad input must not stop the others; it is reported by name
+                summary.failures.append(_failure(path, err, shard))
     summary.seconds = time.perf_counter() - start
     if summary.geometry:
         _write_geometry(summary, shard)
@@ -309,7 +312,7 @@ def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool,
     if fov == "none":
         return None
     if fov == "auto":
-        return _automatic_fov(path, image, alpha)
+        return _automatic_fov(path, image, alpha, say_none=not fundus)
     folder = Path(fov)
     stem = path.name[: len(path.name) - len(full_suffix(path))]
     candidates = sorted(p for name in (stem, f"{stem}_mask") for p in folder.glob(f"{name}.*") if is_supported(p))
@@ -321,12 +324,14 @@ def fov_for(path: Path, image: np.ndarray, fov: str | Path | None, fundus: bool,
     return mask.max(0) > 127
 
 
-def _automatic_fov(path: Path, image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray | None:
+def _automatic_fov(path: Path, image: np.ndarray, alpha: np.ndarray | None, say_none: bool) -> np.ndarray | None:
+    """The FOV the alpha marks, else the estimate; ``say_none``: log a photograph without one (a fundus model's
+    steps log it with its scale instead)."""
     from_alpha = fov_from_alpha(alpha) if alpha is not None else None
     if from_alpha is not None:
         logger.info("%s: its alpha channel marks the FOV", path)
         return from_alpha
     found = find_fov(image.transpose(1, 2, 0) if image.shape[0] > 1 else image[0])
-    if found is None:
+    if found is None and say_none:
         logger.info("%s: no dark background around the retina, so no FOV: every pixel is predicted", path)
     return found
