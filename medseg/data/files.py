@@ -9,6 +9,7 @@ Every failure is raised as :class:`medseg.data.DatasetError` naming the offendin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,9 +83,12 @@ def _decoded(path: Path, convert: Callable[[Image.Image], T]) -> T:
     """``convert`` of the fully decoded image at ``path``; unreadable, corrupt or truncated files raise
     :class:`DatasetError` naming the file."""
     try:
-        with Image.open(path) as image:
-            image.load()  # decodes all pixel data, so truncation is detected here rather than later
-            return convert(image)
+        # PIL warns of damaged metadata (EXIF) as it reads; the file's own error, or none, is what is reported
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+            with Image.open(path) as image:
+                image.load()  # decodes all pixel data, so truncation is detected here rather than later
+                return convert(image)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except UnidentifiedImageError:  # its message repeats the path
