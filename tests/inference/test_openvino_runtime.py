@@ -59,7 +59,7 @@ def photograph(seed: int = 0, size: tuple[int, int] = (150, 173)) -> tuple[np.nd
 
 
 def probabilities(model: LoadedModel, image: np.ndarray, meta: ImageMeta) -> torch.Tensor:
-    return predict_image(prepare_network(model), image, meta, model.settings, None)
+    return predict_image(prepare_network(model), image, meta, model.settings, None).probabilities
 
 
 @pytest.mark.parametrize("tta", [False, "dihedral"])
