@@ -133,4 +133,5 @@ def test_every_command_of_the_readme_section_runs_on_a_folder_of_synthetic_retin
             argv += ["--set", "time_budget_minutes=0.05", "--set", "val_interval=1", "--quiet"]
         _medseg(tmp_path, *argv)
     assert json.loads((tmp_path / "my_bundle" / "configs" / "metadata.json").read_text())["eval_metrics"]
-    assert {path.stem.split("_")[0] for path in (tmp_path / "predictions").iterdir()} == {"retina0", "retina1"}
+    masks = (tmp_path / "predictions").glob("*_mask.png")
+    assert {path.stem.removesuffix("_mask") for path in masks} == {"retina0", "retina1"}
