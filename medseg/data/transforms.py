@@ -50,7 +50,7 @@ from PIL import Image
 
 from medseg.data.files import as_stored_image
 from medseg.data.vessel_folders import LABEL_POSITIVE
-from medseg.fundus import equalize_local_contrast, fundus_scale, resample, standardize_inside_fov
+from medseg.fundus import equalize_local_contrast, fundus_scale, resample, resample_vessel_label, standardize_inside_fov
 
 PHASES = ("train", "eval")
 PREPROCESSING = ("rgb", "green", "clahe")
@@ -119,7 +119,8 @@ def binarize_vessel_label(record: dict) -> dict:
 def resample_to_fov_width(record: dict, fov_width: float) -> dict:
     """Resample ``record``'s image, label and mask (C, H, W) so that the FOV mask is ``fov_width`` pixels wide,
     by the factor ``medseg infer --scale auto`` gives the photograph (:func:`medseg.fundus.fundus_scale`, 1 within
-    its tolerance). The image is resampled bilinearly (anti-aliased when shrinking), label and mask bilinearly then
+    its tolerance). The image is resampled bilinearly (anti-aliased when shrinking), the label under the one label
+    convention of every source (:func:`medseg.fundus.resample_vessel_label`), the FOV mask bilinearly then
     thresholded at 0.5."""
     mask = np.asarray(record["mask"][0]) > 0.5
     if not mask.any():
@@ -128,9 +129,9 @@ def resample_to_fov_width(record: dict, fov_width: float) -> dict:
     if factor == 1.0:
         return record
     size = [round(side * factor) for side in record["image"].shape[1:]]
-    for key in VESSEL_KEYS:
-        values = resample(torch.as_tensor(record[key]), size)
-        record[key] = values if key == "image" else (values >= 0.5).float()
+    record["image"] = resample(torch.as_tensor(record["image"]), size)
+    record["label"] = resample_vessel_label(torch.as_tensor(record["label"]), size)
+    record["mask"] = (resample(torch.as_tensor(record["mask"]), size) >= 0.5).float()
     return record
 
 

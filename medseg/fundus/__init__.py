@@ -9,7 +9,14 @@ pair of steps around the generic window pass (:class:`FundusSteps`).
 
 from medseg.fundus.appearance import equalize_local_contrast, fill_outside_fov, fov_statistics, standardize_inside_fov
 from medseg.fundus.fov import estimate_fov, find_fov, fov_from_alpha, fov_width
-from medseg.fundus.scale import AUTO_SCALE_TOLERANCE, erode, fundus_scale, resample, upsampled_edge_radius
+from medseg.fundus.scale import (
+    AUTO_SCALE_TOLERANCE,
+    erode,
+    fundus_scale,
+    resample,
+    resample_vessel_label,
+    upsampled_edge_radius,
+)
 from medseg.fundus.steps import FundusSettings, FundusSteps
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "fov_width",
     "fundus_scale",
     "resample",
+    "resample_vessel_label",
     "standardize_inside_fov",
     "upsampled_edge_radius",
 ]

@@ -1,13 +1,19 @@
-"""The scale of a fundus photograph: the factor to its network's training FOV width, resampling, and the erosion
-of vessel edges resampled up from a shrunk photograph.
+"""The scale of a fundus photograph: the factor to its network's training FOV width, resampling, the one label
+convention, and the erosion of vessel edges resampled up from a shrunk photograph.
 
 A network sees vessels at the pixel size of its training photographs (DRIVE: a 540-pixel-wide disc). Another
-camera's photograph is brought to that width and the probabilities are resampled back. On the way back, vessels
-come out wider than labels drawn at the photograph's own resolution: DRIVE-style labels mark every pixel a
-vessel touches, so an edge predicted on the coarser grid lies up to one of its pixels outside the vessel, half a
-pixel on average: ``1 / (2 f)`` pixels of the photograph for a factor ``f < 1``, where labels drawn at the
-photograph's own grid put it half a pixel out. :func:`upsampled_edge_radius` is the difference, and
-:func:`erode` moves each edge inward by it.
+camera's photograph is brought to that width and the probabilities are resampled back.
+
+**The label convention** is DRIVE's: a pixel is vessel when a vessel touches it, at the grid of that label. A
+vessel ``t`` pixels wide is then ``t + 1`` label pixels wide on average: its edges lie half a pixel inside the
+label's edge pixels, at their centres. :func:`resample_vessel_label` keeps the convention when a label of any
+source (DRIVE, LES-AV, a user's folder) is brought to another grid: the vessel is taken to end at the centres of
+its edge pixels, and a pixel of the new grid is vessel when that vessel touches it.
+
+**The erosion follows from it.** A network trained under the convention at factor ``f`` of a photograph marks
+edges half of its own pixel, ``1 / (2 f)`` photograph pixels, outside the vessel; resampled back, they lie
+``(1 / f - 1) / 2`` pixels outside the half-pixel margin of labels drawn at the photograph's own grid.
+:func:`upsampled_edge_radius` is that difference, and :func:`erode` moves each edge inward by it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import torch.nn.functional as F
 
 from medseg.fundus.fov import fov_width
 
-__all__ = ["AUTO_SCALE_TOLERANCE", "erode", "fundus_scale", "resample", "upsampled_edge_radius"]
+__all__ = [
+    "AUTO_SCALE_TOLERANCE", "erode", "fundus_scale", "resample", "resample_vessel_label", "upsampled_edge_radius"
+]
 
 # A fundus photograph whose FOV is within 10% of the training width is left at its own scale: resampling it
 # would blur vessels for no gain (DRIVE's own FOV widths are 535-541 pixels against a median of 540).
@@ -59,9 +67,58 @@ def resample(image: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Te
                          antialias=antialias)[0]
 
 
+def resample_vessel_label(label: torch.Tensor, size: list[int] | tuple[int, int]) -> torch.Tensor:
+    """A binary (C, H, W) vessel label on a (C, *size) grid under the label convention (module docstring).
+
+    The labelled vessel is taken to be the set where the bilinear interpolation of the label (between pixel
+    centres) is 1, which ends at the centres of its edge pixels; a pixel of the new grid is vessel when that set
+    touches it. Shrinking, this is "the centre of a vessel pixel lies in it"; at the label's own size, the label.
+    Plain bilinear resampling thresholded at 0.5 would instead keep the label's width ``(t + 1)`` in proportion,
+    which is ``(t + 1) f`` where the convention asks ``t f + 1`` pixels.
+
+    Returns:
+        a float32 {0, 1} (C, *size) tensor.
+    """
+    rows, row_groups = _box_samples(label.shape[-2], size[0])
+    cols, col_groups = _box_samples(label.shape[-1], size[1])
+    values = _interpolate_axis(_interpolate_axis(label.to(torch.float64), rows, -2), cols, -1)
+    inside = (values >= 1 - 1e-6).numpy()
+    touched = np.logical_or.reduceat(np.logical_or.reduceat(inside, row_groups, axis=-2), col_groups, axis=-1)
+    return torch.from_numpy(touched).to(torch.float32)
+
+
+def _box_samples(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis, for every pixel of the target grid in turn: coordinates on the source grid (pixel ``j``
+    spans ``[j, j + 1)``) at which a piecewise-linear profile takes its greatest values inside that pixel's box
+    ``[a, b)``: ``a``, every source pixel centre in the box, and just before ``b``; and where each box's
+    coordinates start."""
+    step = source / target
+    starts = np.arange(target) * step
+    coordinates, groups = [], []
+    for start in starts:
+        centres = np.arange(math.ceil(start - 0.5), math.ceil(start + step - 0.5)) + 0.5
+        groups.append(len(coordinates))
+        coordinates.extend([start, *centres, start + step - 1e-4])
+    return np.asarray(coordinates), np.asarray(groups)
+
+
+def _interpolate_axis(values: torch.Tensor, coordinates: np.ndarray, axis: int) -> torch.Tensor:
+    """``values`` read linearly between pixel centres at ``coordinates`` along ``axis`` (edges replicated)."""
+    position = np.clip(coordinates - 0.5, 0, values.shape[axis] - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, values.shape[axis] - 1)
+    weight = torch.as_tensor(position - low, dtype=values.dtype)
+    shape = [1] * values.dim()
+    shape[axis] = -1
+    below = values.index_select(axis, torch.as_tensor(low))
+    above = values.index_select(axis, torch.as_tensor(high))
+    return below + weight.view(shape) * (above - below)
+
+
 def upsampled_edge_radius(factor: float) -> float:
     """How far (photograph pixels) the edges of probabilities predicted at ``factor`` times the photograph's size
-    and resampled back lie outside labels drawn at the photograph's size: ``(1 / f - 1) / 2``, 0 for ``f >= 1``."""
+    and resampled back lie outside labels drawn at the photograph's size, both under the label convention:
+    ``(1 / f - 1) / 2``, 0 for ``f >= 1``."""
     return (1.0 / factor - 1.0) / 2 if factor < 1.0 else 0.0
 
 
