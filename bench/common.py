@@ -6,6 +6,7 @@ The scripts run as ``python bench/SCRIPT.py``, which puts this folder first on `
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
@@ -42,6 +43,13 @@ def markdown_table(header: list[str], rows: list[list[str]], text_columns: int |
     align = ["---" if column in text else "---:" for column in range(len(header))]
     return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
             *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def bundle_arguments(doc: str) -> list[Path]:
+    """The bundle folders given on a script's command line (as typed), the first line of ``doc`` its help."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", type=Path)
+    return parser.parse_args().bundles
 
 
 def commands_section(heading: str, commands: list[str]) -> list[str]:

@@ -21,7 +21,6 @@ score as it was.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import tempfile
 import time
@@ -35,7 +34,7 @@ from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import LoadedModel, load_model, read_state_dict
 from medseg.networks import ensemble_size
 
-from common import DATA, RESULTS, machine_line, markdown_table, save_member
+from common import DATA, RESULTS, bundle_arguments, machine_line, markdown_table, save_member
 
 RESULT = RESULTS / "upsampled_edges.md"
 METRICS = ("f1", "auc_roc", "sensitivity", "precision")
@@ -91,16 +90,14 @@ def bundle_rows(bundle: Path) -> list[list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundles", nargs="+", type=Path)
-    args = parser.parse_args()
-    rows = [row for bundle in args.bundles for row in bundle_rows(bundle.resolve())]
+    bundles = bundle_arguments(__doc__)
+    rows = [row for bundle in bundles for row in bundle_rows(bundle.resolve())]
     header = ["bundle", "photographs", "upsampled_edge_erosion", "F1", "AUC-ROC", "sensitivity", "precision"]
     RESULT.write_text("\n".join([
         "# Eroding the edges of upsampled probabilities: validation photographs only",
         "",
         f"- Date: {datetime.date.today()}. Machine: {machine_line()}.",
-        f"- Command: `python bench/upsampled_edges.py {' '.join(str(b) for b in args.bundles)}`",
+        f"- Command: `python bench/upsampled_edges.py {' '.join(str(b) for b in bundles)}`",
         "- Each row: the shipped weights, or one member of the shipped ensemble alone, through "
         "`medseg.engines.evaluate_vessel_folder` (float32, `--scale auto`, LES-AV's own FOV masks), pooled over the "
         "photographs, threshold 0.5; \"the bundle's\": the setting of its `configs/inference.yaml`. No test "

@@ -1,0 +1,146 @@
+"""Do vessels come out as wide as their labels at every scale? The width check of the label convention.
+
+medseg has one label convention (DRIVE's: a pixel is vessel when a vessel touches it, at the label's grid;
+`medseg.fundus.resample_vessel_label`), and the erosion of probabilities resampled back up from a shrunk photograph
+follows from it (`medseg.fundus.upsampled_edge_radius`). This script measures, on validation photographs only,
+how wide the predicted vessels are against their labels:
+
+- DRIVE enlarged: each of the bundle's validation photographs (its train.yaml's held-out DRIVE training
+  photographs) enlarged by ``1 / f`` (bilinear), its label drawn at the enlarged size by the convention and its FOV
+  mask enlarged with it; `--scale auto` brings it back by about ``f`` to the training width, so that every
+  factor from 0.15 to 1 is a photograph of the same eye at another resolution.
+- LES-AV `training/` (11) at its own size (a factor of about 0.37), for bundles that never trained on LES-AV.
+
+Each photograph runs through `medseg.inference.predict_image` (the path of `medseg infer`, float32, the FOV mask
+given) with the erosion off and on. A vessel's width is read along its label's centre line: every pixel of the
+label and of a mask within reach of a centre line point that both masks detect (the label's local half width plus
+``1 / f`` pixels, more than the erosion removes) is counted to its nearest centre line point, and a width is that
+area over the centre line's length, pooled over the photographs.
+
+    python bench/vessel_width.py bundles/drive_vessel_unet
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+from scipy import ndimage
+from skimage.morphology import skeletonize
+
+from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
+from medseg.fundus import resample, resample_vessel_label
+from medseg.inference import load_model, predict_image, read_image
+
+from common import DATA, RESULTS, bundle_arguments, machine_line, markdown_table
+
+RESULT = RESULTS / "vessel_width.md"
+FACTORS = (0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
+# a width check passes when predicted and labelled widths differ by at most this many photograph pixels
+TOLERANCE = 0.5
+
+
+def binary(path: str, positive: tuple[int, ...] | None = None) -> np.ndarray:
+    """A label or mask file as an (H, W) bool array: its ``positive`` values, else greyscale >= 128."""
+    values = np.asarray(Image.open(path).convert("L") if positive is None else Image.open(path))
+    return np.isin(values, positive) if positive else values >= 128
+
+
+def enlarged(record: dict, factor: float, folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The photograph of ``record`` enlarged by ``1 / factor`` (a PNG in ``folder``), its label drawn at that size
+    by the convention and its FOV mask enlarged with it (both (H, W) bool)."""
+    photo = torch.as_tensor(np.array(Image.open(record["image"]).convert("RGB"))).permute(2, 0, 1).float()
+    size = [round(side / factor) for side in photo.shape[1:]]
+    label = torch.as_tensor(binary(record["label"]))[None].float()
+    mask = torch.as_tensor(binary(record["mask"]))[None].float()
+    path = folder / f"{record['id']}_{factor}.png"
+    pixels = resample(photo, size).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(path)
+    return path, resample_vessel_label(label, size)[0].numpy() > 0, resample(mask, size)[0].numpy() >= 0.5
+
+
+def widths(masks: list[np.ndarray], label: np.ndarray, fov: np.ndarray, reach: float) -> np.ndarray:
+    """[label area, each mask's area, centre line length] around the centre line points of ``label`` inside
+    ``fov`` that every mask detects: each pixel within ``reach`` plus the label's local half width of its nearest
+    such point counts to that point."""
+    centre = skeletonize(label) & ndimage.binary_erosion(fov, iterations=3)
+    detected = centre & np.logical_and.reduce(masks)
+    distance, (rows, cols) = ndimage.distance_transform_edt(~centre, return_indices=True)
+    half_width = ndimage.distance_transform_edt(label)[rows, cols]
+    counted = detected[rows, cols] & (distance <= half_width + reach)
+    axial = ndimage.convolve(centre.astype(np.int32), np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]), mode="constant")
+    diagonal = ndimage.convolve(centre.astype(np.int32), np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]), mode="constant")
+    length = float(((axial + math.sqrt(2) * diagonal) / 2)[detected].sum())
+    return np.array([(label & counted).sum(), *((mask & counted).sum() for mask in masks), length], dtype=float)
+
+
+def measured(model, cases: list[tuple[Path, np.ndarray, np.ndarray]], factor: float) -> list[str]:
+    """The widths of ``cases`` (photograph, label, FOV) where the masks with the erosion off and on both detect the
+    vessel: the label's, and each mask's minus the label's."""
+    totals = np.zeros(4)
+    for path, label, fov in cases:
+        image, meta = read_image(path)
+        masks = [predict_image(model.network, image, meta, model.with_settings(upsampled_edge_erosion=erosion)
+                               .settings, fov).probabilities[0].numpy() >= 0.5 for erosion in (False, True)]
+        totals += widths(masks, label, fov, 1.0 / factor)
+    label_width, off, on = totals[0] / totals[3], *((totals[k] - totals[0]) / totals[3] for k in (1, 2))
+    return [f"{label_width:.2f}", f"{off:+.2f}", f"{on:+.2f}", f"{on * factor:+.2f}",
+            "yes" if abs(on) <= TOLERANCE else "no"]
+
+
+def validation_drive(bundle: Path) -> list[dict]:
+    """The DRIVE training photographs ``bundle``'s train.yaml holds out for validation."""
+    train = ConfigParser()
+    train.read_config(str(bundle / "configs" / "train.yaml"))
+    return split_validation(drive_records(DATA / "DRIVE", "training"), n_val=train["val_images"],
+                            seed=train.get_parsed_content("split_seed"))[1]
+
+
+def bundle_rows(bundle: Path) -> list[list[str]]:
+    model, rows = load_model(bundle), []
+    drive = validation_drive(bundle)
+    with tempfile.TemporaryDirectory() as work:
+        for factor in FACTORS:
+            cases = [enlarged(record, factor, Path(work)) for record in drive]
+            rows.append([f"`{bundle.name}`", f"DRIVE val ({len(drive)}) enlarged by 1/{factor}", f"{factor}",
+                         *measured(model, cases, factor)])
+            print(" | ".join(rows[-1]), flush=True)
+    if "val_images_les_av" in ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml")):
+        return rows  # trained on LES-AV training photographs: none of them is a photograph it never saw
+    les_av = les_av_records(DATA / "LES-AV", "training")
+    cases = [(Path(r["image"]), binary(r["label"], LES_AV_LABEL_POSITIVE), binary(r["mask"])) for r in les_av]
+    rows.append([f"`{bundle.name}`", f"LES-AV training ({len(les_av)}), own size", "about 0.37",
+                 *measured(model, cases, 0.37)])
+    print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    bundles = bundle_arguments(__doc__)
+    rows = [row for bundle in bundles for row in bundle_rows(bundle.resolve())]
+    header = ["bundle", "photographs", "factor f", "label width", "predicted - label, erosion off",
+              "predicted - label, erosion on", "the same in network pixels (x f)", f"within {TOLERANCE} px"]
+    RESULT.write_text("\n".join([
+        "# Vessel widths at every scale: the label convention and the erosion that follows from it",
+        "",
+        f"- Date: {datetime.date.today()}. Machine: {machine_line()}.",
+        f"- Command: `python bench/vessel_width.py {' '.join(str(b) for b in bundles)}`",
+        "- Widths in photograph pixels, read along the label's centre line where both masks (threshold 0.5) detect "
+        "it, pooled over the photographs (the script's docstring says how). Validation photographs only: no test "
+        "photograph is scored here. A network's own error of width, in its pixels, is multiplied by 1 / f in the "
+        "photograph's: the column in network pixels compares factors on the network's grid.",
+        "",
+        *markdown_table(header, rows, text_columns=(0, 1, 2, 7)),
+        "",
+    ]))
+    print(RESULT.read_text())
+
+
+if __name__ == "__main__":
+    main()
