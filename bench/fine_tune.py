@@ -8,7 +8,8 @@ photographs to train on, 3 held out for validation (given as `--val-images`), so
 same 3. Rows are compared on validation data only: those 3 LES-AV photographs and, for the forgetting,
 DRIVE's 4 held-out training photographs (the bundle's own validation split), each scored through the inference
 path of `medseg evaluate --images` (`medseg.engines.evaluate_vessel_folder`, no masks: the FOV estimated, as a user
-without masks gets it). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`, which
+without masks gets it). The row `shipped` scores the shipped weights as they are (`run shipped` trains
+nothing): the reference that the fine-tuned rows gain on (LES-AV) and forget against (DRIVE). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`, which
 refuses a row the validation columns did not choose.
 
     python bench/fine_tune.py run lr_3e-4            # trains (the row's budget), then scores validation
@@ -28,6 +29,7 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
+    "shipped": Row("none: the shipped weights, not fine-tuned (the reference; scored, never trained or chosen)",
+                   group="reference"),
     "lr_1e-4": Row("learning rate 1e-4, 10 minutes", ("learning_rate=0.0001",)),
     "lr_3e-4": Row("learning rate 3e-4, 10 minutes", ("learning_rate=0.0003",)),
     "lr_1e-3": Row("learning rate 1e-3 (the from-scratch rate), 10 minutes", ("learning_rate=0.001",)),
@@ -120,7 +124,7 @@ def chosen_rows(scores: dict[str, dict]) -> set[str]:
     """Per group, the row with the highest validation score: LES-AV val F1 for the schedule and the 3-photograph
     variant; for the mixing ratio, the mean F1 of LES-AV val and DRIVE val (the new camera and the forgetting)."""
     chosen = set()
-    for group in {row.group for row in ROWS.values()}:
+    for group in {row.group for row in ROWS.values()} - {"reference"}:
         names = [name for name in scores if ROWS[name].group == group and "les_av_val" in scores[name]]
         weight = (lambda s: (s["les_av_val"]["f1"] + s["drive_val"]["f1"]) / 2) if group == "keep" else \
             (lambda s: s["les_av_val"]["f1"])
@@ -141,9 +145,10 @@ def score(name: str, work: Path, test: bool) -> dict:
                          "its test photographs stay unscored")
     results_file = work / name / "scores.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    (work / name).mkdir(parents=True, exist_ok=True)
     members = sorted((work / name).glob("member*/checkpoints/model.pt"))
-    with joined_checkpoint(join_checkpoints(members)) as checkpoint:
-        model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)
+    with joined_checkpoint(join_checkpoints(members)) if members else nullcontext() as checkpoint:
+        model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)  # no members: the shipped weights
         for _, split, validation in SETS:
             if (validation or test) and split not in results:  # a score cut short keeps the sets it finished
                 chosen, positive = records(split, work)
@@ -166,7 +171,7 @@ def table(work: Path) -> str:
                      "**chosen**" if name in chosen else ""])
     lines = markdown_table(header, rows, text_columns=(0, 1, len(header) - 1))
     commands = [f"- `{name}`: `{shlex.join(['medseg', *train_args(name, Path('bench/work/fine_tune'), None)])}`"
-                for name in ROWS]
+                for name in ROWS if ROWS[name].group != "reference"]
     return "\n".join([
         "# Fine-tuning drive_vessel_unet on another camera (LES-AV), chosen on validation data",
         "",
@@ -199,7 +204,7 @@ def main() -> None:
     if args.action == "table":
         print(table(work))
         return
-    if args.action == "run":
+    if args.action == "run" and ROWS[args.row].group != "reference":
         (work / args.row / "scores.json").unlink(missing_ok=True)  # a new run: new scores
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "medseg", *train_args(args.row, work, args.minutes)], cwd=REPO,

@@ -390,3 +390,19 @@ def test_the_fov_estimate_scores_the_training_photographs_apart_and_says_what_se
     assert {(name, split, int(count)) for name, split, _, count in shown} == {
         (name, split, len(pairs)) for (name, split), pairs in sets.items()}
     assert len(shown) == len(sets) * len(fov_estimate.FRAMINGS)
+
+
+def test_fine_tune_chooses_per_group_on_validation_never_the_reference_and_refuses_other_test_scores(tmp_path):
+    fine_tune = _load_bench("fine_tune")
+    val = lambda les_av, drive: {"les_av_val": {"f1": les_av}, "drive_val": {"f1": drive}}  # noqa: E731
+    scores = {"shipped": val(0.99, 0.99), "lr_3e-4": val(0.85, 0.78), "lr_1e-3": val(0.86, 0.70),
+              "few_lr_3e-4": val(0.84, 0.79), "keep_0.5": val(0.85, 0.78), "keep_1": val(0.84, 0.81)}
+    # the schedule by LES-AV val alone, the mixing ratio by LES-AV and DRIVE val together (the forgetting)
+    assert fine_tune.chosen_rows(scores) == {"lr_1e-3", "few_lr_3e-4", "keep_1"}
+    for name, score in scores.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.json").write_text(json.dumps(score))
+    with pytest.raises(SystemExit, match="lr_3e-4: not chosen on validation data"):
+        fine_tune.score("lr_3e-4", tmp_path, test=True)
+    with pytest.raises(SystemExit, match="shipped: not chosen"):
+        fine_tune.score("shipped", tmp_path, test=True)
