@@ -35,6 +35,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
+from medseg.data.files import read_pixels
 from medseg.fundus import resample, resample_vessel_label
 from medseg.inference import load_model, predict_image, read_image
 
@@ -48,14 +49,14 @@ TOLERANCE = 0.5
 
 def binary(path: str, positive: tuple[int, ...] | None = None) -> np.ndarray:
     """A label or mask file as an (H, W) bool array: its ``positive`` values, else greyscale >= 128."""
-    values = np.asarray(Image.open(path).convert("L") if positive is None else Image.open(path))
+    values = read_pixels(Path(path), mode="L" if positive is None else None)
     return np.isin(values, positive) if positive else values >= 128
 
 
 def enlarged(record: dict, factor: float, folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     """The photograph of ``record`` enlarged by ``1 / factor`` (a PNG in ``folder``), its label drawn at that size
     by the convention and its FOV mask enlarged with it (both (H, W) bool)."""
-    photo = torch.as_tensor(np.array(Image.open(record["image"]).convert("RGB"))).permute(2, 0, 1).float()
+    photo = torch.as_tensor(read_pixels(Path(record["image"]), mode="RGB")).permute(2, 0, 1).float()
     size = [round(side / factor) for side in photo.shape[1:]]
     label = torch.as_tensor(binary(record["label"]))[None].float()
     mask = torch.as_tensor(binary(record["mask"]))[None].float()
