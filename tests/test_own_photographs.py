@@ -103,6 +103,12 @@ def test_own_photographs_are_checked_trained_fine_tuned_shipped_and_inferred(sma
     assert meta["medseg"]["parent_bundle"]["name"] == "small_vessel_unet"
     assert meta["medseg"]["training_data"]["count"] == 4 and meta["medseg"]["training_data"]["held_out"] == held_out
     assert 0.0 <= meta["eval_metrics"]["heldout_f1"] <= 1.0
+    # its training record comes from the fine-tuning's MLflow run, and it is registered under its own name
+    assert meta["medseg"]["training"]["command"] == tuned_run.data.tags["medseg.command"]
+    version = client.get_model_version("mine_bundle", "1")
+    assert float(version.tags["heldout_f1"]) == meta["eval_metrics"]["heldout_f1"]
+    assert version.tags["bundle_version"] == meta["version"]
+    assert client.get_run(version.run_id).data.tags["mlflow.parentRunId"] == tuned_run.info.run_id
     verified = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
                                "configs/metadata.json", "--filepath", str(monai_meta_schema)],
                               cwd=new_bundle, capture_output=True, text=True)

@@ -197,7 +197,8 @@ def write_weights(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.
 
 def _ship_new_bundle(args: argparse.Namespace) -> int:
     """``ship BUNDLE CHECKPOINT... --new-bundle DIR --images ...``: a copy of BUNDLE in DIR with the weights of a
-    training on a labelled folder, scored on its held-out photographs through the inference path."""
+    training on a labelled folder, scored on its held-out photographs through the inference path, with the MLflow
+    record of that training in its metadata, and registered in the Model Registry under DIR's name."""
     parent, target = args.bundle.resolve(), args.new_bundle.resolve()
     training = folder_training(args)
     if training is None:
@@ -219,6 +220,8 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
                            f"nothing shipped ({err})") from None
         meta = fine_tuned_metadata(read_metadata(parent), parent.name, folder_summary(training, seed),
                                    heldout_eval_metrics(report))
+        tracking_uri = args.tracking_uri or default_tracking_uri()
+        record_training(meta, args.checkpoints, tracking_uri)
         with atomic_folder(target) as staging:  # a failed ship leaves no half-written bundle
             for path in bundle_files(parent):
                 copy = staging / path.relative_to(parent)
@@ -228,6 +231,7 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
             (staging / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
     print(f"{target}: {parent.name} {meta['version']}, weights of {', '.join(map(str, args.checkpoints))}")
     print("eval_metrics (held-out photographs): " + metrics_line(meta["eval_metrics"]))
+    register_shipped(target, meta, report_path, tracking_uri, args)
     print(f"infer with it: medseg infer {target} IMAGES -o OUTPUT_DIR")
     return 0
 
@@ -269,12 +273,7 @@ def _ship(args: argparse.Namespace) -> int:
         report = json.loads(report_path.read_text())
         meta["eval_metrics"] = eval_metrics_from_report(report)
         tracking_uri = args.tracking_uri or default_tracking_uri()
-        record = training_record(args.checkpoints, tracking_uri)
-        if record is None:  # the record of the weights replaced would describe weights no longer shipped
-            meta.get("medseg", {}).pop("training", None)
-            print(f"no training run of {shipped} in {tracking_uri}: the metadata keeps no training record")
-        else:
-            meta.setdefault("medseg", {})["training"] = record
+        record_training(meta, args.checkpoints, tracking_uri)
         if "threshold_val" in report:  # what medseg evaluate --images scores these weights at beside 0.5
             meta.setdefault("medseg", {})["validation_threshold"] = report["threshold_val"]["threshold"]
         new_metadata = Path(work) / "metadata.json"
@@ -284,6 +283,25 @@ def _ship(args: argparse.Namespace) -> int:
     print(f"{models / 'model.pt'}: {format_size(size)} ({args.dtype})")
     print("eval_metrics: " + metrics_line(meta["eval_metrics"]))
     print(f"evaluation report: {report_path}")
+    register_shipped(bundle, meta, report_path, tracking_uri, args)
+    return 0
+
+
+def record_training(meta: dict, checkpoints: list[Path], tracking_uri: str) -> None:
+    """Set ``meta``'s ``medseg.training`` to the MLflow record of the run ``checkpoints`` came from, or drop it
+    (a record of other weights would describe weights no longer shipped) and say so."""
+    record = training_record(checkpoints, tracking_uri)
+    if record is None:
+        meta.get("medseg", {}).pop("training", None)
+        print(f"no training run of {', '.join(map(str, checkpoints))} in {tracking_uri}: "
+              "the metadata keeps no training record")
+    else:
+        meta.setdefault("medseg", {})["training"] = record
+
+
+def register_shipped(bundle: Path, meta: dict, report_path: Path, tracking_uri: str, args: argparse.Namespace) -> None:
+    """Record the shipped ``bundle`` in MLflow (:func:`medseg.tracking.models.ship_run`): a run nested under its
+    weights' training run, the bundle as its model, a new version in the Model Registry under the bundle's name."""
     try:
         from medseg.tracking.models import ship_run  # MLflow's model machinery: only when shipping
 
@@ -293,7 +311,6 @@ def _ship(args: argparse.Namespace) -> int:
     except (MlflowException, OSError) as err:  # the bundle is shipped; only its registration failed
         raise CLIError(f"{bundle.name} shipped, but registering it in {tracking_uri} failed: {err}") from None
     print(f"registered in the MLflow Model Registry as models:/{version.name}/{version.version} ({tracking_uri})")
-    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
