@@ -141,3 +141,19 @@ def test_every_command_of_the_readme_section_runs_on_a_folder_of_synthetic_retin
     assert json.loads((tmp_path / "my_bundle" / "configs" / "metadata.json").read_text())["eval_metrics"]
     masks = (tmp_path / "predictions").glob("*_mask.png")
     assert {path.stem.removesuffix("_mask") for path in masks} == {"retina0", "retina1"}
+
+
+def test_a_bundle_of_classes_trains_on_a_folder_of_index_maps_with_their_void_value(tmp_path):
+    from tests.data.test_labelled_folder import write_road_scenes
+
+    scenes = write_road_scenes(tmp_path / "scenes", 4)
+    folder = ["--images", str(scenes / "images"), "--labels", str(scenes / "labels"), "--void-value", "255"]
+    small = ["--set", "network_features=[4,8]", "--set", "crop_size=[32,32]", "--set", "batch_images=2", "--set",
+             "max_epochs=2", "--set", "val_interval=1", "--set", "roi_size=[48,64]"]
+    _medseg(tmp_path, "train", "camvid_unet", *folder, "--val", "1", *small, "--quiet", "--output-dir", "roads")
+    assert (tmp_path / "roads" / "checkpoints" / "model.pt").is_file()
+    run = _run(MlflowClient(path_to_sqlite_uri(str(tmp_path / "mlflow.db"))), tmp_path / "roads")
+    assert [d.dataset.name for d in run.inputs.dataset_inputs if d.dataset.name == "scenes"] == ["scenes"]
+    assert run.data.params["training_folder.train"] == "3" and run.data.params["void_value"] == "255"
+    # validated on the held-out frame, void ignored: the classes it holds (sky, building, road) are scored
+    assert 0.0 <= run.data.metrics["val_miou"] <= 1.0

@@ -203,6 +203,9 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
     training = folder_training(args)
     if training is None:
         raise CLIError("--new-bundle needs the folder the weights were trained on: --images DIR --labels DIR")
+    if training.folder.has_classes:  # its held-out score is the vessel path's (evaluate_vessel_folder)
+        raise CLIError(f"--new-bundle scores the weights on the folder's held-out photographs as vessel maps; "
+                       f"{parent.name} learns classes, whose weights it does not ship from a folder")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CLIError(f"{target}: exists and is not an empty folder; nothing shipped")
     state_dict, seed = joined_weights(args.checkpoints), ensemble_plan(args).split_seed

@@ -31,18 +31,28 @@ def add_folder_arguments(parser: argparse.ArgumentParser, required: bool = True)
                         "the FOV is estimated, as at inference")
     parser.add_argument("--label-positive", type=int, nargs="+", metavar="V",
                         help="the vessel values of index-map labels (e.g. LES-AV's 1 2 3 4); default: binary labels")
+    parser.add_argument("--void-value", type=int, metavar="V",
+                        help="labels are index maps of classes (camvid_unet's: 0..10), V marking unlabelled pixels "
+                        "(e.g. 255); default: vessel labels")
 
 
-def labelled_folder(args: argparse.Namespace) -> LabelledFolder:
-    """The folder of ``--images``/``--labels``/``--masks``/``--label-positive``."""
-    return LabelledFolder.of(args.images, args.labels, args.masks, args.label_positive)
+def labelled_folder(args: argparse.Namespace, classes: int | None = None) -> LabelledFolder:
+    """The folder of ``--images``/``--labels``/``--masks``/``--label-positive``/``--void-value``; with
+    ``--void-value``, index maps of ``classes`` classes."""
+    try:
+        return LabelledFolder.of(args.images, args.labels, args.masks, args.label_positive,
+                                 classes if args.void_value is not None else None, args.void_value)
+    except ValueError as err:
+        raise CLIError(f"{args.labels}: {err}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
     if args.images is None:
         print(run_check(args.dataset, args.root))
         return 0
-    folder = labelled_folder(args)
+    if (args.void_value is None) != (args.classes is None):
+        raise CLIError("labels of classes are --classes N --void-value V together (camvid_unet: --classes 11)")
+    folder = labelled_folder(args, args.classes)
     print(folder_report(folder, check_labelled_folder(folder)))
     return 0
 
@@ -86,6 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_dataset_arguments(check, required=False)
     add_folder_arguments(check, required=False)
+    check.add_argument("--classes", type=int, metavar="N",
+                       help="with --void-value: the labels' classes are 0..N-1 (medseg train takes N from the bundle)")
     check.set_defaults(func=_reporting_data_errors(_check))
 
     preview = commands.add_parser(

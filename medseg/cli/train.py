@@ -30,6 +30,7 @@ from medseg.engines.ensemble import EnsembleError, EnsemblePlan, train_ensemble
 from medseg.engines.evaluation import report_table
 from medseg.engines.finetune import (
     FolderTraining,
+    bundle_classes,
     folder_training_overrides,
     initial_weights,
     initial_weights_overrides,
@@ -53,9 +54,10 @@ def folder_training(args: argparse.Namespace) -> FolderTraining | None:
         raise CLIError("--val N splits the folder; --val-images gives a folder of its own: not both")
     if (args.val_images is None) != (args.val_labels is None):
         raise CLIError("--val-images and --val-labels go together")
-    folder = labelled_folder(args)
-    val = None if args.val_images is None else LabelledFolder.of(args.val_images, args.val_labels, args.val_masks,
-                                                                  args.label_positive)
+    classes = _folder_classes(args)
+    folder = labelled_folder(args, classes)
+    val = None if args.val_images is None else LabelledFolder.of(
+        args.val_images, args.val_labels, args.val_masks, args.label_positive, folder.classes, folder.void_value)
     try:
         pairs = len(check_labelled_folder(folder))
         if val is not None:
@@ -67,6 +69,19 @@ def folder_training(args: argparse.Namespace) -> FolderTraining | None:
     return FolderTraining(folder, args.val, val, getattr(args, "keep_bundle_data", False))
 
 
+def _folder_classes(args: argparse.Namespace) -> int | None:
+    """The class count of a bundle of classes, which takes index-map labels with ``--void-value``; ``None`` for a
+    vessel bundle, which takes none."""
+    classes = bundle_classes(args.bundle)
+    if classes is None and args.void_value is not None:
+        raise CLIError(f"{args.bundle.name} learns vessels from binary labels (or --label-positive V ...); "
+                       "--void-value is for bundles of classes")
+    if classes is not None and args.void_value is None:
+        raise CLIError(f"{args.bundle.name} learns {classes} classes from index-map labels (values 0..{classes - 1}): "
+                       "name the value of their unlabelled pixels with --void-value V")
+    return classes
+
+
 def _folder_arguments(args: argparse.Namespace) -> list[str]:
     """The folder arguments of this command, paths absolute, for an ensemble's member trainings."""
     passed = []
@@ -75,6 +90,8 @@ def _folder_arguments(args: argparse.Namespace) -> list[str]:
             passed += ["--" + flag.replace("_", "-"), str(Path(getattr(args, flag)).resolve())]
     if args.label_positive:
         passed += ["--label-positive", *map(str, args.label_positive)]
+    if args.void_value is not None:
+        passed += ["--void-value", str(args.void_value)]
     if args.val is not None:
         passed += ["--val", str(args.val)]
     return passed + (["--keep-bundle-data"] if args.keep_bundle_data else [])

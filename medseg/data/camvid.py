@@ -75,25 +75,30 @@ def camvid_records(root: str | Path, split: str) -> list[dict[str, str]]:
     ]
 
 
-def read_label(path: str | Path) -> np.ndarray:
-    """Read a CamVid label as uint8 class indices of shape (H, W); raise DatasetError for values outside 0..11."""
+def read_class_label(path: str | Path, num_classes: int, void_value: int) -> np.ndarray:
+    """Read an index-map label of ``num_classes`` classes (values 0..num_classes-1) and ``void_value`` (unlabelled)
+    as uint8 of shape (H, W); raise DatasetError for a colour label or any other value."""
     label = read_pixels(Path(path))
     if label.ndim != 2:
         raise DatasetError(f"{path}: expected a single-channel index label, got array shape {label.shape}")
-    if label.max(initial=0) > IGNORE_INDEX:
-        bad = np.unique(label[label > IGNORE_INDEX]).tolist()
-        raise DatasetError(f"{path}: label values {bad[:8]} outside 0..{IGNORE_INDEX} (11 = void)")
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != void_value)].tolist()
+    if bad:
+        raise DatasetError(f"{path}: label values {bad[:8]} outside 0..{num_classes - 1} ({num_classes} classes) "
+                           f"and void ({void_value})")
     return label
 
 
-def _class_counts(label_path: str | Path) -> np.ndarray:
-    """Pixel count per label value 0..11 (void last), shape (12,)."""
-    return np.bincount(read_label(label_path).ravel(), minlength=IGNORE_INDEX + 1)
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a CamVid label as uint8 class indices of shape (H, W); raise DatasetError for values outside 0..11."""
+    return read_class_label(path, NUM_CLASSES, IGNORE_INDEX)
 
 
-def class_frequencies(records: list[dict[str, str]]) -> np.ndarray:
-    """Fraction of labelled (non-void) pixels in each of the 11 classes over ``records``; shape (11,), sums to 1."""
-    counts = sum(_class_counts(record["label"]) for record in records)[:NUM_CLASSES]
+def class_frequencies(records: list[dict[str, str]], void_value: int = IGNORE_INDEX) -> np.ndarray:
+    """Fraction of labelled (non-void) pixels in each of the 11 classes over ``records``, whose labels mark
+    unlabelled pixels ``void_value``; shape (11,), sums to 1."""
+    counts = sum(np.bincount(label[label != void_value].ravel(), minlength=NUM_CLASSES)
+                 for label in (read_class_label(record["label"], NUM_CLASSES, void_value) for record in records))
     return counts / counts.sum()
 
 
@@ -104,28 +109,38 @@ def median_frequency_weights(frequencies: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CamvidImageStats:
-    """What :func:`validate_camvid` measured on one sample."""
+    """What :func:`validate_class_pair` measured on one sample of index-map labels (CamVid's, or a folder's)."""
 
     split: str
     id: str
     height: int
     width: int
-    class_counts: tuple[int, ...]  # pixels per label value 0..11
+    class_counts: tuple[int, ...]  # pixels per class 0..N-1, then void (CamVid: 0..10, then 11)
 
 
-def validate_camvid_sample(split: str, record: dict[str, str]) -> CamvidImageStats:
-    """Open the image and label of one record and check them (see :func:`validate_camvid`)."""
+def validate_class_pair(record: dict[str, str], num_classes: int, void_value: int, split: str = "") -> CamvidImageStats:
+    """Open the image and index-map label of one record {"id", "image", "label"}: an RGB image, a label of
+    ``num_classes`` classes and ``void_value`` (:func:`read_class_label`) of the image's size, at least one pixel
+    labelled with a class. Its counts are per value 0..num_classes-1, then void."""
     image = read_pixels(Path(record["image"]))
     if image.ndim != 3 or image.shape[2] != 3:
         raise DatasetError(f"{record['image']}: expected an RGB image, got array shape {image.shape}")
-    label = read_label(record["label"])
+    label = read_class_label(record["label"], num_classes, void_value)
     if label.shape != image.shape[:2]:
         raise DatasetError(
             f"{record['label']}: size mismatch, label is {label.shape[0]}x{label.shape[1]} (HxW) "
             f"but image {record['image']} is {image.shape[0]}x{image.shape[1]}"
         )
-    counts = np.bincount(label.ravel(), minlength=IGNORE_INDEX + 1)
-    return CamvidImageStats(split, record["id"], image.shape[0], image.shape[1], tuple(counts.tolist()))
+    counts = np.bincount(label[label != void_value].ravel(), minlength=num_classes)[:num_classes].tolist()
+    if not any(counts):
+        raise DatasetError(f"{record['label']}: every pixel is void ({void_value}); nothing to learn from")
+    return CamvidImageStats(split, record["id"], image.shape[0], image.shape[1],
+                            (*counts, int((label == void_value).sum())))
+
+
+def validate_camvid_sample(split: str, record: dict[str, str]) -> CamvidImageStats:
+    """Open the image and label of one record and check them (see :func:`validate_camvid`)."""
+    return validate_class_pair(record, NUM_CLASSES, IGNORE_INDEX, split)
 
 
 def validate_camvid(root: str | Path, splits: tuple[str, ...] = SPLITS) -> list[CamvidImageStats]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medseg.data.camvid import CamvidImageStats, validate_class_pair
 from medseg.data.drive import split_validation
-from medseg.data.files import DatasetError, read_pixels
+from medseg.data.files import DatasetError, check_all, read_pixels
 from medseg.data.vessel_folders import (
     LABEL_POSITIVE,
     VesselImageStats,
@@ -44,19 +45,36 @@ VALIDATION_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class LabelledFolder:
-    """Images, labels and optional FOV masks paired by file stem; labels binary, or index maps whose vessel
-    values are ``label_positive``."""
+    """Images, labels and optional FOV masks paired by file stem. Vessel labels are binary, or index maps whose
+    vessel values are ``label_positive``; with ``void_value`` the labels are index maps of ``classes`` classes
+    (values 0..classes-1) and that value for unlabelled pixels, as a road-scene bundle learns them (no FOV)."""
 
     images: Path
     labels: Path
     masks: Path | None = None
     label_positive: tuple[int, ...] = field(default_factory=tuple)
+    classes: int | None = None
+    void_value: int | None = None
 
     @classmethod
     def of(cls, images: str | Path, labels: str | Path, masks: str | Path | None = None,
-           label_positive: Sequence[int] | None = None) -> LabelledFolder:
-        return cls(Path(images).resolve(), Path(labels).resolve(), None if masks is None else Path(masks).resolve(),
-                   tuple(int(value) for value in label_positive or ()))
+           label_positive: Sequence[int] | None = None, classes: int | None = None,
+           void_value: int | None = None) -> LabelledFolder:
+        folder = cls(Path(images).resolve(), Path(labels).resolve(), None if masks is None else Path(masks).resolve(),
+                     tuple(int(value) for value in label_positive or ()), classes, void_value)
+        if (classes is None) != (void_value is None):
+            raise ValueError("index-map labels of classes need both the class count and the void value")
+        if void_value is not None and (masks is not None or folder.label_positive):
+            raise ValueError("labels of classes take no FOV masks and no vessel values")
+        if void_value is not None and not classes <= void_value <= 255:
+            raise ValueError(f"the void value {void_value} must lie above the classes 0..{classes - 1} and be at "
+                             "most 255")
+        return folder
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether the labels are index maps of classes (road scenes), not vessel labels."""
+        return self.void_value is not None
 
     def records(self) -> list[dict]:
         """One record per pair, {"id", "image", "label"[, "mask"][, "label_positive"]}, sorted by id."""
@@ -84,19 +102,23 @@ def _check_label_values(stats: VesselImageStats, record: dict, positive: Sequenc
                            "label or an index map with --label-positive V ... is expected")
 
 
-def check_labelled_folder(folder: LabelledFolder) -> list[VesselImageStats]:
+def check_labelled_folder(folder: LabelledFolder) -> list[VesselImageStats] | list[CamvidImageStats]:
     """Open every file of ``folder``; the stats of each pair.
 
     Raises:
         DatasetError: one line per problem, each naming the file: an empty folder, an image without its label
             or mask, a label without its image, fewer than :data:`MIN_PAIRS` pairs, an unreadable file, a label
             or mask whose size is not its image's, a label that is neither binary nor an index map holding one
-            of the named vessel values.
+            of the named vessel values; for labels of classes, a value that is neither a class nor the void
+            value, or a label all void.
     """
     records = folder.records()
     if len(records) < MIN_PAIRS:
         raise DatasetError(f"{folder.images}: {len(records)} labelled photograph(s); at least {MIN_PAIRS} are needed "
                            "(one to train on, one to validate on)")
+    if folder.has_classes:
+        return check_all(validate_class_pair, [(record, folder.classes, folder.void_value) for record in records],
+                         f"labelled folder {folder.images}")
     stats = validate_vessel_records(records, folder.label_positive or None, f"labelled folder {folder.images}")
     problems = []
     for record, stat in zip(records, stats):
@@ -144,7 +166,8 @@ def labelled_folder_records(
 
     Validation is ``val_images``/``val_labels`` (and ``val_masks``) when given, else ``n_val`` photographs of
     the folder (default :func:`default_validation_size`) held out by :func:`medseg.data.split_validation` with
-    ``seed``. Folders without masks get estimated FOV masks written under ``fov_dir`` (required then).
+    ``seed``. With ``fov_dir`` (fundus photographs), those without masks get estimated FOV masks written under
+    it; without it (road scenes) the records carry no mask.
     """
     train = LabelledFolder.of(images, labels, masks, label_positive).records()
     if val_images is not None:
@@ -154,9 +177,7 @@ def labelled_folder_records(
     else:
         train, val = split_validation(train, n_val=n_val or default_validation_size(len(train)), seed=seed)
     for part, given, name in ((train, masks, "train"), (val, val_masks if val_images else masks, "val")):
-        if given is None:
-            if fov_dir is None:
-                raise ValueError("fov_dir is required for photographs without FOV masks")
+        if given is None and fov_dir is not None:
             part[:] = _with_estimated_fov(part, Path(fov_dir) / name)
     return train, val
 

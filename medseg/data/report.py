@@ -12,6 +12,7 @@ from skimage.segmentation import find_boundaries
 from medseg.data.camvid import (
     CLASS_NAMES,
     IGNORE_INDEX,
+    CamvidImageStats,
     PALETTE,
     camvid_records,
     read_label,
@@ -86,14 +87,26 @@ def _les_av_table(root: Path) -> str:
     return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows, rule=False)
 
 
-def folder_report(folder: LabelledFolder, stats: Sequence[VesselImageStats]) -> str:
+def folder_report(folder: LabelledFolder, stats: Sequence[VesselImageStats] | Sequence[CamvidImageStats]) -> str:
     """The table of a checked labelled folder (:func:`medseg.data.labelled_folder.check_labelled_folder`), with
     its digest, which a training run and a bundle trained on it record."""
+    title = f"{folder.images}: {len(stats)} labelled photographs, every file valid, digest {folder.digest()}\n"
+    if folder.has_classes:
+        return title + _class_table(stats, folder.void_value)
     fov = [s.fov_fraction for s in stats if s.fov_fraction is not None]
     row = [*_vessel_columns("all", stats), _percent_range(fov) if fov else "estimated at training"]
     header = ["pairs", "images", "size HxW", "label values", "vessel % mean (min-max)", "FOV %"]
-    return (f"{folder.images}: {len(stats)} labelled photographs, every file valid, digest {folder.digest()}\n"
-            + format_table(header, [row], rule=False))
+    return title + format_table(header, [row], rule=False)
+
+
+def _class_table(stats: Sequence[CamvidImageStats], void_value: int) -> str:
+    """Pairs and sizes, then the share of the pixels of each label value (the classes, then void)."""
+    counts = np.sum([s.class_counts for s in stats], axis=0)
+    values = [*range(len(counts) - 1), void_value]
+    shares = [[value, "void" if index == len(counts) - 1 else "", f"{100 * counts[index] / counts.sum():.2f}"]
+              for index, value in enumerate(values)]
+    return (format_table(["pairs", "size HxW"], [[len(stats), _sizes(stats)]], rule=False) + "\n\npixel % per label value\n"
+            + format_table(["value", "", "pixels %"], shares, rule=False))
 
 
 def _camvid_table(root: Path) -> str:

@@ -29,6 +29,7 @@ from monai.transforms import (
     Lambda,
     Lambdad,
     LoadImaged,
+    MapLabelValued,
     MapTransform,
     NormalizeIntensityd,
     RandAdjustContrastd,
@@ -48,6 +49,7 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from PIL import Image
 
+from medseg.data.camvid import IGNORE_INDEX
 from medseg.data.files import as_stored_image
 from medseg.data.vessel_folders import LABEL_POSITIVE
 from medseg.fundus import equalize_local_contrast, fundus_scale, resample, resample_vessel_label, standardize_inside_fov
@@ -349,12 +351,14 @@ def _vessel_jitters(
 
 
 def camvid_transforms(
-    phase: str = "train", crop_size: Sequence[int] | None = (256, 256), normalization: str = "none"
+    phase: str = "train", crop_size: Sequence[int] | None = (256, 256), normalization: str = "none",
+    void_value: int = IGNORE_INDEX,
 ) -> Compose:
     """Transforms for CamVid records {"image", "label"} (paths) -> tensors.
 
     Output: "image" float32 (3, H, W) in [0, 1]; "label" int64 (1, H, W) with classes 0-10 and 11 = void
-    (``medseg.data.camvid.IGNORE_INDEX``). "eval" keeps whole 360x480 frames. "train" takes a random
+    (``medseg.data.camvid.IGNORE_INDEX``), a label's ``void_value`` (a folder's own, e.g. 255) mapped to 11.
+    "eval" keeps whole frames (CamVid's are 360x480). "train" takes a random
     ``crop_size`` crop (whole frame if None), a horizontal flip (road scenes are not flipped upside down) and
     intensity jitter on the image.
 
@@ -369,6 +373,8 @@ def camvid_transforms(
         LoadImaged(keys="label", reader=pil_reader("indices")),
         EnsureChannelFirstd(keys=["image", "label"]),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
+        *([MapLabelValued(keys="label", orig_labels=[void_value], target_labels=[IGNORE_INDEX], dtype=np.uint8)]
+          if void_value != IGNORE_INDEX else []),
         CastToTyped(keys="label", dtype=torch.int64),
     ]
     if normalization == "standardize":

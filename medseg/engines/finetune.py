@@ -27,6 +27,7 @@ from medseg.resources import read_bundle_config
 
 __all__ = [
     "FolderTraining",
+    "bundle_classes",
     "LinearWarmUp",
     "folder_summary",
     "folder_training_overrides",
@@ -60,7 +61,7 @@ class FolderTraining:
         component = {"_target_": "medseg.data.labelled_folder_records", "images": str(folder.images),
                      "labels": str(folder.labels), "masks": None if folder.masks is None else str(folder.masks),
                      "label_positive": list(folder.label_positive) or None, "seed": "@split_seed",
-                     "fov_dir": fov_dir}
+                     "fov_dir": None if folder.has_classes else fov_dir}
         if val is None:
             return {**component, "n_val": self.validation_size()}
         return {**component, "val_images": str(val.images), "val_labels": str(val.labels),
@@ -106,8 +107,17 @@ def folder_training_overrides(bundle: Path, training: FolderTraining, workflow: 
         if "training_fov_width" not in parser and "training_fov_width" not in given:
             settings["training_fov_width"] = "@_meta_#medseg#training_fov_width"
         settings.update({key: "@training_fov_width" for key in _FOV_WIDTH_IDS[workflow]})
+    if training.folder.has_classes:  # the folder's void value is mapped to the bundle's ignore index
+        settings["void_value"] = training.folder.void_value
     settings["dataset_name"] = settings["training_folder"]["name"]
     return settings
+
+
+def bundle_classes(bundle: Path) -> int | None:
+    """The class count of a bundle that learns index-map classes (its train.yaml has a ``void_value`` id: the
+    value of unlabelled pixels in the labels it reads), ``None`` for a vessel bundle."""
+    parser = read_bundle_config(bundle, "train")
+    return int(parser.get_parsed_content("num_classes")) if "void_value" in parser else None
 
 
 def initial_weights(sources: Sequence[Path]) -> dict[str, torch.Tensor]:

@@ -64,3 +64,17 @@ def test_train_transforms_crop_image_and_label_together(camvid_root):
     crop = camvid_transforms("train", crop_size=(64, 96))(record)
     assert crop["image"].shape == (3, 64, 96) and crop["label"].shape == (1, 64, 96)
     assert set(crop["label"].unique().tolist()) <= set(whole["label"].unique().tolist())
+
+
+def test_a_folders_own_void_value_becomes_the_ignored_index_and_counts_in_no_class(tmp_path):
+    from PIL import Image
+
+    label = np.array([[0, 255, 3], [10, 255, 255]], np.uint8)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "frame.png")
+    Image.fromarray(label).save(tmp_path / "frame_label.png")
+    record = {"image": str(tmp_path / "frame.png"), "label": str(tmp_path / "frame_label.png")}
+    mapped = camvid_transforms("eval", void_value=255)(record)["label"]
+    assert mapped.dtype == torch.int64
+    assert mapped[0].tolist() == [[0, IGNORE_INDEX, 3], [10, IGNORE_INDEX, IGNORE_INDEX]]
+    frequencies = class_frequencies([record], void_value=255)
+    assert frequencies[[0, 3, 10]].tolist() == pytest.approx([1 / 3] * 3) and frequencies.sum() == pytest.approx(1)

@@ -136,3 +136,75 @@ def test_a_validation_that_leaves_nothing_to_train_on_is_refused(folder, tmp_pat
     _fails_naming(capsys, [*train, "--val", "3"], tmp_path, "--val 3: the folder holds 3 pairs")
     _fails_naming(capsys, [*train, "--val", "1", "--val-images", str(folder / "images"), "--val-labels",
                            str(folder / "labels")], tmp_path, "not both")
+
+
+# labels of classes (a road-scene bundle's): index maps of the classes and a value for unlabelled pixels
+
+
+def write_road_scenes(root: Path, count: int, void_value: int = 255, height: int = 48, width: int = 64) -> Path:
+    """``count`` RGB frames under ``root/images`` with index-map labels under ``root/labels``: three bands of
+    classes 0 (sky), 1 (building) and 3 (road), a void stripe between them; each band tinted by its class."""
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(count)
+    for index in range(count):
+        label = np.full((height, width), 3, np.uint8)
+        label[: height // 3], label[height // 3: 2 * height // 3] = 0, 1
+        label[height // 3 - 2: height // 3 + 2] = void_value
+        colours = np.array([(128, 128, 128), (128, 0, 0), (0, 0, 0), (128, 64, 128)], np.uint8)
+        image = colours[np.where(label == void_value, 2, label)] + rng.integers(0, 20, (height, width, 3), np.uint8)
+        Image.fromarray(image).save(root / "images" / f"frame{index}.png")
+        Image.fromarray(label).save(root / "labels" / f"frame{index}.png")
+    return root
+
+
+@pytest.fixture
+def scenes(tmp_path) -> Path:
+    return write_road_scenes(tmp_path / "scenes", 3)
+
+
+def test_a_folder_of_class_labels_is_checked_with_the_share_of_each_value(scenes, capsys):
+    assert main(_check(scenes, "--classes", "11", "--void-value", "255", masks=False)) == 0
+    out = capsys.readouterr().out
+    assert "3 labelled photographs, every file valid" in out
+    shares = {int(line.split()[0]): float(line.split()[-1]) for line in out.splitlines()[-12:]}
+    assert set(shares) == {*range(11), 255} and shares[2] == 0.0
+    assert shares[255] == pytest.approx(100 * 4 / 48, abs=0.01) and sum(shares.values()) == pytest.approx(100, abs=0.1)
+
+
+def test_a_class_label_value_that_is_neither_a_class_nor_void_is_named(scenes, capsys):
+    label = np.asarray(Image.open(scenes / "labels" / "frame1.png")).copy()
+    label[0, 0] = 20
+    Image.fromarray(label).save(scenes / "labels" / "frame1.png")
+    _fails_naming(capsys, _check(scenes, "--classes", "11", "--void-value", "255", masks=False), scenes,
+                  "frame1.png: label values [20] outside 0..10 (11 classes) and void (255)")
+
+
+def test_a_class_label_all_void_and_a_colour_label_are_named(scenes, capsys):
+    Image.fromarray(np.full((48, 64), 255, np.uint8)).save(scenes / "labels" / "frame0.png")
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(scenes / "labels" / "frame2.png")
+    _fails_naming(capsys, _check(scenes, "--classes", "11", "--void-value", "255", masks=False), scenes,
+                  "frame0.png: every pixel is void (255)", "frame2.png: expected a single-channel index label")
+
+
+def test_class_labels_take_the_class_count_and_a_void_value_above_the_classes(scenes, capsys):
+    _fails_naming(capsys, _check(scenes, "--void-value", "255", masks=False), scenes, "--classes N --void-value V")
+    _fails_naming(capsys, _check(scenes, "--classes", "11", "--void-value", "3", masks=False), scenes,
+                  "the void value 3 must lie above the classes 0..10")
+
+
+def test_a_vessel_bundle_refuses_a_void_value_and_a_bundle_of_classes_needs_one(scenes, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = ["--images", str(scenes / "images"), "--labels", str(scenes / "labels")]
+    _fails_naming(capsys, ["train", "drive_vessel_unet", *folder, "--void-value", "255"], tmp_path,
+                  "drive_vessel_unet learns vessels from binary labels")
+    _fails_naming(capsys, ["train", "camvid_unet", *folder], tmp_path,
+                  "camvid_unet learns 11 classes from index-map labels (values 0..10): name the value of their "
+                  "unlabelled pixels with --void-value V")
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_class_folder_records_carry_no_fov_mask(scenes, tmp_path):
+    train, val = labelled_folder_records(str(scenes / "images"), str(scenes / "labels"), n_val=1)
+    assert len(train) == 2 and len(val) == 1
+    assert not any("mask" in record for record in train + val)
