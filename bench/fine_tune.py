@@ -68,7 +68,6 @@ class Row:
 ROWS: dict[str, Row] = {
     "shipped": Row("none: the shipped weights, not fine-tuned (the reference; scored, never trained or chosen)", 0,
                    0, group="reference"),
-    "lr_1e-4": Row("learning rate 1e-4, 10 minutes", 1e-4),
     "lr_3e-4": Row("learning rate 3e-4, 10 minutes", 3e-4),
     "lr_1e-3": Row("learning rate 1e-3 (the from-scratch rate), 10 minutes", 1e-3),
     "lr_1e-3_5min": Row("learning rate 1e-3, 5 minutes", 1e-3, 5),
