@@ -158,8 +158,11 @@ class TrackingHandler(MLFlowHandler):
         folder = self.training_folder
         self._log_params({f"training_folder.{key}": value for key, value in folder.items()})
         held_out = np.array([0] * int(folder["train"]) + [1] * int(folder["validation"]))
-        dataset = mlflow.data.from_numpy(held_out, source=folder["source"], name=folder["name"],
-                                         digest=folder["digest"])
+        with warnings.catch_warnings():
+            # a folder path matches both of MLflow's local sources ("" and "file" schemes), one class: same source
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(held_out, source=folder["source"], name=folder["name"],
+                                             digest=folder["digest"])
         self.client.log_inputs(self.cur_run.info.run_id, [DatasetInput(dataset._to_mlflow_entity(),
                                                                         [InputTag("mlflow.data.context", "training")])])
 

@@ -35,6 +35,9 @@ from medseg.utils import dropped_log_records
 
 __all__ = ["MODEL_ARTIFACT", "BundleModel", "log_bundle_model", "register_bundle_model", "sha256_of", "ship_run"]
 
+# MLflow's switch for its per-file download progress bars
+_PROGRESS_BAR = mlflow.environment_variables.MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+
 # the artifact path of the model in its run
 MODEL_ARTIFACT = "model"
 _BUNDLE_PARTS = ("configs", "docs")
@@ -132,7 +135,7 @@ def log_bundle_model(
         status = client.get_run(run_id).info.status
         # MLflow warns that a python_model object is pickled; BundleModel holds no state, the bundle is an artifact
         pickling = dropped_log_records("mlflow.pyfunc", "Passing a Python object as `python_model`")
-        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id), pickling:
+        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id), pickling, _no_download_progress_bars():
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=BundleModel(),
@@ -144,6 +147,21 @@ def log_bundle_model(
         if status == "RUNNING":  # leaving the fluent run ended it; the caller's run goes on
             client.update_run(run_id, status="RUNNING")
     return info.model_uri
+
+
+@contextmanager
+def _no_download_progress_bars() -> Iterator[None]:
+    """Logging a model with an input example loads it back, downloading its artifacts with a progress bar: noise
+    on a training's or a ship's console, which names the logged model in one line."""
+    previous = os.environ.get(_PROGRESS_BAR)
+    os.environ[_PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_PROGRESS_BAR]
+        else:
+            os.environ[_PROGRESS_BAR] = previous
 
 
 def register_bundle_model(

@@ -22,7 +22,7 @@ from PIL import Image
 from medseg.cli import main
 from medseg.data.synthetic import ensure_synthetic_drive
 from medseg.tracking import tracking_at
-from medseg.tracking.models import sha256_of
+from medseg.tracking.models import log_bundle_model, sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "network_features=[4,8]", "--set", "patch_size=[32,32]", "--set", "roi_size=[64,64]",
@@ -142,3 +142,16 @@ def test_a_training_ends_by_logging_its_network_as_an_mlflow_model(tmp_path):
                                        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert evaluation.data.tags["medseg.weights_sha256"] == sha256_of(weights)
     assert "test_f1" in evaluation.data.metrics and evaluation.info.status == "FINISHED"
+
+
+
+def test_logging_a_bundle_model_prints_no_download_progress_bars_and_leaves_the_environment_as_it_was(shipped,
+                                                                                                     capfd):
+    bundle, uri, _ = shipped
+    client = MlflowClient(uri)
+    run = client.create_run(client.get_experiment_by_name("drive_vessel_unet").experiment_id)
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    model_uri = log_bundle_model(bundle, bundle / "models" / "model.pt", run.info.run_id, uri)
+    assert model_uri.startswith("models:/")
+    assert "Downloading artifacts" not in capfd.readouterr().err
+    assert os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") == before
