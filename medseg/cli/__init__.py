@@ -40,6 +40,14 @@ def bundle_argument(text: str) -> Path:
         raise CLIError(str(err)) from None
 
 
+def bundle_shown(bundle: Path) -> str:
+    """How a printed command names ``bundle``: by its name when it is the bundle medseg ships under that name (a
+    path into the installed package says nothing to a user), else by its path."""
+    from medseg.resources import bundles_root
+
+    return bundle.name if (bundles_root() / bundle.name).resolve() == bundle.resolve() else str(bundle)
+
+
 def overlay_argument(text: str) -> Path:
     """argparse type: a config file, or the name of an overlay medseg ships (:func:`medseg.resources.overlay_file`)."""
     from medseg.resources import overlay_file

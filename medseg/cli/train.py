@@ -18,6 +18,7 @@ from medseg.cli import (
     add_bundle_arguments,
     bundle_argument,
     bundle_overrides,
+    bundle_shown,
     config_failure,
     ensemble_plan,
     mlflow_ui_command,
@@ -127,13 +128,14 @@ def _train_ensemble(args: argparse.Namespace, plan: EnsemblePlan, tracking_uri: 
     print(report_table(json.loads(trained.report.read_text())))
     print(f"the ensemble on its validation images: {trained.report} (MLflow run {trained.run_id}, the members' parent)")
     checkpoints = [arg for weight in trained.weights for arg in ("--checkpoint", str(weight))]
+    bundle = bundle_shown(args.bundle)
     if training is None:
-        print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, *checkpoints]))
-        print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights), *again]))
+        print("evaluate the ensemble: " + shlex.join(["medseg", "evaluate", bundle, *again, *checkpoints]))
+        print("ship it: " + shlex.join(["medseg", "bundle", "ship", bundle, *map(str, trained.weights), *again]))
     else:  # weights of a folder are scored on other photographs of it, and ship into a bundle of their own
-        print("score it: " + shlex.join(["medseg", "evaluate", str(args.bundle), *again, "--images", "DIR", "--labels",
-                                         "DIR", *checkpoints]))
-        print("ship it: " + shlex.join(["medseg", "bundle", "ship", str(args.bundle), *map(str, trained.weights),
+        print("score it: " + shlex.join(["medseg", "evaluate", bundle, *again, "--images", "DIR", "--labels", "DIR",
+                                         *checkpoints]))
+        print("ship it: " + shlex.join(["medseg", "bundle", "ship", bundle, *map(str, trained.weights),
                                         *again, "--new-bundle", "DIR",
                                         *(arg for arg in folder if arg != "--keep-bundle-data")]))
     print(f"review the runs: {mlflow_ui_command(tracking_uri)}")

@@ -108,7 +108,7 @@ def median_frequency_weights(frequencies: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class CamvidImageStats:
+class ClassImageStats:
     """What :func:`validate_class_pair` measured on one sample of index-map labels (CamVid's, or a folder's)."""
 
     split: str
@@ -118,7 +118,7 @@ class CamvidImageStats:
     class_counts: tuple[int, ...]  # pixels per class 0..N-1, then void (CamVid: 0..10, then 11)
 
 
-def validate_class_pair(record: dict[str, str], num_classes: int, void_value: int, split: str = "") -> CamvidImageStats:
+def validate_class_pair(record: dict[str, str], num_classes: int, void_value: int, split: str = "") -> ClassImageStats:
     """Open the image and index-map label of one record {"id", "image", "label"}: an RGB image, a label of
     ``num_classes`` classes and ``void_value`` (:func:`read_class_label`) of the image's size, at least one pixel
     labelled with a class. Its counts are per value 0..num_classes-1, then void."""
@@ -134,16 +134,16 @@ def validate_class_pair(record: dict[str, str], num_classes: int, void_value: in
     counts = np.bincount(label[label != void_value].ravel(), minlength=num_classes)[:num_classes].tolist()
     if not any(counts):
         raise DatasetError(f"{record['label']}: every pixel is void ({void_value}); nothing to learn from")
-    return CamvidImageStats(split, record["id"], image.shape[0], image.shape[1],
+    return ClassImageStats(split, record["id"], image.shape[0], image.shape[1],
                             (*counts, int((label == void_value).sum())))
 
 
-def validate_camvid_sample(split: str, record: dict[str, str]) -> CamvidImageStats:
+def validate_camvid_sample(split: str, record: dict[str, str]) -> ClassImageStats:
     """Open the image and label of one record and check them (see :func:`validate_camvid`)."""
     return validate_class_pair(record, NUM_CLASSES, IGNORE_INDEX, split)
 
 
-def validate_camvid(root: str | Path, splits: tuple[str, ...] = SPLITS) -> list[CamvidImageStats]:
+def validate_camvid(root: str | Path, splits: tuple[str, ...] = SPLITS) -> list[ClassImageStats]:
     """Open and check every image and label of a CamVid folder; return one stats entry per sample.
 
     Checks: folders exist and are not empty, images and labels pair by name, every file decodes completely,

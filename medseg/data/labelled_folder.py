@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medseg.data.camvid import CamvidImageStats, validate_class_pair
+from medseg.data.camvid import ClassImageStats, validate_class_pair
 from medseg.data.drive import split_validation
 from medseg.data.files import DatasetError, check_all, read_pixels
 from medseg.data.vessel_folders import (
@@ -56,20 +56,22 @@ class LabelledFolder:
     classes: int | None = None
     void_value: int | None = None
 
+    def __post_init__(self) -> None:
+        if (self.classes is None) != (self.void_value is None):
+            raise ValueError("index-map labels of classes need both the class count and the void value")
+        if self.void_value is not None and (self.masks is not None or self.label_positive):
+            raise ValueError("labels of classes take no FOV masks and no vessel values")
+        if self.void_value is not None and not self.classes <= self.void_value <= 255:
+            raise ValueError(f"the void value {self.void_value} must lie above the classes 0..{self.classes - 1} and "
+                             "be at most 255")
+
     @classmethod
     def of(cls, images: str | Path, labels: str | Path, masks: str | Path | None = None,
            label_positive: Sequence[int] | None = None, classes: int | None = None,
            void_value: int | None = None) -> LabelledFolder:
-        folder = cls(Path(images).resolve(), Path(labels).resolve(), None if masks is None else Path(masks).resolve(),
-                     tuple(int(value) for value in label_positive or ()), classes, void_value)
-        if (classes is None) != (void_value is None):
-            raise ValueError("index-map labels of classes need both the class count and the void value")
-        if void_value is not None and (masks is not None or folder.label_positive):
-            raise ValueError("labels of classes take no FOV masks and no vessel values")
-        if void_value is not None and not classes <= void_value <= 255:
-            raise ValueError(f"the void value {void_value} must lie above the classes 0..{classes - 1} and be at "
-                             "most 255")
-        return folder
+        """The folder of paths as typed (made absolute); the checks of the fields are ``__post_init__``'s."""
+        return cls(Path(images).resolve(), Path(labels).resolve(), None if masks is None else Path(masks).resolve(),
+                   tuple(int(value) for value in label_positive or ()), classes, void_value)
 
     @property
     def has_classes(self) -> bool:
@@ -102,7 +104,7 @@ def _check_label_values(stats: VesselImageStats, record: dict, positive: Sequenc
                            "label or an index map with --label-positive V ... is expected")
 
 
-def check_labelled_folder(folder: LabelledFolder) -> list[VesselImageStats] | list[CamvidImageStats]:
+def check_labelled_folder(folder: LabelledFolder) -> list[VesselImageStats] | list[ClassImageStats]:
     """Open every file of ``folder``; the stats of each pair.
 
     Raises:

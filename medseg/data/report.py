@@ -12,8 +12,8 @@ from skimage.segmentation import find_boundaries
 from medseg.data.camvid import (
     CLASS_NAMES,
     IGNORE_INDEX,
-    CamvidImageStats,
     PALETTE,
+    ClassImageStats,
     camvid_records,
     read_label,
     validate_camvid,
@@ -87,7 +87,7 @@ def _les_av_table(root: Path) -> str:
     return f"LES-AV {root}: {total} samples, every file valid\n" + format_table(header, rows, rule=False)
 
 
-def folder_report(folder: LabelledFolder, stats: Sequence[VesselImageStats] | Sequence[CamvidImageStats]) -> str:
+def folder_report(folder: LabelledFolder, stats: Sequence[VesselImageStats] | Sequence[ClassImageStats]) -> str:
     """The table of a checked labelled folder (:func:`medseg.data.labelled_folder.check_labelled_folder`), with
     its digest, which a training run and a bundle trained on it record."""
     title = f"{folder.images}: {len(stats)} labelled photographs, every file valid, digest {folder.digest()}\n"
@@ -99,7 +99,7 @@ def folder_report(folder: LabelledFolder, stats: Sequence[VesselImageStats] | Se
     return title + format_table(header, [row], rule=False)
 
 
-def _class_table(stats: Sequence[CamvidImageStats], void_value: int) -> str:
+def _class_table(stats: Sequence[ClassImageStats], void_value: int) -> str:
     """Pairs and sizes, then the share of the pixels of each label value (the classes, then void)."""
     counts = np.sum([s.class_counts for s in stats], axis=0)
     values = [*range(len(counts) - 1), void_value]

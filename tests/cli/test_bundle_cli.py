@@ -286,3 +286,13 @@ def test_an_unknown_bundle_exits_1_with_one_line_in_every_command(command, tmp_p
     (line,) = err.splitlines()
     assert line.startswith(f"medseg {command[0]}: error: no_such_bundle: not a bundle folder")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_printed_commands_name_a_shipped_bundle_by_name_and_any_other_by_path(tmp_path):
+    from medseg.cli import bundle_shown
+    from medseg.resources import bundle_folder
+
+    assert bundle_shown(bundle_folder("fundus_vessel_unet")) == "fundus_vessel_unet"
+    copy = tmp_path / "fundus_vessel_unet"
+    shutil.copytree(bundle_folder("fundus_vessel_unet") / "configs", copy / "configs")
+    assert bundle_shown(copy) == str(copy)

@@ -208,3 +208,12 @@ def test_class_folder_records_carry_no_fov_mask(scenes, tmp_path):
     train, val = labelled_folder_records(str(scenes / "images"), str(scenes / "labels"), n_val=1)
     assert len(train) == 2 and len(val) == 1
     assert not any("mask" in record for record in train + val)
+
+
+def test_a_folder_of_class_labels_is_checked_however_it_is_made(tmp_path):
+    with pytest.raises(ValueError, match="must lie above the classes 0..10"):
+        LabelledFolder(tmp_path, tmp_path, classes=11, void_value=3)
+    with pytest.raises(ValueError, match="take no FOV masks"):
+        LabelledFolder(tmp_path, tmp_path, masks=tmp_path, classes=11, void_value=255)
+    with pytest.raises(ValueError, match="both the class count and the void value"):
+        LabelledFolder(tmp_path, tmp_path, void_value=255)
