@@ -204,7 +204,7 @@ class InferenceNetwork(PreparedNetwork):
             prepared = copy.deepcopy(network).eval()
             if fuse:
                 fold_batch_norms(prepared)
-            if fuse and self.device.type == "cpu" and _pointwise_convolution_available():
+            if fuse and self.device.type == "cpu" and _pointwise_convolution_available(self.dtype):
                 fuse_convolution_relu(prepared)
             if fuse and self.device.type == "cpu":
                 replace_halving_max_pools(prepared)
@@ -291,8 +291,12 @@ def fuse_convolution_relu(network: nn.Module) -> nn.Module:
     return network
 
 
-def _pointwise_convolution_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+def _pointwise_convolution_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's fused convolution runs here in ``dtype``: its bf16 path needs AVX512 (BW, VL, DQ) or
+    AVX-NE-CONVERT, which an AVX2 CPU lacks, where bf16 runs as PyTorch's own convolution instead."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class ConvolutionReLU(nn.Module):

@@ -22,6 +22,7 @@ from medseg.inference import (
     InferenceNetwork,
     InferenceSettings,
     LoadedModel,
+    native_bfloat16,
     prepare_network,
     read_image,
     resolve_runtime,
@@ -87,7 +88,8 @@ def test_bfloat16_asks_openvino_for_bf16_and_float32_for_f32():
     hints = {precision: prepare_network(model.with_settings(runtime="openvino", precision=precision))
              .compiled.get_property("INFERENCE_PRECISION_HINT") for precision in ("float32", "bfloat16")}
     assert str(hints["float32"]) == "<Type: 'float32'>"
-    assert str(hints["bfloat16"]) == "<Type: 'bfloat16'>"
+    # the compiled model reports what it computes in: on a CPU without AMX or AVX512-BF16 OpenVINO keeps f32
+    assert str(hints["bfloat16"]) == ("<Type: 'bfloat16'>" if native_bfloat16("cpu") else "<Type: 'float32'>")
 
 
 def test_a_deep_supervised_ensemble_returns_its_first_output_as_torch_does():
