@@ -13,10 +13,10 @@ Cases, each ``medseg.inference.infer_files`` over files (what ``medseg infer`` r
 
 Methods, each case and method in its own process (its peak RSS is its own), one intra-op thread:
 
-- ``previous``: the defaults before this benchmark's change: float32, the layers as trained (no folding or
-  fusion), the bundle's validation ``sw_batch_size`` (16);
-- ``medseg``: the bundle's inference defaults (``precision: auto``, BN folded, conv + ReLU fused, 2x max pooling
-  as strided maxima, the ``sw_batch_size`` of ``configs/inference.yaml``);
+- ``previous``: the defaults before this benchmark's change: float32 on PyTorch, the layers as trained (no folding
+  or fusion), the bundle's validation window, overlap and ``sw_batch_size`` (96 x 96, 0.5, 16);
+- ``medseg``: the bundle's inference defaults (``configs/inference.yaml``: its window, overlap, ``sw_batch_size``,
+  runtime and precision; on PyTorch BN folded, conv + ReLU fused, 2x max pooling as strided maxima);
 - ``openvino_bf16`` / ``openvino_int8``: the bundle's defaults on the OpenVINO runtime (``runtime: openvino``) at
   precision bfloat16 (OpenVINO's ``bf16`` hint) or int8 (NNCF, calibrated on windows of the bundle's training
   photographs); conversion and calibration happen before the clock starts (they are cached once per weights);
@@ -35,13 +35,10 @@ same batch), in patches/s and GFLOP/s (forward and backward counted). ``--proces
 one thread with ``torchrun --nproc_per_node 2`` of one thread each on the DRIVE photographs, each launch timed
 ``PROCESS_REPEATS`` times in turns, their medians compared.
 
-``--validation-windows ROI,OVERLAP,BATCH,RUNTIME,PRECISION ...`` adds the window table on the validation
-photographs only (DRIVE's held-out training photographs of the bundle's split, LES-AV ``training/``): each
-candidate against the float32 reference (torch, 96 x 96 at overlap 0.5), passing when F1 and AUC-ROC (FOV-pooled,
-at 0.5) are within ``SAME_SCORE`` of the reference's on both sets and at least ``SAME_MASK`` of the FOV pixels keep
-their reference mask. ``--cohort N`` adds the cohort row: N DRIVE-sized photographs (the test photographs repeated)
-through ``medseg infer --runtime auto`` with every core in use, as one process of every core's threads and as
-``torchrun`` processes of one thread each, the faster launch giving photographs per hour.
+``--cohort N`` adds the cohort row: N DRIVE-sized photographs (the test photographs repeated) through ``medseg infer
+--runtime auto`` with every core in use, as one process of every core's threads and as ``torchrun`` processes of one
+thread each, the faster launch giving photographs per hour. The windows chosen on the validation photographs are
+``bench/inference_windows.py``'s; the run against the defaults before them, ``bench/inference_acceptance.py``'s.
 
     python bench/inference.py --out bench/results/inference.md
 """
@@ -81,13 +78,9 @@ CASES = {
 METHODS = ("previous", "medseg", "openvino_bf16", "openvino_int8", "monai")
 # the OpenVINO methods: their precision, on the bundle's other settings
 OPENVINO_METHODS = {"openvino_bf16": "bfloat16", "openvino_int8": "int8"}
-# the validation criterion of issue #37: scores within this of the float32 reference's, and this share of the FOV
-# pixels with the reference's mask
-SAME_SCORE = 0.001
-SAME_MASK = 0.995
-# the reference of the window table: the previous defaults' window, in float32 on PyTorch
-VALIDATION_REFERENCE = "96,0.5,16,torch,float32"
 PREVIOUS_SW_BATCH_SIZE = 16
+# the window and overlap before they were chosen on validation photographs (bench/inference_windows.py)
+PREVIOUS_WINDOW = ((96, 96), 0.5)
 # two processes on a 2-core host are at the mercy of what else runs there: each launch is timed this many times
 PROCESS_REPEATS = 3
 # what the plain MONAI call runs with (the settings of the bundle do not apply to it)
@@ -201,7 +194,8 @@ def child(case: str, method: str, drive: Path, out: Path) -> dict:
     if case == "photo8192":  # the FOV estimate would keep one of the mosaic's 225 discs and zero the rest
         settings = replace(settings, fov="none")
     if method == "previous":
-        settings = replace(settings, precision="float32", sw_batch_size=PREVIOUS_SW_BATCH_SIZE)
+        settings = replace(settings, precision="float32", sw_batch_size=PREVIOUS_SW_BATCH_SIZE, runtime="torch",
+                           roi_size=PREVIOUS_WINDOW[0], sw_overlap=PREVIOUS_WINDOW[1])
     if method in OPENVINO_METHODS:
         settings = replace(settings, runtime="openvino", precision=OPENVINO_METHODS[method])
     if method.startswith("medseg@"):  # the sweep: the bundle's defaults at another sw_batch_size
@@ -370,84 +364,6 @@ def processes_comparison(drive: Path, photographs: int, repeats: int = PROCESS_R
             | {"inference_runs": [run["inference"] for run in launched]} for name, launched in runs.items()}
 
 
-def validation_sets(
-    drive: Path, les_av: Path, limit: int | None = None
-) -> dict[str, tuple[list[dict[str, str]], tuple[int, ...] | None]]:
-    """The validation photographs, where windows are chosen: DRIVE's training photographs the bundle holds out (its
-    ``train.yaml`` split) and LES-AV ``training/`` (the first ``limit`` of each, for a trial run), each with the
-    label values that mean vessel."""
-    from medseg.data import LES_AV_LABEL_POSITIVE, les_av_records
-    from medseg.resources import read_bundle_config
-
-    parser = read_bundle_config(BUNDLE, "train", (), {"dataset_dir": str(drive)})
-    held_out = parser.get_parsed_content("records")[1]
-    return {"DRIVE validation": (held_out[:limit], None),
-            "LES-AV training": (les_av_records(les_av, "training")[:limit], LES_AV_LABEL_POSITIVE)}
-
-
-def validation_child(candidate: str, drive: Path, les_av: Path, out: Path, limit: int | None = None) -> dict:
-    """One window candidate ``ROI,OVERLAP,BATCH,RUNTIME,PRECISION`` over the validation sets, in this process:
-    wall time, FOV-pooled F1 and AUC-ROC at 0.5 per set; the masks are left in ``out`` for the agreement."""
-    from medseg.data import read_vessel_label
-    from medseg.data.files import read_pixels
-    from medseg.inference import load_model, predict_image, prepare_network, read_image
-    from medseg.metrics import FOVVesselMetrics
-
-    torch.set_num_threads(1)
-    roi, overlap, batch, runtime, precision = candidate.split(",")
-    model = load_model(BUNDLE)
-    model = model.with_settings(roi_size=(int(roi), int(roi)), sw_overlap=float(overlap), sw_batch_size=int(batch),
-                                runtime=runtime, precision=precision)
-    network = prepare_network(model)
-    scores, wall = {}, 0.0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, (records, positive) in validation_sets(drive, les_av, limit).items():
-        pooled = FOVVesselMetrics()
-        for record in records:
-            image, meta = read_image(Path(record["image"]))
-            fov = read_pixels(Path(record["mask"]), mode="L") > 127
-            start = time.perf_counter()
-            probabilities = predict_image(network, image, meta, model.settings, fov)[0].numpy()
-            wall += time.perf_counter() - start
-            label = read_vessel_label(record["label"], positive)
-            np.savez_compressed(out / f"{Path(record['image']).stem}.npz", mask=probabilities >= 0.5, fov=fov)
-            pooled.update(*(torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None]
-                            for a in (probabilities, label, fov)))
-        scores[name] = {key: pooled.compute(0.5)[key] for key in ("f1", "auc_roc")}
-    return {"wall_s": wall, "scores": scores}
-
-
-def validation_windows(candidates: list[str], drive: Path, les_av: Path, limit: int | None = None) -> dict[str, dict]:
-    """Each candidate (and the float32 reference) measured in its own process, then judged against the reference:
-    score differences, the share of FOV pixels with the reference's mask, and whether it passes."""
-    results = {}
-    for candidate in dict.fromkeys([VALIDATION_REFERENCE, *candidates]):
-        folder = WORK / "validation" / candidate.replace(",", "_")
-        shutil.rmtree(folder, ignore_errors=True)
-        command = [sys.executable, __file__, "--validation-child", candidate, "--drive", str(drive),
-                   "--les-av", str(les_av), *(["--validation-photographs", str(limit)] if limit else [])]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        if done.returncode != 0:
-            raise RuntimeError(f"validation {candidate} failed:\n{done.stderr[-3000:]}")
-        results[candidate] = json.loads(done.stdout.strip().splitlines()[-1]) | {"folder": folder}
-        print("validation", candidate, json.dumps({k: v for k, v in results[candidate].items() if k != "folder"}),
-              flush=True)
-    reference = results[VALIDATION_REFERENCE]
-    for result in results.values():
-        same = total = 0
-        for path in sorted(reference["folder"].glob("*.npz")):
-            ours, theirs = np.load(result["folder"] / path.name), np.load(path)
-            same += int((ours["mask"] == theirs["mask"])[theirs["fov"]].sum())
-            total += int(theirs["fov"].sum())
-        result["agreement"] = same / total
-        result["differences"] = {name: {key: abs(value - reference["scores"][name][key]) for key, value in set_scores.items()}
-                                 for name, set_scores in result["scores"].items()}
-        result["passes"] = result["agreement"] >= SAME_MASK and all(
-            difference <= SAME_SCORE for set_differences in result["differences"].values()
-            for difference in set_differences.values())
-    return results
-
-
 def cohort(drive: Path, photographs: int) -> dict:
     """Photographs per hour for ``photographs`` DRIVE-sized photographs through ``medseg infer --runtime auto`` with
     every core: one process of every core's threads, and ``torchrun`` with one process of one thread per core."""
@@ -475,33 +391,14 @@ def cohort(drive: Path, photographs: int) -> dict:
             "per_hour": photographs / walls[fastest] * 3600}
 
 
-def openvino_report(windows: dict[str, dict], cohort_row: dict | None, limit: int | None = None) -> str:
-    """The window table on the validation photographs (``limit``: a trial on the first photographs of each set) and
-    the cohort row, as Markdown."""
-    lines = []
-    if windows:
-        names = list(next(iter(windows.values()))["scores"])
-        lines += [
-            "", "## Windows on the validation photographs", "",
-            f"Reference: `{VALIDATION_REFERENCE}` (window, overlap, batch, runtime, precision). A candidate passes "
-            f"when F1 and AUC-ROC (FOV-pooled, at 0.5) are within {SAME_SCORE} of the reference's on every set and "
-            f"at least {SAME_MASK:.1%} of the FOV pixels keep the reference's mask. Wall: predicting only, 1 thread."
-            + (f" A trial: the first {limit} photograph(s) of each set only." if limit else ""),
-            "",
-        ]
-        header = ["candidate", "wall (s)", *(f"{name} F1 / AUC-ROC" for name in names), "same mask (FOV)", "passes"]
-        rows = [[f"`{candidate}`", f"{result['wall_s']:.1f}",
-                 *(f"{result['scores'][name]['f1']:.4f} / {result['scores'][name]['auc_roc']:.4f}" for name in names),
-                 f"{result['agreement']:.4%}", "yes" if result["passes"] else "no"]
-                for candidate, result in windows.items()]
-        lines += markdown_table(header, rows, text_columns=(0, len(header) - 1))
-    if cohort_row:
-        launches = ", ".join(f"{name}: {wall:.1f} s" for name, wall in cohort_row["walls"].items())
-        lines += ["", "## Cohort", "",
-                  f"{cohort_row['photographs']} DRIVE-sized photographs through `medseg infer --runtime auto` with "
-                  f"every core in use ({launches}): **{cohort_row['per_hour']:.0f} photographs per hour** "
-                  f"({cohort_row['fastest']})."]
-    return "\n".join(lines) + ("\n" if lines else "")
+def cohort_report(cohort_row: dict | None) -> str:
+    """The cohort row as Markdown (nothing when it was not asked for)."""
+    if not cohort_row:
+        return ""
+    launches = ", ".join(f"{name}: {wall:.1f} s" for name, wall in cohort_row["walls"].items())
+    return ("\n## Cohort\n\n"
+            f"{cohort_row['photographs']} DRIVE-sized photographs through `medseg infer --runtime auto` with every core "
+            f"in use ({launches}): **{cohort_row['per_hour']:.0f} photographs per hour** ({cohort_row['fastest']}).\n")
 
 
 def read_log(path: Path) -> tuple[dict, dict[str, dict[str, dict]], dict[int, dict]]:
@@ -571,8 +468,8 @@ def report(
         f"- Command: `{command}`",
         *([f"- {source}"] if source else []),
         "- Every row: one process, one intra-op thread (`OMP_NUM_THREADS=1`), `medseg.inference.infer_files` with "
-        "`bundles/drive_vessel_unet` (ensemble of 2 U-Nets, 96 x 96 windows at overlap 0.5, flip TTA: 3 views), "
-        "except `monai` (see the script's docstring).",
+        "`bundles/drive_vessel_unet` (ensemble of 2 U-Nets, flip TTA: 3 views; `previous` at 96 x 96 windows and "
+        "overlap 0.5, the others at the bundle's), except `monai` (see the script's docstring).",
         f"- Matmul peak of this run (1 thread, 2048^2): fp32 {peaks['float32']:.0f} GFLOP/s, "
         f"bf16 {peaks['bfloat16']:.0f} GFLOP/s{_all_cores(peaks)}. GFLOP: network FLOPs of every forward pass "
         "(2 per multiply-add).",
@@ -665,16 +562,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--render-log", type=Path, metavar="LOG",
                         help="take the cases and the sweep from the log of an earlier run (its stdout) instead of "
                         "measuring them again; agreement and quality are computed from its files in bench/work")
-    parser.add_argument("--les-av", type=Path, default=DATA / "LES-AV")
-    parser.add_argument("--validation-windows", nargs="*", default=[], metavar="ROI,OVERLAP,BATCH,RUNTIME,PRECISION",
-                        help=f"add the window table on the validation photographs (e.g. 256,0.25,1,openvino,auto), "
-                        f"each against {VALIDATION_REFERENCE}")
-    parser.add_argument("--validation-photographs", type=int, metavar="N",
-                        help="only the first N photographs of each validation set (a trial run; default all)")
     parser.add_argument("--cohort", type=int, default=0, metavar="N",
                         help="add the cohort row: photographs per hour for N DRIVE-sized photographs, every core")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--validation-child", metavar="CANDIDATE", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -683,11 +573,6 @@ def main() -> None:
     if args.child:
         case, method = args.child
         print(json.dumps(child(case, method, args.drive, WORK / "outputs" / case / method)))
-        return
-    if args.validation_child:
-        folder = WORK / "validation" / args.validation_child.replace(",", "_")
-        print(json.dumps(validation_child(args.validation_child, args.drive, args.les_av, folder,
-                                          args.validation_photographs)))
         return
     torch.set_num_threads(1)
     measured: dict[str, dict[str, dict]] = {}
@@ -748,11 +633,9 @@ def main() -> None:
                   f"`{args.render_log.relative_to(REPO) if args.render_log.is_absolute() else args.render_log}`), "
                   "rendered by the command above, which measured the other tables.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    validation = (validation_windows(args.validation_windows, args.drive, args.les_av, args.validation_photographs)
-                  if args.validation_windows else {})
     cohort_row = cohort(args.drive, args.cohort) if args.cohort else None
     args.out.write_text(report(rows, peaks, sweep, train, processes, command.strip(), windows, source)
-                        + openvino_report(validation, cohort_row, args.validation_photographs))
+                        + cohort_report(cohort_row))
     print(args.out.read_text())
 
 

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from monai.networks.nets import BasicUNet
 
@@ -406,3 +407,45 @@ def test_fine_tune_chooses_per_group_on_validation_never_the_reference_and_refus
         fine_tune.score("lr_3e-4", tmp_path, test=True)
     with pytest.raises(SystemExit, match="shipped: not chosen"):
         fine_tune.score("shipped", tmp_path, test=True)
+
+
+inference_windows = _load_bench("inference_windows")
+
+
+def _window_result(tmp_path: Path, name: str, wall_s: float, f1: float, mask: np.ndarray) -> dict:
+    folder = tmp_path / name.replace(",", "_")
+    folder.mkdir()
+    np.savez_compressed(folder / "0.npz", mask=mask, fov=np.ones_like(mask))
+    return {"wall_s": wall_s, "folder": folder, "scores": {"DRIVE validation": {"f1": f1, "auc_roc": 0.98}}}
+
+
+def test_a_window_is_chosen_only_with_the_reference_answers_and_as_fast_ones_go_to_the_least_work(tmp_path):
+    reference = np.zeros(1000, bool)
+    reference[:300] = True
+    moved = reference.copy()
+    moved[300:306] = True  # 0.6 % of the pixels change mask: below the 99.5 % kept
+    results = {
+        inference_windows.REFERENCE: _window_result(tmp_path, "reference", 100.0, 0.8000, reference),
+        "96,0.5,4,torch,auto": _window_result(tmp_path, "before", 95.0, 0.8000, reference),
+        "640,0.25,1,openvino,auto": _window_result(tmp_path, "better", 20.0, 0.8011, reference),  # F1 moved up
+        "384,0.25,1,openvino,auto": _window_result(tmp_path, "masks", 21.0, 0.8000, moved),
+        "192,0.25,4,openvino,auto": _window_result(tmp_path, "slower", 40.0, 0.8004, reference),
+        "640,0.125,1,openvino,auto": _window_result(tmp_path, "least", 41.0, 0.8009, reference),
+    }
+    inference_windows.judge(results)
+    assert [name for name, result in results.items() if not result["passes"]] == [
+        "640,0.25,1,openvino,auto", "384,0.25,1,openvino,auto"]  # a better F1 beyond 0.001 is another answer too
+    # 192 is the fastest that passes; 640 at 0.125 is as fast within the noise and does less work on large photographs
+    assert inference_windows.chosen(results) == "640,0.125,1,openvino,auto"
+    del results["640,0.125,1,openvino,auto"]
+    assert inference_windows.chosen(results) == "192,0.25,4,openvino,auto"
+
+
+@pytest.mark.parametrize("bundle", ["drive_vessel_unet", "fundus_vessel_unet"])
+def test_windows_are_chosen_on_drive_validation_and_les_av_training_photographs_only(bundle, drive_root, les_av_root):
+    sets = inference_windows.validation_sets(REPO / "bundles" / bundle, drive_root.parent)
+    drive, _ = sets["DRIVE validation"]
+    les_av, positive = sets["LES-AV training"]
+    assert len(drive) == 4 and all("/DRIVE/training/" in record["image"] for record in drive)
+    assert len(les_av) == 11 and all("/LES-AV/training/" in record["image"] for record in les_av)
+    assert positive == (1, 2, 3, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from medseg.inference import load_model
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 DRIVE_BUNDLE = BUNDLES / "drive_vessel_unet"
 INFERENCE_BUNDLES = sorted(p.parents[1] for p in BUNDLES.glob("*/configs/inference.yaml"))
+VESSEL_BUNDLES = [BUNDLES / name for name in ("drive_vessel_u2net", "drive_vessel_unet", "fundus_vessel_unet")]
+WINDOW_RESULTS = str(BUNDLES.parent / "bench" / "results" / "inference_windows_{bundle}.md")
 # hyper-parameters live in the configs; metadata.json keeps only descriptive facts
 HYPER_PARAMETERS = {"roi_size", "sw_batch_size", "overlap", "sw_overlap", "normalization", "activation", "threshold",
                     "tta", "preprocessing", "mode"}
@@ -65,14 +68,32 @@ def test_inference_settings_are_the_training_ids(bundle):
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     with contextlib.chdir(bundle):
         settings = parsed(bundle).get_parsed_content("inference_settings")
-    assert list(settings.roi_size) == train["roi_size"]
-    assert (settings.sw_overlap, settings.tta) == (train["sw_overlap"], train["tta"])
-    # the windows per forward pass change no answer, only the speed: inference.yaml may measure its own
-    with contextlib.chdir(bundle):
-        assert settings.sw_batch_size == parsed(bundle).get_parsed_content("sw_batch_size")
+    assert settings.tta == train["tta"]
+    if not Path(WINDOW_RESULTS.format(bundle=bundle.name)).exists():  # windows not chosen apart: those of validation
+        assert list(settings.roi_size) == train["roi_size"] and settings.sw_overlap == train["sw_overlap"]
     assert settings.mode == train["sw_inferer"]["mode"]
     assert settings.activation == train["sw_inferer"]["activation"]
     assert settings.fundus == metadata.get("medseg", {}).get("fundus", False)
+
+
+@pytest.mark.parametrize("bundle", VESSEL_BUNDLES, ids=lambda b: b.name)
+def test_a_vessel_bundles_windows_are_the_ones_chosen_on_validation_photographs(bundle):
+    # bench/inference_windows.py: the fastest candidate with float32's answers on the validation photographs
+    results = Path(WINDOW_RESULTS.format(bundle=bundle.name)).read_text()
+    roi, overlap, batch, runtime, precision = re.search(r"- Chosen: .*?\*\*`([^`]+)`\*\*", results)[1].split(",")
+    with contextlib.chdir(bundle):
+        settings = parsed(bundle).get_parsed_content("inference_settings")
+    assert tuple(settings.roi_size) == (int(roi), int(roi)) and settings.sw_overlap == float(overlap)
+    assert (settings.sw_batch_size, settings.precision) == (int(batch), precision)
+    # OpenVINO where it is installed, PyTorch elsewhere: the same answers
+    assert settings.runtime == ("auto" if runtime == "openvino" else runtime)
+    # evaluation keeps the windows its recorded metrics were scored with, in float32 on PyTorch
+    with contextlib.chdir(bundle):
+        evaluation = ConfigParser()
+        evaluation.read_config([str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "evaluate.yaml")])
+        train = ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))
+        assert evaluation.get_parsed_content("roi_size") == train["roi_size"]
+        assert evaluation.get_parsed_content("sw_overlap") == train["sw_overlap"]
 
 
 @pytest.mark.parametrize(("name", "erodes"), [("drive_vessel_unet", True), ("drive_vessel_u2net", True),
@@ -103,8 +124,7 @@ def test_an_overlay_changes_the_loaded_settings(small_weights, tmp_path):
     roi_overlay.write_text("roi_size: [64, 48]\nsw_overlap: 0.125\n")
     default = load_model(DRIVE_BUNDLE, overlays=[overlay], checkpoint=weights).settings
     changed = load_model(DRIVE_BUNDLE, overlays=[overlay, roi_overlay], checkpoint=weights).settings
-    train = ConfigParser.load_config_file(str(DRIVE_BUNDLE / "configs" / "train.yaml"))
-    assert default.roi_size == tuple(train["roi_size"]) and default.sw_overlap == train["sw_overlap"]
+    assert (default.roi_size, default.sw_overlap) != ((64, 48), 0.125)
     assert (changed.roi_size, changed.sw_overlap) == ((64, 48), 0.125)
     assert (changed.fundus, changed.training_fov_width, changed.in_channels) == (True, 540, 3)
 
