@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # medseg is imported where it is used: the inference bench measures its child processes' resident set from an
@@ -34,6 +36,16 @@ def machine_line() -> str:
 def shown(path: Path) -> str:
     """``path`` as a command typed in the repository root names it (``../shared/data/DRIVE``)."""
     return os.path.relpath(path, REPO)
+
+
+def same_mask_share(pairs: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """The share of all pixels inside the regions whose mask is the reference's, over ``(mask, reference mask,
+    inside)`` triples of (H, W) boolean arrays (the owner's same-mask criterion, issue #37)."""
+    same = total = 0
+    for ours, theirs, inside in pairs:
+        same += int((ours == theirs)[inside].sum())
+        total += int(inside.sum())
+    return same / total
 
 
 def markdown_table(header: list[str], rows: list[list[str]], text_columns: int | tuple[int, ...] = 1) -> list[str]:

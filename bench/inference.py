@@ -285,14 +285,13 @@ def mask_agreement(folder: Path, reference: Path, drive: Path, case: str) -> flo
     from medseg.data.drive import read_binary
 
     ours, theirs = read_masks(folder), read_masks(reference)
-    same = total = 0
+    pairs = []
     for stem, mask in theirs.items():
         inside = np.ones(mask.shape, bool)
         if case == "drive":
             inside = read_binary(drive / "test" / "mask" / f"{stem}_mask.gif").astype(bool)
-        same += int((ours[stem] == mask)[inside].sum())
-        total += int(inside.sum())
-    return same / total
+        pairs.append((ours[stem], mask, inside))
+    return common.same_mask_share(pairs)
 
 
 def train_steps(network: str, seconds: float = 20.0) -> dict:

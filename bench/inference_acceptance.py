@@ -110,39 +110,28 @@ def read_output(folder: Path, image: Path, kind: str) -> np.ndarray:
 
 def scores(case: str, data: Path, folder: Path) -> dict[str, float]:
     """FOV-pooled F1 and AUC-ROC at 0.5 of the probabilities in ``folder`` against the case's labels."""
-    import torch
-
-    from medseg.data import read_vessel_label
-    from medseg.data.files import read_pixels
-    from medseg.metrics import FOVVesselMetrics
+    from medseg.engines import pooled_vessel_metrics
 
     records, positive = scored_records(case, data)
-    pooled = FOVVesselMetrics()
-    for record in records:
-        arrays = (read_output(folder, Path(record["image"]), "prob"), read_vessel_label(record["label"], positive),
-                  read_pixels(Path(record["mask"]), mode="L") > 127)
-        pooled.update(*(torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None] for a in arrays))
-    computed = pooled.compute(0.5)
+    probabilities = {record["id"]: read_output(folder, Path(record["image"]), "prob") for record in records}
+    computed = pooled_vessel_metrics(probabilities, records, 0.5, label_positive=positive)
     return {"f1": computed["f1"], "auc_roc": computed["auc_roc"]}
 
 
 def same_mask(case: str, data: Path, folder: Path, reference: Path) -> float:
     """The share of pixels (inside the FOV masks for a scored case, else all) whose mask is the reference's."""
-    from medseg.data.files import read_pixels
+    from medseg.data import read_binary
 
     if case in SCORED:
         records, _ = scored_records(case, data)
-        pairs = [(Path(r["image"]), read_pixels(Path(r["mask"]), mode="L") > 127) for r in records]
+        named = [(Path(r["image"]), read_binary(r["mask"]).astype(bool)) for r in records]
     else:
-        pairs = [(path, None) for path in sorted(reference.glob("*_mask.png"))]
-    same = total = 0
-    for image, inside in pairs:
-        name = image if inside is not None else Path(image.name.removesuffix("_mask.png"))
-        ours, theirs = read_output(folder, name, "mask"), read_output(reference, name, "mask")
-        inside = np.ones(theirs.shape, bool) if inside is None else inside
-        same += int((ours == theirs)[inside].sum())
-        total += int(inside.sum())
-    return same / total
+        named = [(Path(path.name.removesuffix("_mask.png")), None) for path in sorted(reference.glob("*_mask.png"))]
+    pairs = []
+    for image, inside in named:
+        ours, theirs = read_output(folder, image, "mask"), read_output(reference, image, "mask")
+        pairs.append((ours, theirs, np.ones(theirs.shape, bool) if inside is None else inside))
+    return common.same_mask_share(pairs)
 
 
 def measure(bundle: Path, cases: list[str], data: Path) -> dict[str, dict[str, dict]]:

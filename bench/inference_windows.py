@@ -79,10 +79,9 @@ def validation_sets(bundle: Path, data: Path) -> dict[str, tuple[list[dict[str, 
 def run_candidate(bundle: Path, candidate: str, data: Path, out: Path) -> dict:
     """One candidate over the validation sets, in this process: wall time (predicting only), FOV-pooled F1 and
     AUC-ROC at 0.5 per set; each photograph's mask and FOV are left in ``out`` for the agreement."""
-    from medseg.data import read_vessel_label
     from medseg.data.files import read_pixels
+    from medseg.engines import pooled_vessel_metrics
     from medseg.inference import load_model, predict_image, prepare_network, read_image
-    from medseg.metrics import FOVVesselMetrics
 
     torch.set_num_threads(1)
     roi, overlap, batch, runtime, precision = candidate.split(",")
@@ -92,29 +91,26 @@ def run_candidate(bundle: Path, candidate: str, data: Path, out: Path) -> dict:
     scores, wall = {}, 0.0
     out.mkdir(parents=True, exist_ok=True)
     for name, (records, positive) in validation_sets(bundle, data).items():
-        pooled = FOVVesselMetrics()
+        probabilities = {}
         for record in records:
             image, meta = read_image(Path(record["image"]))
             fov = read_pixels(Path(record["mask"]), mode="L") > 127
             start = time.perf_counter()
-            probabilities = predict_image(network, image, meta, model.settings, fov).probabilities[0].numpy()
+            probabilities[record["id"]] = predict_image(network, image, meta, model.settings, fov).probabilities[0]
             wall += time.perf_counter() - start
-            label = read_vessel_label(record["label"], positive)
-            np.savez_compressed(out / f"{record['id']}.npz", mask=probabilities >= 0.5, fov=fov)
-            pooled.update(*(torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None]
-                            for a in (probabilities, label, fov)))
-        scores[name] = {key: pooled.compute(0.5)[key] for key in ("f1", "auc_roc")}
+            np.savez_compressed(out / f"{record['id']}.npz", mask=probabilities[record["id"]].numpy() >= 0.5, fov=fov)
+        pooled = pooled_vessel_metrics(probabilities, records, 0.5, label_positive=positive)
+        scores[name] = {key: pooled[key] for key in ("f1", "auc_roc")}
     return {"wall_s": wall, "scores": scores}
 
 
 def agreement(folder: Path, reference: Path) -> float:
     """The share of all FOV pixels whose mask in ``folder`` is the reference's."""
-    same = total = 0
+    pairs = []
     for path in sorted(reference.glob("*.npz")):
         ours, theirs = np.load(folder / path.name), np.load(path)
-        same += int((ours["mask"] == theirs["mask"])[theirs["fov"]].sum())
-        total += int(theirs["fov"].sum())
-    return same / total
+        pairs.append((ours["mask"], theirs["mask"], theirs["fov"]))
+    return common.same_mask_share(pairs)
 
 
 def judge(results: dict[str, dict]) -> None:

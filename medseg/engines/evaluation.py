@@ -43,10 +43,15 @@ def report_table(report: Mapping) -> str:
 
 
 def pooled_vessel_metrics(
-    probabilities: Mapping[str, np.ndarray], records: Sequence[dict], threshold: float = 0.5
+    probabilities: Mapping[str, np.ndarray],
+    records: Sequence[dict],
+    threshold: float = 0.5,
+    *,
+    label_positive: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """FOV-pooled vessel metrics of ``{record id: probabilities}`` against the records' ``label`` inside their
-    ``mask`` (DRIVE records, :func:`medseg.data.drive_records`), every FOV pixel of those images pooled.
+    ``mask`` (binary, as DRIVE's), every FOV pixel of those images pooled; ``label_positive``: the vessel values
+    of index-map labels (LES-AV's), as :func:`medseg.data.read_vessel_label` reads them.
 
     Each probability map has the label's pixels, as (H, W) or (1, H, W); a map of another size raises
     ``ValueError`` naming the record and its label file.
@@ -55,12 +60,11 @@ def pooled_vessel_metrics(
     metric = FOVVesselMetrics()
     for image_id, probs in probabilities.items():
         record = by_id[image_id]
-        label, mask = read_binary(record["label"]), read_binary(record["mask"])
-        probs = np.asarray(probs, dtype=np.float32)
+        label, mask = read_vessel_label(record["label"], label_positive), read_binary(record["mask"])
+        probs = np.asarray(probs)
         if probs.size != label.size:
             raise ValueError(f"{image_id}: probabilities of shape {probs.shape}, but {record['label']} is {label.shape}")
-        metric.update(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).reshape(1, 1, *label.shape))
-                        for a in (probs, label, mask)))
+        metric.update(probs.reshape(label.shape), label, mask)
     return metric.compute(threshold)
 
 
@@ -161,12 +165,10 @@ def evaluate_vessel_folder(
             fov = fov_for(meta.path, image, "auto", fundus=True, alpha=meta.alpha)
         probabilities = predict_image(network, image, meta, settings, fov, device=device).probabilities
         fov = fov if fov is not None else np.ones(image.shape[1:], dtype=bool)  # no disc found: every pixel scores
-        label = read_vessel_label(record["label"], label_positive)
-        tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(1, 1, *label.shape)
-                   for a in (probabilities[0], label, fov)]
-        pooled.update(*tensors)
+        pixels = (probabilities[0], read_vessel_label(record["label"], label_positive), fov)
+        pooled.update(*pixels)
         alone = FOVVesselMetrics()
-        alone.update(*tensors)
+        alone.update(*pixels)
         per_image[record["id"]] = alone.compute(0.5)["f1"]
     report = {
         "images": len(records),

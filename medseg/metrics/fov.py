@@ -37,6 +37,11 @@ __all__ = ["FOVVesselMetrics", "FOVVesselMetricHandler", "VESSEL_METRIC_NAMES"]
 VESSEL_METRIC_NAMES = ("auc_roc", "auc_pr", "f1", "accuracy", "sensitivity", "specificity", "precision")
 
 
+def _as_tensor(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A tensor of ``pixels`` (a numpy array copied only where torch cannot view it: flipped or strided views)."""
+    return torch.as_tensor(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else torch.as_tensor(pixels)
+
+
 def _ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
     """``numerator / denominator`` with 0 where the denominator is 0 (sklearn's ``zero_division=0``)."""
     numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
@@ -71,29 +76,31 @@ class FOVVesselMetrics:
         # row 0: background pixels per probability bin, row 1: vessel pixels
         self.counts = torch.zeros(2, self.num_bins, dtype=torch.int64)
 
-    def update(self, prob: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> None:
-        """Add the FOV pixels of a batch.
+    def update(self, prob: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray,
+               mask: torch.Tensor | np.ndarray) -> None:
+        """Add the FOV pixels of a batch, or of one image.
 
         Args:
-            prob: vessel probabilities in [0, 1], typically B x 1 x H x W (any shape, pixels are pooled).
-            label: ground truth of the same shape, vessel where ``label > 0.5``.
-            mask: FOV mask of the same shape, inside where ``mask > 0.5``.
+            prob: vessel probabilities in [0, 1], typically B x 1 x H x W (any shape, pixels are pooled), a tensor
+                or a numpy array.
+            label: ground truth of the same shape, vessel where ``label > 0.5`` (bool or numeric).
+            mask: FOV mask of the same shape, inside where ``mask > 0.5`` (bool or numeric).
         """
         if not prob.shape == label.shape == mask.shape:
             raise ValueError(
                 f"prob, label and mask must have the same shape, got {tuple(prob.shape)}, "
                 f"{tuple(label.shape)} and {tuple(mask.shape)}."
             )
-        inside = torch.as_tensor(mask) > 0.5
+        inside = _as_tensor(mask) > 0.5
         # float64 keeps floor(p * num_bins) exact for float32/16 probabilities
-        prob = torch.as_tensor(prob)[inside].double()
+        prob = _as_tensor(prob)[inside].double()
         if prob.numel() and (prob.min() < 0 or prob.max() > 1):
             raise ValueError(
                 f"prob must lie in [0, 1] (apply a sigmoid to logits first), got values in "
                 f"[{prob.min().item():.4g}, {prob.max().item():.4g}]."
             )
         bins = (prob * self.num_bins).long().clamp_(max=self.num_bins - 1)
-        is_vessel = (torch.as_tensor(label)[inside] > 0.5).long()
+        is_vessel = (_as_tensor(label)[inside] > 0.5).long()
         counts = torch.bincount(is_vessel * self.num_bins + bins, minlength=2 * self.num_bins)
         self.counts = self.counts.to(counts.device) + counts.view(2, self.num_bins)
 

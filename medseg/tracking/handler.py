@@ -99,6 +99,15 @@ class TrackingHandler(MLFlowHandler):
         self.training_folder = dict(training_folder) if isinstance(training_folder, Mapping) else None
         self.monitor: SystemMetricsMonitor | None = None
         self.tracking_lost = False
+        if self.dataset_logger is None:
+            self.dataset_logger = self._record_datasets
+
+    def _record_datasets(self, datasets: Mapping[str, Any] | None) -> None:
+        """MONAI's record of each dataset (its samples' ``dataset_keys`` as an MLflow input of that context),
+        without the progress bar MONAI draws over it: it takes microseconds and would interleave the console."""
+        for context, dataset in (datasets or {}).items():
+            samples = getattr(dataset, "data", [])
+            self._log_dataset({key: [str(sample[key]) for sample in samples] for key in self.dataset_keys}, context)
 
     def attach(self, engine: Engine) -> None:
         if idist.get_rank() == 0:
@@ -146,7 +155,9 @@ class TrackingHandler(MLFlowHandler):
         if self.training_folder is not None and self.cur_run is not None:
             self._log_training_folder()
         if self.system_metrics and self.cur_run is not None and self.monitor is None:
-            # CPU, memory, disk and network use beside the run's metrics (MLflow's own sampler, psutil)
+            # CPU, memory, disk and network use beside the run's metrics (MLflow's own sampler, psutil); its
+            # start and stop lines are not for the console
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
             self.monitor = SystemMetricsMonitor(self.cur_run.info.run_id, sampling_interval=10,
                                                 tracking_uri=self.client.tracking_uri)
             self.monitor.start()

@@ -41,3 +41,18 @@ def test_the_second_observer_of_drive_scores_as_published(drive_root):
     assert scores["sensitivity"] == pytest.approx(0.775, abs=0.001)
     assert scores["specificity"] == pytest.approx(0.973, abs=0.001)
     assert not any(name.startswith("auc") for name in scores)
+
+
+def test_index_map_labels_score_by_their_vessel_values(synthetic_test_records, tmp_path):
+    """LES-AV's labels are artery/vein index maps: with ``label_positive`` every named value is a vessel."""
+    from PIL import Image
+
+    records, labels = [], {}
+    for record in synthetic_test_records:
+        vessel = read_binary(record["label"])
+        index_map = tmp_path / f"{record['id']}.png"
+        Image.fromarray((vessel * np.where(np.arange(vessel.shape[1]) % 2, 1, 3)).astype(np.uint8)).save(index_map)
+        records.append({**record, "label": str(index_map)})
+        labels[record["id"]] = vessel.astype(np.float32)
+    assert pooled_vessel_metrics(labels, records, label_positive=(1, 3))["f1"] == pytest.approx(1.0)
+    assert pooled_vessel_metrics(labels, records, label_positive=(1,))["f1"] < 0.7

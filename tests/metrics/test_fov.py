@@ -94,6 +94,17 @@ def test_pixels_are_pooled_over_images():
     assert one_by_one.compute() == pooled.compute()
 
 
+def test_numpy_images_of_any_dtype_or_layout_count_as_tensors_do():
+    """One (H, W) image as numpy arrays: float16 probabilities, a bool label, a uint8 mask, a flipped view."""
+    prob, label, mask = (t[0, 0] for t in random_images(seed=3))
+    prob = prob.half()
+    as_tensors = FOVVesselMetrics()
+    as_tensors.update(prob.flip(-1), label.flip(-1), mask.flip(-1))
+    as_arrays = FOVVesselMetrics()
+    as_arrays.update(prob.numpy()[:, ::-1], label.numpy()[:, ::-1] > 0.5, mask.numpy().astype(np.uint8)[:, ::-1])
+    assert as_arrays.compute() == as_tensors.compute()
+
+
 def test_aucs_equal_sklearn_on_probabilities_on_the_bin_grid():
     prob, label, mask = random_images(seed=3)
     num_bins = 1024  # k / 1024 is exact in float32, so every probability lies on a bin edge

@@ -51,3 +51,21 @@ def test_the_training_handler_marks_each_start_of_the_training_and_the_validator
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
     assert len(client.get_metric_history(run.info.run_id, SEGMENT_START_METRIC)) == 2
+
+
+def test_datasets_are_recorded_as_run_inputs_without_a_progress_bar_on_the_console(tmp_path, capsys):
+    from monai.data import Dataset
+
+    uri = path_to_sqlite_uri(tmp_path / "mlflow.db")
+    samples = [{"image": f"/photos/{i}.png", "label": f"/labels/{i}.png"} for i in range(3)]
+    trainer = Engine(lambda engine, batch: 0.5)
+    TrackingHandler(tracking_uri=uri, experiment_name="datasets", run_name="run", tag_name="train_loss",
+                    output_transform=lambda output: output, dataset_dict={"train": Dataset(samples)}).attach(trainer)
+    trainer.run([0], max_epochs=1)
+
+    assert "Recording the" not in capsys.readouterr().err
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("datasets").experiment_id])
+    (recorded,) = run.inputs.dataset_inputs
+    assert recorded.dataset.name == "train_dataset_0"  # MONAI names each record by its dataset_dict key
+    assert '"num_rows": 3' in recorded.dataset.profile
