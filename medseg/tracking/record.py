@@ -102,16 +102,23 @@ def run_tags(network: str, dataset: str, **extra: str) -> dict[str, str]:
             MACHINE_TAG: machine_description(), COMMAND_TAG: _command_line(), **source, **extra}
 
 
+# the widest matrix instructions a CPU offers, most capable first: what decides its bf16 and int8 speed, and so what
+# a figure measured on it means (two "AMD EPYC" hosts differ by AVX512-BF16 or AVX2 alone)
+CPU_INSTRUCTIONS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
+
+
 def machine_description() -> str:
     """Where a run computes, as a training record names it: the GPU when torch sees one, else the CPU's model
-    name and its cores."""
+    name, its widest matrix instructions (:data:`CPU_INSTRUCTIONS`) and its cores, e.g. "AMD EPYC (AVX2), 2 cores"."""
     import torch
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
+    widest = next((f" ({name})" for flag, name in CPU_INSTRUCTIONS if flag in flags), "")
+    return f"{names[0] if names else platform.processor() or platform.machine()}{widest}, {os.cpu_count()} cores"
 
 
 def _command_line() -> str:

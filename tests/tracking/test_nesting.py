@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
@@ -84,6 +85,19 @@ def test_a_training_run_is_tagged_with_its_machine_and_command():
     tags = run_tags("UNet", "drive")
     assert tags[MACHINE_TAG] == machine_description() and tags[MACHINE_TAG]
     assert tags[COMMAND_TAG].split()[0] in ("medseg", "python")
+
+
+def test_the_machine_names_the_widest_matrix_instructions_of_its_cpu():
+    """Two hosts of one model name differ by AVX512-BF16 or AVX2 alone: a figure names which one it ran on."""
+    from medseg.tracking.record import CPU_INSTRUCTIONS
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
+                 set())
+    offered = [name for flag, name in CPU_INSTRUCTIONS if flag in flags]
+    if not offered:
+        pytest.skip("this CPU offers none of AMX, AVX512 or AVX2 (or has no /proc/cpuinfo)")
+    assert f"({offered[0]}), " in machine_description()
 
 
 def test_the_command_tag_names_the_module_python_m_ran(tmp_path):
