@@ -449,3 +449,30 @@ def test_windows_are_chosen_on_drive_validation_and_les_av_training_photographs_
     assert len(drive) == 4 and all("/DRIVE/training/" in record["image"] for record in drive)
     assert len(les_av) == 11 and all("/LES-AV/training/" in record["image"] for record in les_av)
     assert positive == (1, 2, 3, 4)
+
+
+fundus_retrain = _load_bench("fundus_retrain")
+
+
+def _retrain_scores(drive_f1: float, les_av_f1: float) -> dict:
+    return {"DRIVE validation": {"f1": drive_f1}, "LES-AV validation": {"f1": les_av_f1}}
+
+
+def test_retrained_fundus_weights_replace_the_shipped_ones_only_within_seed_noise_on_each_validation_set():
+    shipped = _retrain_scores(0.800, 0.855)
+    assert fundus_retrain.choice({("shipped", False): shipped, ("retrained", True): _retrain_scores(0.795, 0.850)})[0]
+    assert fundus_retrain.choice({("shipped", False): shipped, ("retrained", True): _retrain_scores(0.810, 0.860)})[0]
+    replaces, said = fundus_retrain.choice({("shipped", False): shipped,
+                                            ("retrained", True): _retrain_scores(0.805, 0.840)})
+    assert not replaces and "does not replace" in said and "LES-AV validation: F1 0.8400 against 0.8550" in said
+
+
+def test_the_retrained_fundus_bundle_is_judged_on_the_photographs_it_holds_out_only(drive_root, les_av_root):
+    sets = fundus_retrain.validation_sets(drive_root.parent)
+    (drive, none), (les_av, positive) = sets["DRIVE validation"], sets["LES-AV validation"]
+    assert none is None and positive == (1, 2, 3, 4)
+    assert len(drive) == 4 and all("/DRIVE/training/" in record["image"] and record["mask"] for record in drive)
+    assert len(les_av) == 2 and all("/LES-AV/training/" in record["image"] and record["mask"] for record in les_av)
+    trained, _ = multi_camera_records(drive_root, les_av_root, val_drive=4, val_les_av=2, seed=0)
+    assert not {record["image"] for record in trained} & {record["image"] for split in sets.values()
+                                                         for record in split[0]}

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
     with process_group() as (rank, world_size):  # under torchrun, each rank predicts its share of the inputs
         try:
             summary = infer_files_distributed(load, args.inputs, args.output, device=rank_device(args.device),
-                                              save_prob=args.save_prob, overwrite=args.overwrite, progress=rank == 0)
+                                              save_prob=args.save_prob, overwrite=args.overwrite,
+                                              # bars for a person at a terminal only: in a pipe or a log they
+                                              # interleave with the per-file lines
+                                              progress=rank == 0 and sys.stderr.isatty())
         except (OSError, ValueError, KeyError, RankFailed) as err:
             raise CLIError(str(err)) from None
     if rank == 0:

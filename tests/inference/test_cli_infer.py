@@ -109,6 +109,15 @@ def test_corrupt_file_is_named_and_the_others_still_run(checkpoint, tmp_path, ca
     assert not list(out.glob(".*")), "no temporary file is left behind"
 
 
+def test_output_read_through_a_pipe_has_one_line_per_message_and_no_progress_bar(checkpoint, tmp_path, capsys):
+    """``medseg infer ... 2>&1 | tee log``: a progress bar drawn into a pipe interleaves with the per-file lines."""
+    inputs = [str(write_png(tmp_path / f"{name}.png", seed)) for seed, name in enumerate("abc")]
+    assert main(["infer", *checkpoint_args(checkpoint), *inputs, "-o", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "file/s" not in captured.err and "\r" not in captured.err
+    assert "3 input(s) written" in captured.out
+
+
 def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys):
     image = write_png(tmp_path / "a.png", 1)
     out = tmp_path / "out"
