@@ -22,6 +22,7 @@ area over the centre line's length, pooled over the photographs.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import math
 import tempfile
@@ -39,7 +40,7 @@ from medseg.data.files import read_pixels
 from medseg.fundus import resample, resample_vessel_label
 from medseg.inference import load_model, predict_image, read_image
 
-from common import DATA, RESULTS, bundle_arguments, machine_line, markdown_table
+from common import DATA, RESULTS, machine_line, markdown_table, shown
 
 RESULT = RESULTS / "vessel_width.md"
 FACTORS = (0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
@@ -123,15 +124,20 @@ def bundle_rows(bundle: Path) -> list[list[str]]:
 
 
 def main() -> None:
-    bundles = bundle_arguments(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=RESULT, help=f"the results file (default: {shown(RESULT)})")
+    args = parser.parse_args()
+    bundles = args.bundles
     rows = [row for bundle in bundles for row in bundle_rows(bundle.resolve())]
     header = ["bundle", "photographs", "factor f", "label width", "predicted - label, erosion off",
               "predicted - label, erosion on", "the same in network pixels (x f)", f"within {TOLERANCE} px"]
-    RESULT.write_text("\n".join([
+    args.out.write_text("\n".join([
         "# Vessel widths at every scale: the label convention and the erosion that follows from it",
         "",
         f"- Date: {datetime.date.today()}. Machine: {machine_line()}.",
-        f"- Command: `python bench/vessel_width.py {' '.join(str(b) for b in bundles)}`",
+        f"- Command: `python bench/vessel_width.py {' '.join(str(b) for b in bundles)}"
+        f"{'' if args.out == RESULT else ' --out ' + shown(args.out)}`",
         "- Widths in photograph pixels, read along the label's centre line where both masks (threshold 0.5) detect "
         "it, pooled over the photographs (the script's docstring says how). Validation photographs only: no test "
         "photograph is scored here. A network's own error of width, in its pixels, is multiplied by 1 / f in the "
@@ -140,7 +146,7 @@ def main() -> None:
         *markdown_table(header, rows, text_columns=(0, 1, 2, 7)),
         "",
     ]))
-    print(RESULT.read_text())
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":
