@@ -105,8 +105,8 @@ def camera_block(scored: str, table: list[str]) -> str:
         f"{scored} by `python bench/bundle_results.py`, each cell "
         "`medseg evaluate BUNDLE --images DIR --labels DIR [--masks DIR]` (LES-AV labels: `--label-positive 1 2 3 "
         "4`): the shipped weights through the inference path of `medseg infer` (`--scale auto`; probabilities of a "
-        "shrunk photograph resampled back with their edges eroded where the bundle's `upsampled_edge_erosion` is "
-        "on: the DRIVE bundles), pooled inside the given or the estimated FOV, threshold 0.5. No test photograph of "
+        "shrunk photograph resampled back with their edges eroded, as the label convention every vessel bundle "
+        "learned calls for: `upsampled_edge_erosion`), pooled inside the given or the estimated FOV, threshold 0.5. No test photograph of "
         "either dataset was trained on.",
         "",
         block(NOTE_BLOCK, DRIVE_TEST_NOTE),

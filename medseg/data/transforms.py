@@ -57,10 +57,6 @@ from medseg.fundus import equalize_local_contrast, fundus_scale, resample, resam
 PHASES = ("train", "eval")
 PREPROCESSING = ("rgb", "green", "clahe")
 NORMALIZATIONS = ("none", "standardize", "standardize_fov")
-# how a label brought to the training FOV width is resampled: "convention", the one label convention
-# (medseg.fundus.resample_vessel_label); "half_coverage", bilinear coverage thresholded at 0.5, the rule
-# fundus_vessel_unet's shipped weights were trained with before the convention, kept for those weights alone
-LABEL_RESAMPLING = ("convention", "half_coverage")
 VESSEL_KEYS = ("image", "label", "mask")
 FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
 # the largest noise std of acquisition jitter, per normalization: about 6 grey levels of 255 either way (a fundus
@@ -122,12 +118,12 @@ def binarize_vessel_label(record: dict) -> dict:
     return record
 
 
-def resample_to_fov_width(record: dict, fov_width: float, label_resampling: str = "convention") -> dict:
+def resample_to_fov_width(record: dict, fov_width: float) -> dict:
     """Resample ``record``'s image, label and mask (C, H, W) so that the FOV mask is ``fov_width`` pixels wide,
     by the factor ``medseg infer --scale auto`` gives the photograph (:func:`medseg.fundus.fundus_scale`, 1 within
     its tolerance). The image is resampled bilinearly (anti-aliased when shrinking), the label under the one label
-    convention of every source (:func:`medseg.fundus.resample_vessel_label`; ``label_resampling``:
-    :data:`LABEL_RESAMPLING`), the FOV mask bilinearly then thresholded at 0.5."""
+    convention of every source (:func:`medseg.fundus.resample_vessel_label`), the FOV mask bilinearly then
+    thresholded at 0.5."""
     mask = np.asarray(record["mask"][0]) > 0.5
     if not mask.any():
         raise ValueError(f"{record.get('mask_path', 'the FOV mask')}: the FOV mask is empty")
@@ -137,8 +133,7 @@ def resample_to_fov_width(record: dict, fov_width: float, label_resampling: str 
     size = [round(side * factor) for side in record["image"].shape[1:]]
     label = torch.as_tensor(record["label"])
     record["image"] = resample(torch.as_tensor(record["image"]), size)
-    record["label"] = (resample_vessel_label(label, size) if label_resampling == "convention"
-                       else (resample(label, size) >= 0.5).float())
+    record["label"] = resample_vessel_label(label, size)
     record["mask"] = (resample(torch.as_tensor(record["mask"]), size) >= 0.5).float()
     return record
 
@@ -213,7 +208,6 @@ def vessel_transforms(
     camera_jitter: bool = False,
     random_convolution: bool = False,
     fov_width: float | None = None,
-    label_resampling: str = "convention",
 ) -> Compose:
     """Transforms for DRIVE-layout records {"image", "label", "mask"} (paths) -> tensors.
 
@@ -234,7 +228,7 @@ def vessel_transforms(
 
     Records may come from several cameras: a record's ``label_positive`` names the vessel values of an index-map
     label (LES-AV's), and ``fov_width`` brings every image to that FOV width first
-    (:func:`resample_to_fov_width`, labels by ``label_resampling``), the scale ``medseg infer --scale auto`` gives
+    (:func:`resample_to_fov_width`, labels under the one label convention), the scale ``medseg infer --scale auto`` gives
     photographs at inference.
 
     ``normalization="standardize"`` then standardises each whole image to zero mean and unit variance (MONAI's
@@ -247,12 +241,11 @@ def vessel_transforms(
     _check_choice("phase", phase, PHASES)
     _check_choice("preprocessing", preprocessing, PREPROCESSING)
     _check_choice("normalization", normalization, NORMALIZATIONS)
-    _check_choice("label_resampling", label_resampling, LABEL_RESAMPLING)
     if not 0.0 <= pos_fraction <= 1.0:
         raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
     if scale_jitter < 0.0:
         raise ValueError(f"scale_jitter must be >= 0, got {scale_jitter}")
-    deterministic = _vessel_loading(preprocessing, normalization, fov_width, label_resampling)
+    deterministic = _vessel_loading(preprocessing, normalization, fov_width)
     if phase == "eval":
         return Compose(deterministic)
     # Index maps of vessel pixels and of background pixels inside the FOV: computed once, cached with the rest.
@@ -262,8 +255,7 @@ def vessel_transforms(
     return Compose(deterministic + patches + jitters)
 
 
-def _vessel_loading(preprocessing: str, normalization: str, fov_width: float | None,
-                    label_resampling: str = "convention") -> list:
+def _vessel_loading(preprocessing: str, normalization: str, fov_width: float | None) -> list:
     """The deterministic head of :func:`vessel_transforms`: read, scale to [0, 1], binarise, bring to the FOV
     width, preprocess, normalise."""
     deterministic = [
@@ -275,8 +267,7 @@ def _vessel_loading(preprocessing: str, normalization: str, fov_width: float | N
         Lambda(func=binarize_vessel_label),
     ]
     if fov_width is not None:
-        deterministic.append(Lambda(func=partial(resample_to_fov_width, fov_width=fov_width,
-                                                 label_resampling=label_resampling)))
+        deterministic.append(Lambda(func=partial(resample_to_fov_width, fov_width=fov_width)))
     if preprocessing == "green":
         deterministic.append(Lambdad(keys="image", func=green_channel))
     elif preprocessing == "clahe":

@@ -96,13 +96,12 @@ def test_a_vessel_bundles_windows_are_the_ones_chosen_on_validation_photographs(
         assert evaluation.get_parsed_content("sw_overlap") == train["sw_overlap"]
 
 
-@pytest.mark.parametrize(("name", "erodes"), [("drive_vessel_unet", True), ("drive_vessel_u2net", True),
-                                              ("fundus_vessel_unet", False)])
-def test_only_networks_trained_on_drives_labels_alone_erode_upsampled_edges(name, erodes):
-    # DRIVE's labels mark every pixel a vessel touches; fundus_vessel_unet also learned LES-AV's labels shrunk at
-    # half coverage (bench/results/upsampled_edges.md)
+@pytest.mark.parametrize("name", ["drive_vessel_unet", "drive_vessel_u2net", "fundus_vessel_unet"])
+def test_every_vessel_bundle_erodes_upsampled_edges_as_the_label_convention_it_learned_calls_for(name):
+    # every label a vessel bundle learned marks each pixel a vessel touches at the training grid
+    # (medseg.fundus.resample_vessel_label): resampled up, that grid's excess edge is eroded
     with contextlib.chdir(BUNDLES / name):
-        assert parsed(BUNDLES / name).get_parsed_content("inference_settings").upsampled_edge_erosion is erodes
+        assert parsed(BUNDLES / name).get_parsed_content("inference_settings").upsampled_edge_erosion is True
 
 
 def test_drive_metadata_holds_facts_not_hyper_parameters():
