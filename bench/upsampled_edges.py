@@ -5,8 +5,9 @@ LES-AV's field of view is 2.7 times DRIVE's width, so `--scale auto` shrinks its
 probabilities are resampled back up to them. Labels that mark every pixel a vessel touches put an edge up to one
 pixel of their own grid outside the vessel: a network trained on DRIVE's native labels paints vessels about
 ``1 / f - 1`` photograph pixels too wide once resampled up by ``1 / f``, which the erosion removes
-(`medseg.inference.predict`). A network trained on labels shrunk by thresholding at half coverage
-(`fundus_vessel_unet`'s LES-AV part) has no such excess to remove.
+(`medseg.inference.predict`). A network trained on labels shrunk by thresholding at half coverage (the LES-AV part
+of `fundus_vessel_unet` 0.1.0, before medseg had one label convention) has no such excess to remove; its weights
+retrained under the convention (0.2.0) against those: `bench/fundus_retrain.py`.
 
 The photographs: LES-AV `training/` (11) for bundles trained on DRIVE alone, the LES-AV photographs a bundle held
 out for validation for one that trained on LES-AV (its train.yaml's `val_images_les_av`, `split_seed`). Each row is
