@@ -301,13 +301,16 @@ def test_the_readme_headline_is_the_eval_metrics_that_bundle_ship_measured():
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
-def test_a_training_record_typed_by_hand_says_so_wherever_it_is_quoted(bundle):
+def test_a_training_record_says_who_wrote_it_wherever_it_is_quoted(bundle):
     record = json.loads((bundle / "configs" / "metadata.json").read_text())["medseg"]["training"]
-    # no MLflow run of the shipped weights is kept: their records were typed before `bundle ship` wrote them
-    assert record["source"].startswith("recorded by hand on 2026-12-03")
     quoted = _block((bundle / "docs" / "README.md").read_text(), bundle_results.TRAINING_BLOCK)
-    assert quoted == bundle_results.training_line(bundle) and record["source"] in quoted
-    assert "MLflow run of the weights" not in quoted
+    assert quoted == bundle_results.training_line(bundle)
+    if "source" in record:  # weights shipped before `bundle ship` wrote records: typed, and said to be
+        assert record["source"].startswith("recorded by hand on 2026-12-03") and record["source"] in quoted
+        assert "MLflow run of the weights" not in quoted
+    else:  # written by `bundle ship` from the weights' MLflow run, which names its machine and command
+        assert "written by `medseg bundle ship` from the MLflow run of the weights" in quoted
+        assert record["command"].startswith("medseg train ") and record["machine"] in quoted
 
 
 # a figure as the docs print them: a fraction with three or more decimals (F1, AUC-ROC, mIoU, thresholds, ...)
