@@ -72,6 +72,9 @@ def commands_section(heading: str, commands: list[str]) -> list[str]:
 def save_member(bundle: Path, member: int, path: Path) -> Path:
     """Write member ``member`` of ``bundle``'s shipped ensemble (``models/model.pt``) to ``path`` as the float32
     weights of one network; returns ``path``."""
+    from medseg.inference import read_state_dict
+    from medseg.networks import member_state_dict
+
     weights = member_state_dict(read_state_dict(bundle / "models" / "model.pt"), member)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({name: value.float() for name, value in weights.items()}, path)

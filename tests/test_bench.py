@@ -479,3 +479,18 @@ def test_the_retrained_fundus_bundle_is_judged_on_the_photographs_it_holds_out_o
     trained, _ = multi_camera_records(drive_root, les_av_root, val_drive=4, val_les_av=2, seed=0)
     assert not {record["image"] for record in trained} & {record["image"] for split in sets.values()
                                                          for record in split[0]}
+
+
+def test_a_member_of_a_shipped_ensemble_is_saved_as_the_float32_weights_of_one_network(tmp_path):
+    import torch
+
+    from medseg.inference import read_state_dict
+    from medseg.networks import ensemble_size
+
+    common = _load_bench("common")
+    bundle = REPO / "bundles" / "fundus_vessel_unet"
+    path = common.save_member(bundle, 1, tmp_path / "member1.pt")
+    weights = torch.load(path, weights_only=True)
+    assert ensemble_size(weights) == 1 and ensemble_size(read_state_dict(bundle / "models" / "model.pt")) == 2
+    assert all(value.dtype == torch.float32 for value in weights.values() if value.is_floating_point())
+    UNet(spatial_dims=2, in_channels=3, out_channels=1, features=[16, 32, 64, 128, 256]).load_state_dict(weights)
