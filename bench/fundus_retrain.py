@@ -31,13 +31,14 @@ from pathlib import Path
 
 import torch
 
-from medseg.data import LES_AV_LABEL_POSITIVE, multi_camera_records
+from medseg.data import LES_AV_LABEL_POSITIVE
 from medseg.engines.ensemble import join_checkpoints
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import LoadedModel, load_model
-from medseg.resources import read_bundle_config
 from medseg.tracking import training_record
 
+import inference_windows
+import upsampled_edges
 from common import DATA, REPO, RESULTS, machine_line, markdown_table, shown
 
 BUNDLE = REPO / "bundles" / "fundus_vessel_unet"
@@ -49,17 +50,13 @@ METRICS = ("f1", "auc_roc", "sensitivity", "precision")
 
 
 def validation_sets(data: Path = DATA) -> dict[str, tuple[list[dict], tuple[int, ...] | None]]:
-    """The training photographs of each dataset that the bundle holds out, with their FOV masks, and the label
-    values that mean vessel."""
-    parser = read_bundle_config(BUNDLE, "train", (), {"dataset_dir": str(data / "DRIVE"),
-                                                      "les_av_dir": str(data / "LES-AV")})
-    _, held_out = multi_camera_records(data / "DRIVE", data / "LES-AV", val_drive=parser["val_images"],
-                                       val_les_av=parser["val_images_les_av"],
-                                       seed=parser.get_parsed_content("split_seed"))
+    """The training photographs of each dataset that the bundle holds out (its train.yaml split, as the window
+    choice and the erosion bench read it), with their FOV masks, and the label values that mean vessel."""
+    drive, _ = inference_windows.validation_sets(BUNDLE, data)["DRIVE validation"]
+    _, les_av = upsampled_edges.validation_photographs(BUNDLE, data)
     keys = ("id", "image", "label", "mask")
-    les_av = [{key: record[key] for key in keys} for record in held_out if record["id"].startswith("les-av-")]
-    drive = [{key: record[key] for key in keys} for record in held_out if not record["id"].startswith("les-av-")]
-    return {SETS[0]: (drive, None), SETS[1]: (les_av, LES_AV_LABEL_POSITIVE)}
+    return {SETS[0]: ([{key: record[key] for key in keys} for record in drive], None),
+            SETS[1]: ([{key: record[key] for key in keys} for record in les_av], LES_AV_LABEL_POSITIVE)}
 
 
 def scores(model: LoadedModel, sets: dict, work: Path) -> dict[str, dict[str, float]]:
