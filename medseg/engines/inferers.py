@@ -5,7 +5,9 @@
 - :class:`AutocastInferer` runs a training forward pass under ``torch.autocast`` on any device type, in the
   channels-last layout for 2D. MONAI's trainer only knows CUDA autocast (``amp=True``). On this project's
   2-core Xeon a 1.9 M-parameter U-Net trains at 96x96 about 14x faster channels-last than in the default
-  layout (oneDNN's convolutions), and bf16 autocast doubles that again (AMX).
+  layout (oneDNN's convolutions), and bf16 autocast doubles that again (AMX). Where a CPU has no native bf16
+  (AVX2 only), oneDNN emulates it and a step is slower than in float32: ``"auto"`` takes bf16 only where the
+  device computes it natively (:func:`medseg.inference.native_bfloat16`, the rule of inference's precision).
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import logging
+
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from medseg.inference import InferenceSettings, LoadedModel, PreparedNetwork, prepare_network, weights_digest
+from medseg.inference import (
+    InferenceSettings, LoadedModel, PreparedNetwork, native_bfloat16, prepare_network, weights_digest,
+)
 from medseg.inference.predict import predict
 
 __all__ = ["AutocastInferer", "PredictInferer"]
+
+logger = logging.getLogger(__name__)
 
 
 class PredictInferer(Inferer):
@@ -75,19 +83,36 @@ class AutocastInferer(Inferer):
     memory layout first (a no-op when they already are), the layout oneDNN convolves fastest.
 
     Args:
-        dtype: ``"bfloat16"``, ``"float16"`` or ``None`` (no autocast: a plain float32 forward pass).
+        dtype: ``"auto"`` (bfloat16 where the inputs' device computes it natively, else no autocast),
+            ``"bfloat16"``, ``"float16"`` or ``None`` (no autocast: a plain float32 forward pass).
         channels_last: use the channels-last layout for 2D batches.
     """
 
-    def __init__(self, dtype: str | None = "bfloat16", channels_last: bool = True) -> None:
+    def __init__(self, dtype: str | None = "auto", channels_last: bool = True) -> None:
         super().__init__()
-        self.dtype = getattr(torch, dtype) if dtype else None
+        if dtype not in (None, "auto") and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise ValueError(f"autocast dtype must be auto, bfloat16, float16 or null, got {dtype!r}")
+        self.requested = dtype
+        self._resolved: dict[str, torch.dtype | None] = {}
         self.channels_last = channels_last
+
+    def dtype_for(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype on ``device`` (``None``: none), said once per device type in the log."""
+        if device.type not in self._resolved:
+            if self.requested == "auto":
+                native = native_bfloat16(device)
+                dtype = torch.bfloat16 if native else None
+                logger.info("training autocast: %s (auto: %s on %s)", "bfloat16" if native else "float32, none",
+                            native or "no native bfloat16", device.type)
+            else:
+                dtype = getattr(torch, self.requested) if self.requested else None
+            self._resolved[device.type] = dtype
+        return self._resolved[device.type]
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.channels_last and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
             network.to(memory_format=torch.channels_last)
-        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
+        dtype = self.dtype_for(inputs.device)
+        with torch.autocast(device_type=inputs.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return _to_float32(network(inputs, *args, **kwargs))
