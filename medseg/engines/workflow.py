@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,10 +142,25 @@ def bundle_workflow(
             bundle_root=str(bundle),
             **dict(overrides or {}),
         )
+    _medseg_records_once_on_console()
     with contextlib.chdir(bundle):
         with _config_errors(workflow.parser, bundle):
             workflow.initialize()
     return workflow
+
+
+def _medseg_record_elsewhere(record: logging.LogRecord) -> bool:
+    """False for a medseg record where medseg's logger has a handler of its own (the CLI's, on stderr)."""
+    return not (record.name.partition(".")[0] == "medseg" and logging.getLogger("medseg").handlers)
+
+
+def _medseg_records_once_on_console() -> None:
+    """A bundle's logging.conf gives the root logger a console handler (MONAI's ``fileConfig``), which would print
+    every medseg record a second time where the CLI prints them already: that handler leaves them to the CLI's."""
+    for handler in logging.getLogger().handlers:
+        console = isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+        if console and _medseg_record_elsewhere not in handler.filters:
+            handler.addFilter(_medseg_record_elsewhere)
 
 
 @contextlib.contextmanager

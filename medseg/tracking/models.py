@@ -135,7 +135,12 @@ def log_bundle_model(
         status = client.get_run(run_id).info.status
         # MLflow warns that a python_model object is pickled; BundleModel holds no state, the bundle is an artifact
         pickling = dropped_log_records("mlflow.pyfunc", "Passing a Python object as `python_model`")
-        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id), pickling, _no_download_progress_bars():
+        # MLflow checks the model on the example, saying so, and the example's fundus scale line would read as the
+        # user's photograph's
+        checking = dropped_log_records("mlflow.pyfunc", "Validating input example")
+        example_scale = dropped_log_records("medseg.fundus.steps", "input: ")
+        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id), pickling, checking, example_scale, \
+                _no_download_progress_bars():
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=BundleModel(),
