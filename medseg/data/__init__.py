@@ -40,6 +40,7 @@ __all__ = [
     "PALETTE",
     "DatasetError",
     "RandConvolutiond",
+    "RandVesselZoomd",
     "camvid_records",
     "camvid_transforms",
     "checked_vessel_records",
@@ -48,6 +49,7 @@ __all__ = [
     "les_av_records",
     "multi_camera_records",
     "read_binary",
+    "zoom_vessel_patch",
     "read_vessel_label",
     "split_validation",
     "synthetic_retina",
@@ -75,8 +77,8 @@ __all__ = [
 _LAZY = {
     name: "medseg.data.transforms"
     for name in (
-        "RandConvolutiond", "cached_dataset", "camvid_transforms", "pil_reader",
-        "vessel_transforms",
+        "RandConvolutiond", "RandVesselZoomd", "cached_dataset", "camvid_transforms", "pil_reader",
+        "vessel_transforms", "zoom_vessel_patch",
     )
 }
 

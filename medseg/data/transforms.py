@@ -42,8 +42,8 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropd,
-    RandZoomd,
     RandomizableTransform,
+    ResizeWithPadOrCrop,
     ScaleIntensityRanged,
 )
 from monai.utils import convert_to_dst_type, convert_to_tensor
@@ -190,6 +190,47 @@ class RandConvolutiond(RandomizableTransform, MapTransform):
         return convert_to_dst_type(result, image)[0]
 
 
+class RandVesselZoomd(RandomizableTransform, MapTransform):
+    """Zoom a patch's image, vessel label and FOV mask by one random factor, keeping the patch size (centre crop,
+    or reflected borders), the label under the one label convention (:func:`medseg.fundus.resample_vessel_label`).
+
+    MONAI's ``RandZoomd`` zooms a label by nearest neighbour, which keeps a vessel's label width ``t + 1`` in
+    proportion, ``(t + 1) z``, where the convention that labels every other scale asks ``t z + 1``.
+
+    Args:
+        prob: probability of zooming a patch.
+        min_zoom, max_zoom: the factor is uniform in ``[min_zoom, max_zoom]``.
+    """
+
+    def __init__(self, prob: float = 0.5, min_zoom: float = 1.0, max_zoom: float = 1.0) -> None:
+        MapTransform.__init__(self, VESSEL_KEYS)
+        RandomizableTransform.__init__(self, prob)
+        if not 0.0 < min_zoom <= max_zoom:
+            raise ValueError(f"zoom range must satisfy 0 < min_zoom <= max_zoom, got [{min_zoom}, {max_zoom}]")
+        self.min_zoom, self.max_zoom = min_zoom, max_zoom
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        return zoom_vessel_patch(d, float(self.R.uniform(self.min_zoom, self.max_zoom)))
+
+
+def zoom_vessel_patch(record: dict, factor: float) -> dict:
+    """``record``'s (C, H, W) "image" (bilinear, anti-aliased when shrinking), "label" (the label convention) and
+    "mask" (bilinear, then >= 0.5) zoomed by ``factor`` about the patch centre, at their size (H, W)."""
+    size = tuple(record["image"].shape[1:])
+    zoomed = [round(side * factor) for side in size]
+    fit = ResizeWithPadOrCrop(spatial_size=size, mode="reflect")
+    resized = {
+        "image": resample(convert_to_tensor(record["image"], track_meta=False), zoomed),
+        "label": resample_vessel_label(convert_to_tensor(record["label"], track_meta=False), zoomed),
+        "mask": (resample(convert_to_tensor(record["mask"], track_meta=False), zoomed) >= 0.5).float(),
+    }
+    return {**record, **{key: convert_to_dst_type(fit(value), record[key])[0] for key, value in resized.items()}}
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
@@ -217,7 +258,8 @@ def vessel_transforms(
     ``pos_fraction`` and otherwise on a background pixel inside the FOV, then random flips, 90-degree rotations
     and, with ``intensity_jitter``, a random gamma, scale and shift of the image intensities. ``scale_jitter``
     s > 0 zooms half of the patches by a random factor in [1 / (1 + s), 1 + s] (same patch size, reflected
-    borders, labels by nearest neighbour), so that vessels are seen at widths other than DRIVE's own.
+    borders, labels under the one label convention: :class:`RandVesselZoomd`), so that vessels are seen at
+    widths other than DRIVE's own.
     ``acquisition_jitter`` blurs a fifth of the image patches (Gaussian, sigma 0.25 to 1 pixel: focus) and adds
     Gaussian noise to half of them (std up to about 6 grey levels, 0.1 of a standardised image's spread: a sensor),
     as cameras other than DRIVE's do; labels stay as drawn. ``camera_jitter`` scales and shifts each colour channel
@@ -300,17 +342,7 @@ def _vessel_patches(patch_size: Sequence[int], num_samples: int, pos_fraction: f
         RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
     ]
     if scale_jitter > 0.0:
-        patches.append(
-            RandZoomd(
-                keys=keys,
-                prob=0.5,
-                min_zoom=1.0 / (1.0 + scale_jitter),
-                max_zoom=1.0 + scale_jitter,
-                mode=("bilinear", "nearest", "nearest"),
-                padding_mode="reflect",
-                keep_size=True,
-            )
-        )
+        patches.append(RandVesselZoomd(prob=0.5, min_zoom=1.0 / (1.0 + scale_jitter), max_zoom=1.0 + scale_jitter))
     return patches
 
 
