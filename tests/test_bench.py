@@ -470,6 +470,17 @@ def test_retrained_fundus_weights_replace_the_shipped_ones_only_within_seed_nois
     assert not replaces and "does not replace" in said and "LES-AV validation: F1 0.8400 against 0.8550" in said
 
 
+fundus_candidate = _load_bench("fundus_candidate")
+
+
+def test_a_fundus_recipe_candidate_replaces_the_shipped_weights_only_when_better_on_the_mean_and_not_worse_on_a_set():
+    shipped = _retrain_scores(0.800, 0.855)
+    assert fundus_candidate.choice({"shipped": shipped, "candidate": _retrain_scores(0.805, 0.852)})[0]
+    assert not fundus_candidate.choice({"shipped": shipped, "candidate": _retrain_scores(0.800, 0.855)})[0]
+    replaces, said = fundus_candidate.choice({"shipped": shipped, "candidate": _retrain_scores(0.820, 0.845)})
+    assert not replaces and "does not replace" in said and "LES-AV validation: F1 0.8450 against 0.8550" in said
+
+
 def test_the_retrained_fundus_bundle_is_judged_on_the_photographs_it_holds_out_only(drive_root, les_av_root):
     sets = fundus_retrain.validation_sets(drive_root.parent)
     (drive, none), (les_av, positive) = sets["DRIVE validation"], sets["LES-AV validation"]
