@@ -505,3 +505,17 @@ def test_a_member_of_a_shipped_ensemble_is_saved_as_the_float32_weights_of_one_n
     assert ensemble_size(weights) == 1 and ensemble_size(read_state_dict(bundle / "models" / "model.pt")) == 2
     assert all(value.dtype == torch.float32 for value in weights.values() if value.is_floating_point())
     UNet(spatial_dims=2, in_channels=3, out_channels=1, features=[16, 32, 64, 128, 256]).load_state_dict(weights)
+
+
+width_residual = _load_bench("width_residual")
+
+
+def test_the_box_average_probe_gives_each_new_pixel_the_mean_over_its_footprint():
+    import torch
+
+    row = torch.tensor([0.0, 0.0, 3.0, 6.0, 6.0, 6.0])
+    image = row.view(1, 1, 6).repeat(2, 4, 1)
+    shrunk = width_residual.box_average(image, (2, 4))  # footprints 1.5 pixels wide: [0, 1.5), [1.5, 3), ...
+    torch.testing.assert_close(shrunk[0, 0], torch.tensor([0.0, 2.0, 6.0, 6.0]))
+    torch.testing.assert_close(shrunk.mean(), image.mean())
+    assert width_residual.box_average(image, (8, 12)).shape == (2, 8, 12)  # enlarging: medseg's bilinear
