@@ -102,7 +102,7 @@ class AutocastInferer(Inferer):
             if self.requested == "auto":
                 native = native_bfloat16(device)
                 dtype = torch.bfloat16 if native else None
-                logger.info("training autocast: %s (auto: %s on %s)", "bfloat16" if native else "float32, none",
+                logger.info("training in %s (auto: %s on %s)", "bfloat16 autocast" if native else "float32",
                             native or "no native bfloat16", device.type)
             else:
                 dtype = getattr(torch, self.requested) if self.requested else None

@@ -33,7 +33,7 @@ def test_auto_takes_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch
         assert ran_in_bfloat16(inferer) is expected
         ran_in_bfloat16(inferer)
     said = [record.getMessage() for record in caplog.records]
-    assert len(said) == 1 and said[0].startswith(f"training autocast: {'bfloat16' if expected else 'float32'}")
+    assert said == [f"training in {'bfloat16 autocast' if expected else 'float32'} (auto: {native or 'no native bfloat16'} on cpu)"]
 
 
 def test_auto_on_this_machine_follows_the_rule_of_inference_precision():
