@@ -300,6 +300,8 @@ def train_steps(network: str, seconds: float = 20.0) -> dict:
     from monai.losses import DiceCELoss
     from torch.utils.flop_counter import FlopCounterMode
 
+    from medseg.engines import AutocastInferer
+
     torch.set_num_threads(1)
     torch.manual_seed(0)
     parser = ConfigParser()
@@ -310,7 +312,9 @@ def train_steps(network: str, seconds: float = 20.0) -> dict:
     parser.update({"bundle_root": str(BUNDLE), "ensemble_members": 1})
     model = parser.get_parsed_content("network_def", instantiate=True).train()
     batch = int(parser["batch_images"]) * int(parser["patches_per_image"])
-    dtype = parser.get("autocast_dtype")
+    # the preset's setting as the trainer resolves it on this CPU ("auto": bfloat16 only where it is native)
+    resolved = AutocastInferer(parser.get("autocast_dtype")).dtype_for(torch.device("cpu"))
+    dtype = str(resolved).removeprefix("torch.") if resolved is not None else None
     x = torch.randn(batch, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, 1, 96, 96) > 0.85).float()
     model = model.to(memory_format=torch.channels_last)

@@ -72,6 +72,8 @@ def main() -> None:
         "",
         *markdown_table(["autocast_dtype", "steps/s", "against float32, same run"], rows),
         "",
+        *([f"`auto` chose {auto} here, the same steps as the `{'bfloat16' if native_bfloat16('cpu') else 'null'}` "
+           "row: the difference between those two rows is the run's noise.", ""]),
     ]))
     print(RESULT.read_text())
 

@@ -36,7 +36,7 @@ import medseg.fundus.steps as fundus_steps
 from medseg.data import LES_AV_LABEL_POSITIVE, les_av_records
 from medseg.data.files import read_pixels
 from medseg.fundus import resample
-from medseg.inference import load_model
+from medseg.inference import LoadedModel, load_model
 
 import vessel_width
 from common import DATA, REPO, RESULTS, machine_line, markdown_table
@@ -93,12 +93,13 @@ def blurred_drive(records: list[dict], weight: float, folder: Path) -> list[tupl
     return cases
 
 
-def network_pixels(model, cases: list, factor: float) -> str:
+def network_pixels(model: LoadedModel, cases: list[tuple[Path, np.ndarray, np.ndarray]], factor: float) -> str:
     """The width error with the erosion on, in network pixels (``vessel_width.measured``'s column)."""
     return vessel_width.measured(model, cases, factor)[3]
 
 
 def rows(work: Path) -> list[list[str]]:
+    """The table's rows: each probe's variant on each set of photographs, blurred or enlarged copies in ``work``."""
     model = load_model(BUNDLE)
     drive = vessel_width.validation_drive(BUNDLE)
     table = [["1 blur", f"DRIVE val ({len(drive)}), own size, blurred by [{w:.3g}, {1 - 2 * w:.3g}, {w:.3g}]", "1",

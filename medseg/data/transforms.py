@@ -190,7 +190,7 @@ class RandConvolutiond(RandomizableTransform, MapTransform):
         return convert_to_dst_type(result, image)[0]
 
 
-class RandVesselZoomd(RandomizableTransform, MapTransform):
+class RandVesselZoomd(RandomizableTransform):
     """Zoom a patch's image, vessel label and FOV mask by one random factor, keeping the patch size (centre crop,
     or reflected borders), the label under the one label convention (:func:`medseg.fundus.resample_vessel_label`).
 
@@ -203,7 +203,6 @@ class RandVesselZoomd(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, prob: float = 0.5, min_zoom: float = 1.0, max_zoom: float = 1.0) -> None:
-        MapTransform.__init__(self, VESSEL_KEYS)
         RandomizableTransform.__init__(self, prob)
         if not 0.0 < min_zoom <= max_zoom:
             raise ValueError(f"zoom range must satisfy 0 < min_zoom <= max_zoom, got [{min_zoom}, {max_zoom}]")
@@ -228,7 +227,9 @@ def zoom_vessel_patch(record: dict, factor: float) -> dict:
         "label": resample_vessel_label(convert_to_tensor(record["label"], track_meta=False), zoomed),
         "mask": (resample(convert_to_tensor(record["mask"], track_meta=False), zoomed) >= 0.5).float(),
     }
-    return {**record, **{key: convert_to_dst_type(fit(value), record[key])[0] for key, value in resized.items()}}
+    # plain tensors into convert_to_dst_type, so that each takes its record's meta data (a MetaTensor keeps its own)
+    fitted = {key: convert_to_tensor(fit(value), track_meta=False) for key, value in resized.items()}
+    return {**record, **{key: convert_to_dst_type(value, record[key])[0] for key, value in fitted.items()}}
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

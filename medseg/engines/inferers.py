@@ -12,10 +12,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import logging
 
 import torch
 from monai.data import MetaTensor
@@ -29,6 +28,8 @@ from medseg.inference.predict import predict
 __all__ = ["AutocastInferer", "PredictInferer"]
 
 logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = (None, "auto", "bfloat16", "float16")
 
 
 class PredictInferer(Inferer):
@@ -90,7 +91,7 @@ class AutocastInferer(Inferer):
 
     def __init__(self, dtype: str | None = "auto", channels_last: bool = True) -> None:
         super().__init__()
-        if dtype not in (None, "auto") and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast dtype must be auto, bfloat16, float16 or null, got {dtype!r}")
         self.requested = dtype
         self._resolved: dict[str, torch.dtype | None] = {}

@@ -22,7 +22,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medseg.resources import bundle_config_files, configs_root, is_packaged
-from medseg.utils import dropped_log_records
+from medseg.utils import CONSOLE_HANDLER, dropped_log_records
 
 __all__ = [
     "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
@@ -150,13 +150,15 @@ def bundle_workflow(
 
 
 def _medseg_record_elsewhere(record: logging.LogRecord) -> bool:
-    """False for a medseg record where medseg's logger has a handler of its own (the CLI's, on stderr)."""
-    return not (record.name.partition(".")[0] == "medseg" and logging.getLogger("medseg").handlers)
+    """False for a medseg record where the CLI's console handler (:data:`~medseg.utils.CONSOLE_HANDLER`) prints it."""
+    cli = any(handler.get_name() == CONSOLE_HANDLER for handler in logging.getLogger("medseg").handlers)
+    return not (cli and record.name.partition(".")[0] == "medseg")
 
 
 def _medseg_records_once_on_console() -> None:
     """A bundle's logging.conf gives the root logger a console handler (MONAI's ``fileConfig``), which would print
-    every medseg record a second time where the CLI prints them already: that handler leaves them to the CLI's."""
+    every medseg record a second time where the CLI prints them already: that handler leaves them to the CLI's.
+    Without the CLI (medseg as a library), medseg's records reach the root's handlers as any library's do."""
     for handler in logging.getLogger().handlers:
         console = isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
         if console and _medseg_record_elsewhere not in handler.filters:

@@ -33,7 +33,8 @@ def test_auto_takes_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch
         assert ran_in_bfloat16(inferer) is expected
         ran_in_bfloat16(inferer)
     said = [record.getMessage() for record in caplog.records]
-    assert said == [f"training in {'bfloat16 autocast' if expected else 'float32'} (auto: {native or 'no native bfloat16'} on cpu)"]
+    chosen = "bfloat16 autocast" if expected else "float32"
+    assert said == [f"training in {chosen} (auto: {native or 'no native bfloat16'} on cpu)"]
 
 
 def test_auto_on_this_machine_follows_the_rule_of_inference_precision():
@@ -45,6 +46,7 @@ def test_a_named_dtype_is_used_on_any_cpu_and_none_is_float32():
     assert ran_in_bfloat16(AutocastInferer(None)) is False
 
 
-def test_an_unknown_dtype_is_refused():
+@pytest.mark.parametrize("dtype", ["bf16", "float32", "int8"])
+def test_a_dtype_autocast_cannot_train_in_is_refused(dtype):
     with pytest.raises(ValueError, match="autocast dtype"):
-        AutocastInferer("bf16")
+        AutocastInferer(dtype)

@@ -1,0 +1,20 @@
+"""A bundle's logging.conf and medseg's own records: once on the console, with the CLI or without it."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from medseg.engines.workflow import bundle_workflow
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel_unet"
+
+
+@pytest.mark.parametrize("handlers", [[], [logging.NullHandler()]], ids=["no handler", "a NullHandler"])
+def test_without_the_cli_medseg_records_reach_the_console_the_bundle_configures(handlers, monkeypatch, capsys):
+    # medseg as a library: the root console handler of the bundle's logging.conf prints medseg's records as any
+    # library's, whatever handlers the user's code gave the "medseg" logger
+    monkeypatch.setattr(logging.getLogger("medseg"), "handlers", handlers)
+    bundle_workflow(BUNDLE, "inference")
+    logging.getLogger("medseg.example").warning("a record of medseg's")
+    assert capsys.readouterr().out.count("a record of medseg's") == 1
