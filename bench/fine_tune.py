@@ -38,7 +38,7 @@ from medseg.engines.ensemble import join_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder
 from medseg.inference import load_model
 
-from common import DATA, REPO, WORK, commands_section, machine_line, markdown_table
+from common import DATA, REPO, WORK, commands_section, machine_line, markdown_table, shown
 
 BUNDLE = "drive_vessel_unet"
 WORK = WORK / "fine_tune"
@@ -175,18 +175,23 @@ def table(work: Path) -> str:
         rows.append([name, ROWS[name].change, str(fact.get("budget", "-")), str(fact.get("seconds", "-")), *cells,
                      "**chosen**" if name in chosen else ""])
     lines = markdown_table(header, rows, text_columns=(0, 1, len(header) - 1))
-    commands = [f"- `{name}`: `{shlex.join(['medseg', *train_args(name, Path('bench/work/fine_tune'), None)])}`"
+    missing = [name for name in ROWS if name not in scores and ROWS[name].group in {ROWS[n].group for n in scores}]
+    partial = ([f"- Not run in this folder: {', '.join(f'`{name}`' for name in missing)}; a row is chosen among the "
+                "rows of its group that were."] if missing else [])
+    folder = "" if work == WORK.resolve() else f" --work {shown(work)}"
+    commands = [f"- `{name}`: `{shlex.join(['medseg', *train_args(name, Path(shown(work)), None)])}`"
                 for name in ROWS if ROWS[name].group != "reference"]
     return "\n".join([
         "# Fine-tuning drive_vessel_unet on another camera (LES-AV), chosen on validation data",
         "",
-        f"- Written on {machine_line()}, {datetime.date.today().isoformat()}, by `python bench/fine_tune.py table`; "
-        "each row "
-        "by `python bench/fine_tune.py run ROW` (the command below), test columns by `score ROW --test`.",
+        f"- Written on {machine_line()}, {datetime.date.today().isoformat()}, by `python bench/fine_tune.py{folder} "
+        f"table`; each row by `python bench/fine_tune.py{folder} run ROW` (the command below), test columns by "
+        "`score ROW --test`.",
         "- Every row fine-tunes both members of the shipped ensemble (one per core) from their own weights on 8 of "
         "LES-AV's 11 training photographs (3 in the `few_` rows) and validates on the other 3 (split seed 0).",
         "- **Chosen on validation only**: per group, the highest LES-AV val F1 (the mixing ratio: the highest mean "
         "of LES-AV val and DRIVE val F1). The test columns are scored for the chosen rows alone and chose nothing.",
+        *partial,
         "",
         *lines,
         "",
