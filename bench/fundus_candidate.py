@@ -34,7 +34,7 @@ from medseg.tracking import training_record
 
 import vessel_width
 from common import REPO, machine_line, markdown_table, shown
-from fundus_retrain import BUNDLE, SAME_RECIPE_SPREAD, SETS, scores, validation_sets
+from fundus_retrain import BUNDLE, SAME_RECIPE_SPREAD, SETS, scores, training_line, validation_sets
 
 WIDTH_FACTOR = 0.3
 
@@ -99,9 +99,7 @@ def write(args: argparse.Namespace, results: dict, widths: dict, chosen: str, re
     rows = [[name, *(f"{scored[s]['f1']:.4f} / {scored[s]['auc_roc']:.4f}" for s in SETS),
              f"{scored[SETS[1]]['sensitivity']:.3f} / {scored[SETS[1]]['precision']:.3f}",
              f"{widths[name]:+.2f}" if name in widths else "-"] for name, scored in results.items()]
-    trained = ("not recorded" if record is None else
-               f"`{record['command']}` on {record['date']} ({record['machine']}), {record['wall_minutes']} minutes, "
-               f"{', '.join(f'{steps:,}' for steps in record['steps'])} steps (its MLflow run)")
+    trained = training_line(record)
     ids = {name: ", ".join(r["id"] for r in sets[name][0]) for name in SETS}
     args.out.write_text("\n".join([
         f"# `fundus_vessel_unet` with {args.change}, against its shipped weights",

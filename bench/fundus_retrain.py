@@ -108,6 +108,15 @@ def main() -> None:
     print(RESULT.read_text())
 
 
+def training_line(record: dict | None) -> str:
+    """How the weights of an MLflow training record (``medseg.tracking.training_record``) were trained, in words."""
+    if record is None:
+        return "not recorded"
+    steps = ", ".join(f"{count:,}" for count in record["steps"])
+    return (f"`{record['command']}` on {record['date']} ({record['machine']}), {record['wall_minutes']} minutes, "
+            f"{steps} steps (its MLflow run)")
+
+
 def write(results: dict, chosen: str, record: dict | None, sets: dict, checkpoints: list[Path]) -> None:
     header = ["weights", "labels learned", "upsampled_edge_erosion",
               *(f"{name} ({len(sets[name][0])}) F1 / AUC-ROC" for name in SETS), "LES-AV validation Se / precision"]
@@ -115,9 +124,7 @@ def write(results: dict, chosen: str, record: dict | None, sets: dict, checkpoin
              *(f"{scored[s]['f1']:.4f} / {scored[s]['auc_roc']:.4f}" for s in SETS),
              f"{scored[SETS[1]]['sensitivity']:.3f} / {scored[SETS[1]]['precision']:.3f}"]
             for (name, erosion), scored in results.items()]
-    trained = ("not recorded" if record is None else
-               f"`{record['command']}` on {record['date']} ({record['machine']}), {record['wall_minutes']} minutes, "
-               f"{', '.join(f'{steps:,}' for steps in record['steps'])} steps (its MLflow run)")
+    trained = training_line(record)
     ids = {name: ", ".join(record["id"] for record in sets[name][0]) for name in SETS}
     RESULT.write_text("\n".join([
         "# `fundus_vessel_unet` retrained under the label convention, against its shipped weights",
