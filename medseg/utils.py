@@ -17,13 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
-    "CONSOLE_HANDLER", "atomic_folder", "atomic_path", "atomic_write_text", "dropped_log_records", "format_table",
-    "full_suffix", "one_line",
+    "atomic_folder", "atomic_path", "atomic_write_text", "dropped_log_records", "format_table", "full_suffix", "one_line"
 ]
-
-# The name of the handler that medseg's CLI gives the "medseg" logger (stderr): where it is, a bundle workflow's root
-# console handler leaves medseg's records to it.
-CONSOLE_HANDLER = "medseg-console"
 
 
 def one_line(error: BaseException | str, limit: int = 500) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg import __version__
-from medseg.utils import CONSOLE_HANDLER
 
 if TYPE_CHECKING:
     import torch
@@ -227,7 +226,6 @@ def _log_to_stderr() -> None:
     logger = logging.getLogger("medseg")
     if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         handler = _StderrHandler()
-        handler.set_name(CONSOLE_HANDLER)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -22,7 +22,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medseg.resources import bundle_config_files, configs_root, is_packaged
-from medseg.utils import CONSOLE_HANDLER, dropped_log_records
+from medseg.utils import dropped_log_records
 
 __all__ = [
     "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
@@ -149,19 +149,24 @@ def bundle_workflow(
     return workflow
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    """Whether ``handler`` writes to the console (stdout or stderr), not to a file or nowhere."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
 def _medseg_record_elsewhere(record: logging.LogRecord) -> bool:
-    """False for a medseg record where the CLI's console handler (:data:`~medseg.utils.CONSOLE_HANDLER`) prints it."""
-    cli = any(handler.get_name() == CONSOLE_HANDLER for handler in logging.getLogger("medseg").handlers)
-    return not (cli and record.name.partition(".")[0] == "medseg")
+    """False for a medseg record that a console handler of medseg's own logger prints already (the CLI's, or the
+    progress bar's stand-in for it while ``medseg infer`` shows one)."""
+    own = any(_is_console(handler) for handler in logging.getLogger("medseg").handlers)
+    return not (own and record.name.partition(".")[0] == "medseg")
 
 
 def _medseg_records_once_on_console() -> None:
     """A bundle's logging.conf gives the root logger a console handler (MONAI's ``fileConfig``), which would print
     every medseg record a second time where the CLI prints them already: that handler leaves them to the CLI's.
-    Without the CLI (medseg as a library), medseg's records reach the root's handlers as any library's do."""
+    Without a console handler of its own (medseg as a library), medseg's records reach the root's as any library's."""
     for handler in logging.getLogger().handlers:
-        console = isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
-        if console and _medseg_record_elsewhere not in handler.filters:
+        if _is_console(handler) and _medseg_record_elsewhere not in handler.filters:
             handler.addFilter(_medseg_record_elsewhere)
 
 
