@@ -11,11 +11,17 @@ how wide the predicted vessels are against their labels:
   factor from 0.15 to 1 is a photograph of the same eye at another resolution.
 - LES-AV `training/` (11) at its own size (a factor of about 0.37), for bundles that never trained on LES-AV.
 
-Each photograph runs through `medseg.inference.predict_image` (the path of `medseg infer`, float32, the FOV mask
-given) with the erosion off and on. A vessel's width is read along its label's centre line: every pixel of the
-label and of a mask within reach of a centre line point that both masks detect (the label's local half width plus
-``1 / f`` pixels, more than the erosion removes) is counted to its nearest centre line point, and a width is that
-area over the centre line's length, pooled over the photographs.
+Each photograph runs once through `medseg.inference.predict_image` (the path of `medseg infer`, float32, the FOV
+mask given) with the erosion off, and its probabilities are then eroded as `medseg infer` erodes them
+(`medseg.fundus.upsampled_edge_radius` at the factor the photograph was shrunk by) for each widening of WIDENINGS:
+how much wider than the convention networks mark vessels on a resampled photograph. Where every disc of the erosion
+lies inside the FOV, that is the map `medseg infer` writes; pixels nearer the FOV's edge are not counted. A vessel's
+width is read along its label's centre line: every pixel of the label and of a mask within reach of a centre line
+point that all masks detect (the label's local half width plus ``1 / f`` pixels, more than any erosion removes) is
+counted to its nearest centre line point, and a width is that area over the centre line's length, pooled over the
+photographs. The widening chosen is the one with the least mean error of width in network pixels (error x f: the
+widening is a width on the network's grid, where every factor weighs the same) over the resampled rows (f < 1, every
+bundle): `medseg.fundus.RESAMPLED_VESSEL_WIDENING` is set to it.
 
     python bench/vessel_width.py bundles/drive_vessel_unet
 """
@@ -37,7 +43,7 @@ from skimage.morphology import skeletonize
 
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.data.files import read_pixels
-from medseg.fundus import resample, resample_vessel_label
+from medseg.fundus import RESAMPLED_VESSEL_WIDENING, erode, resample, resample_vessel_label, upsampled_edge_radius
 from medseg.inference import load_model, predict_image, read_image
 
 from common import DATA, RESULTS, machine_line, markdown_table, shown
@@ -46,6 +52,8 @@ RESULT = RESULTS / "vessel_width.md"
 FACTORS = (0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
 # a width check passes when predicted and labelled widths differ by at most this many photograph pixels
 TOLERANCE = 0.5
+# the widenings compared (network pixels over both edges), RESAMPLED_VESSEL_WIDENING among them
+WIDENINGS = (0.0, 0.25, 0.35, 0.45, 0.55, 0.65)
 
 
 def binary(path: str, positive: tuple[int, ...] | None = None) -> np.ndarray:
@@ -67,33 +75,44 @@ def enlarged(record: dict, factor: float, folder: Path) -> tuple[Path, np.ndarra
     return path, resample_vessel_label(label, size)[0].numpy() > 0, resample(mask, size)[0].numpy() >= 0.5
 
 
-def widths(masks: list[np.ndarray], label: np.ndarray, fov: np.ndarray, reach: float) -> np.ndarray:
-    """[label area, each mask's area, centre line length] around the centre line points of ``label`` inside
-    ``fov`` that every mask detects: each pixel within ``reach`` plus the label's local half width of its nearest
-    such point counts to that point."""
-    centre = skeletonize(label) & ndimage.binary_erosion(fov, iterations=3)
+def widths(masks: list[np.ndarray], label: np.ndarray, inside: np.ndarray, reach: float) -> np.ndarray:
+    """[label area, each mask's area, centre line length] around the centre line points of ``label`` in ``inside``
+    that every mask detects: each pixel of ``inside`` within ``reach`` plus the label's local half width of its
+    nearest such point counts to that point."""
+    centre = skeletonize(label) & inside
     detected = centre & np.logical_and.reduce(masks)
     distance, (rows, cols) = ndimage.distance_transform_edt(~centre, return_indices=True)
     half_width = ndimage.distance_transform_edt(label)[rows, cols]
-    counted = detected[rows, cols] & (distance <= half_width + reach)
+    counted = detected[rows, cols] & (distance <= half_width + reach) & inside
     axial = ndimage.convolve(centre.astype(np.int32), np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]), mode="constant")
     diagonal = ndimage.convolve(centre.astype(np.int32), np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]), mode="constant")
     length = float(((axial + math.sqrt(2) * diagonal) / 2)[detected].sum())
     return np.array([(label & counted).sum(), *((mask & counted).sum() for mask in masks), length], dtype=float)
 
 
-def measured(model, cases: list[tuple[Path, np.ndarray, np.ndarray]], factor: float) -> list[str]:
-    """The widths of ``cases`` (photograph, label, FOV) where the masks with the erosion off and on both detect the
-    vessel: the label's, and each mask's minus the label's."""
-    totals = np.zeros(4)
+def eroded_masks(model, path: Path, fov: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The masks (threshold 0.5) of the photograph at ``path``: erosion off, then eroded for each of WIDENINGS;
+    and the part of ``fov`` where every disc of those erosions lies inside it (the FOV outside is zero here, where
+    `medseg infer` zeroes it after eroding)."""
+    image, meta = read_image(path)
+    prediction = predict_image(model.network, image, meta, model.with_settings(upsampled_edge_erosion=False).settings,
+                               fov)
+    radii = [upsampled_edge_radius(prediction.steps.factor, widening) for widening in WIDENINGS]
+    maps = [prediction.probabilities, *(erode(prediction.probabilities, r) if r else prediction.probabilities
+                                         for r in radii)]
+    # an erosion reads bilinearly up to ceil(radius) + 1 pixels away along each axis; 3 more keep off the rim
+    inside = ndimage.binary_erosion(fov, structure=np.ones((3, 3)), iterations=math.ceil(max(radii)) + 4)
+    return [probabilities[0].numpy() >= 0.5 for probabilities in maps], inside
+
+
+def measured(model, cases: list[tuple[Path, np.ndarray, np.ndarray]], factor: float) -> list[float]:
+    """The widths of ``cases`` (photograph, label, FOV) where every mask detects the vessel: the label's, then for
+    the erosion off and each of WIDENINGS the mask's minus the label's (photograph pixels)."""
+    totals = np.zeros(len(WIDENINGS) + 3)
     for path, label, fov in cases:
-        image, meta = read_image(path)
-        masks = [predict_image(model.network, image, meta, model.with_settings(upsampled_edge_erosion=erosion)
-                               .settings, fov).probabilities[0].numpy() >= 0.5 for erosion in (False, True)]
-        totals += widths(masks, label, fov, 1.0 / factor)
-    label_width, off, on = totals[0] / totals[3], *((totals[k] - totals[0]) / totals[3] for k in (1, 2))
-    return [f"{label_width:.2f}", f"{off:+.2f}", f"{on:+.2f}", f"{on * factor:+.2f}",
-            "yes" if abs(on) <= TOLERANCE else "no"]
+        masks, inside = eroded_masks(model, path, fov)
+        totals += widths(masks, label, inside, 1.0 / factor)
+    return [totals[0] / totals[-1], *((totals[k] - totals[0]) / totals[-1] for k in range(1, len(WIDENINGS) + 2))]
 
 
 def validation_drive(bundle: Path) -> list[dict]:
@@ -104,23 +123,45 @@ def validation_drive(bundle: Path) -> list[dict]:
                             seed=train.get_parsed_content("split_seed"))[1]
 
 
-def bundle_rows(bundle: Path) -> list[list[str]]:
+Row = tuple[str, str, str, float, list[float]]  # bundle, photographs, factor shown, factor, measured()
+
+
+def bundle_rows(bundle: Path) -> list[Row]:
     model, rows = load_model(bundle), []
     drive = validation_drive(bundle)
     with tempfile.TemporaryDirectory() as work:
         for factor in FACTORS:
             cases = [enlarged(record, factor, Path(work)) for record in drive]
-            rows.append([f"`{bundle.name}`", f"DRIVE val ({len(drive)}) enlarged by 1/{factor}", f"{factor}",
-                         *measured(model, cases, factor)])
-            print(" | ".join(rows[-1]), flush=True)
+            rows.append((f"`{bundle.name}`", f"DRIVE val ({len(drive)}) enlarged by 1/{factor}", f"{factor}", factor,
+                         measured(model, cases, factor)))
+            print(*rows[-1], flush=True)
     if "val_images_les_av" in ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml")):
         return rows  # trained on LES-AV training photographs: none of them is a photograph it never saw
     les_av = les_av_records(DATA / "LES-AV", "training")
     cases = [(Path(r["image"]), binary(r["label"], LES_AV_LABEL_POSITIVE), binary(r["mask"])) for r in les_av]
-    rows.append([f"`{bundle.name}`", f"LES-AV training ({len(les_av)}), own size", "about 0.37",
-                 *measured(model, cases, 0.37)])
-    print(" | ".join(rows[-1]), flush=True)
+    rows.append((f"`{bundle.name}`", f"LES-AV training ({len(les_av)}), own size", "about 0.37", 0.37,
+                 measured(model, cases, 0.37)))
+    print(*rows[-1], flush=True)
     return rows
+
+
+def chosen_widening(rows: list[Row]) -> float:
+    """The widening of WIDENINGS with the least mean absolute width error in network pixels (the error in
+    photograph pixels times f) over the resampled rows (f < 1)."""
+    resampled = [(factor, values) for *_, factor, values in rows if factor < 1]
+    error = [np.mean([abs(values[2 + k]) * factor for factor, values in resampled]) for k in range(len(WIDENINGS))]
+    return WIDENINGS[int(np.argmin(error))]
+
+
+def table(rows: list[Row]) -> list[str]:
+    library = WIDENINGS.index(RESAMPLED_VESSEL_WIDENING)
+    header = ["bundle", "photographs", "factor f", "label width", "predicted - label, erosion off",
+              *(f"eroded, widening {widening}" for widening in WIDENINGS),
+              f"widening {RESAMPLED_VESSEL_WIDENING}, network pixels (x f)", f"within {TOLERANCE} px"]
+    body = [[name, photographs, shown_factor, f"{values[0]:.2f}", *(f"{value:+.2f}" for value in values[1:]),
+             f"{values[2 + library] * factor:+.2f}", "yes" if abs(values[2 + library]) <= TOLERANCE else "no"]
+            for name, photographs, shown_factor, factor, values in rows]
+    return markdown_table(header, body, text_columns=(0, 1, 2, len(header) - 1))
 
 
 def main() -> None:
@@ -130,20 +171,25 @@ def main() -> None:
     args = parser.parse_args()
     bundles = args.bundles
     rows = [row for bundle in bundles for row in bundle_rows(bundle.resolve())]
-    header = ["bundle", "photographs", "factor f", "label width", "predicted - label, erosion off",
-              "predicted - label, erosion on", "the same in network pixels (x f)", f"within {TOLERANCE} px"]
+    chosen = chosen_widening(rows)
     args.out.write_text("\n".join([
         "# Vessel widths at every scale: the label convention and the erosion that follows from it",
         "",
         f"- Date: {datetime.date.today()}. Machine: {machine_line()}.",
         f"- Command: `python bench/vessel_width.py {' '.join(str(b) for b in bundles)}"
         f"{'' if args.out == RESULT else ' --out ' + shown(args.out)}`",
-        "- Widths in photograph pixels, read along the label's centre line where both masks (threshold 0.5) detect "
+        "- Widths in photograph pixels, read along the label's centre line where every mask (threshold 0.5) detects "
         "it, pooled over the photographs (the script's docstring says how). Validation photographs only: no test "
-        "photograph is scored here. A network's own error of width, in its pixels, is multiplied by 1 / f in the "
-        "photograph's: the column in network pixels compares factors on the network's grid.",
+        "photograph is scored here. Each \"eroded\" column erodes the probabilities resampled up by "
+        "`medseg.fundus.upsampled_edge_radius` for a network that marks vessels that many of its pixels wider on a "
+        "resampled photograph than the label convention; a network's own error of width, in its pixels, is "
+        "multiplied by 1 / f in the photograph's.",
+        f"- **Chosen**: widening {chosen}, the one with the least mean absolute error in network pixels over the "
+        "resampled rows (f < 1). "
+        f"`medseg.fundus.RESAMPLED_VESSEL_WIDENING`, what `medseg infer` erodes by: {RESAMPLED_VESSEL_WIDENING}"
+        f"{'' if chosen == RESAMPLED_VESSEL_WIDENING else ' (not the chosen one)'}.",
         "",
-        *markdown_table(header, rows, text_columns=(0, 1, 2, 7)),
+        *table(rows),
         "",
     ]))
     print(args.out.read_text())

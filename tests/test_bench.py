@@ -519,3 +519,19 @@ def test_the_box_average_probe_gives_each_new_pixel_the_mean_over_its_footprint(
     torch.testing.assert_close(shrunk[0, 0], torch.tensor([0.0, 2.0, 6.0, 6.0]))
     torch.testing.assert_close(shrunk.mean(), image.mean())
     assert width_residual.box_average(image, (8, 12)).shape == (2, 8, 12)  # enlarging: medseg's bilinear
+
+
+vessel_width = _load_bench("vessel_width")
+
+
+def test_the_widening_chosen_errs_least_on_average_in_network_pixels_over_the_resampled_rows():
+    assert vessel_width.WIDENINGS == (0.0, 0.25, 0.35, 0.45, 0.55, 0.65)
+    rows = [  # label width, erosion off, then the error of each widening (photograph pixels)
+        ("`b`", "shrunk a lot", "0.2", 0.2, [12.0, 4.0, 2.5, 1.5, 1.0, 0.5, 0.0, -0.5]),
+        ("`b`", "shrunk a little", "0.5", 0.5, [5.0, 1.0, 0.4, 0.2, 0.1, 0.0, -0.3, -0.5]),
+        ("`b`", "at its own scale", "1.0", 1.0, [3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]),  # never eroded
+    ]
+    # network pixels (x f), mean of the two resampled rows: 0.35, 0.2, 0.125, 0.05, 0.075, 0.175. The largest error
+    # in photograph pixels would choose 0.55 instead (2.5, 1.5, 1.0, 0.5, 0.3, 0.5): no factor weighs more here
+    assert vessel_width.chosen_widening(rows) == 0.45
+    assert vessel_width.RESAMPLED_VESSEL_WIDENING in vessel_width.WIDENINGS  # the library's is always measured

@@ -11,6 +11,7 @@ from medseg.fundus.appearance import equalize_local_contrast, fill_outside_fov, 
 from medseg.fundus.fov import estimate_fov, find_fov, fov_from_alpha, fov_width
 from medseg.fundus.scale import (
     AUTO_SCALE_TOLERANCE,
+    RESAMPLED_VESSEL_WIDENING,
     erode,
     fundus_scale,
     resample,
@@ -23,6 +24,7 @@ __all__ = [
     "AUTO_SCALE_TOLERANCE",
     "FundusSettings",
     "FundusSteps",
+    "RESAMPLED_VESSEL_WIDENING",
     "equalize_local_contrast",
     "erode",
     "estimate_fov",

@@ -12,8 +12,11 @@ its edge pixels, and a pixel of the new grid is vessel when that vessel touches 
 
 **The erosion follows from it.** A network trained under the convention at factor ``f`` of a photograph marks
 edges half of its own pixel, ``1 / (2 f)`` photograph pixels, outside the vessel; resampled back, they lie
-``(1 / f - 1) / 2`` pixels outside the half-pixel margin of labels drawn at the photograph's own grid.
-:func:`upsampled_edge_radius` is that difference, and :func:`erode` moves each edge inward by it.
+``(1 / f - 1) / 2`` pixels outside the half-pixel margin of labels drawn at the photograph's own grid. A shrunk
+photograph is also softer than the photographs a network trained on, and networks read lost sharpness as width
+(bench/results/width_residual.md): on a resampled photograph they mark vessels :data:`RESAMPLED_VESSEL_WIDENING`
+of their own pixels wider still. :func:`upsampled_edge_radius` is the sum, and :func:`erode` moves each edge inward
+by it.
 """
 
 from __future__ import annotations
@@ -27,12 +30,19 @@ import torch.nn.functional as F
 from medseg.fundus.fov import fov_width
 
 __all__ = [
-    "AUTO_SCALE_TOLERANCE", "erode", "fundus_scale", "resample", "resample_vessel_label", "upsampled_edge_radius"
+    "AUTO_SCALE_TOLERANCE", "RESAMPLED_VESSEL_WIDENING", "erode", "fundus_scale", "resample", "resample_vessel_label",
+    "upsampled_edge_radius",
 ]
 
 # A fundus photograph whose FOV is within 10% of the training width is left at its own scale: resampling it
 # would blur vessels for no gain (DRIVE's own FOV widths are 535-541 pixels against a median of 540).
 AUTO_SCALE_TOLERANCE = 0.1
+
+# How much wider (network pixels, both edges together) a network marks a vessel on a resampled photograph than its
+# label convention says: chosen by bench/vessel_width.py on validation photographs (DRIVE's enlarged by 1/0.15 to
+# 1/0.8, LES-AV training at its own size), the widening whose mean width error in network pixels over them is least
+# (bench/results/vessel_width.md).
+RESAMPLED_VESSEL_WIDENING = 0.45
 
 # The erosion samples its disc's circle in this many directions: an edge between two of them moves by at least
 # cos(22.5 degrees) = 0.92 of the radius.
@@ -115,11 +125,12 @@ def _interpolate_axis(values: torch.Tensor, coordinates: np.ndarray, axis: int) 
     return below + weight.view(shape) * (above - below)
 
 
-def upsampled_edge_radius(factor: float) -> float:
+def upsampled_edge_radius(factor: float, widening: float = RESAMPLED_VESSEL_WIDENING) -> float:
     """How far (photograph pixels) the edges of probabilities predicted at ``factor`` times the photograph's size
-    and resampled back lie outside labels drawn at the photograph's size, both under the label convention:
-    ``(1 / f - 1) / 2``, 0 for ``f >= 1``."""
-    return (1.0 / factor - 1.0) / 2 if factor < 1.0 else 0.0
+    and resampled back lie outside labels drawn at the photograph's size under the label convention, for a network
+    that marks vessels ``widening`` of its pixels wider on a resampled photograph: ``((1 + widening) / f - 1) / 2``,
+    0 for ``f >= 1`` (a photograph left at its own scale)."""
+    return ((1.0 + widening) / factor - 1.0) / 2 if factor < 1.0 else 0.0
 
 
 def erode(probs: torch.Tensor, radius: float) -> torch.Tensor:

@@ -40,7 +40,8 @@ class InferenceSettings:
     fov: str | None = None
     # fundus models: "auto" (to the training FOV width), "none" or a resampling factor
     scale: str | float = "auto"
-    # erode the edges of probabilities resampled up from a shrunk photograph (why: predict's docstring)
+    # erode the edges of probabilities resampled up from a shrunk photograph (by how much and why:
+    # medseg.fundus.upsampled_edge_radius)
     upsampled_edge_erosion: bool = False
     slice_axis: int = 2  # the spatial axis a 2D network slices a volume along
     fundus: bool = False

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.fundus import erode, fundus_scale, resample, resample_vessel_label, upsampled_edge_radius
+from medseg.fundus import (
+    RESAMPLED_VESSEL_WIDENING, erode, fundus_scale, resample, resample_vessel_label, upsampled_edge_radius
+)
 
 # Photographs of a straight vessel, PHOTO pixels across, at OFFSETS places spread over the period of the two grids
 PHOTO, OFFSETS = 200, 80
@@ -37,9 +39,15 @@ def test_erosion_moves_a_smooth_edge_inward_by_its_radius_and_raises_nothing():
 
 
 def test_the_upsampled_edge_radius_is_half_the_difference_of_the_two_pixel_sizes_and_none_without_shrinking():
-    assert upsampled_edge_radius(0.25) == pytest.approx(1.5)
-    assert upsampled_edge_radius(0.5) == pytest.approx(0.5)
+    assert upsampled_edge_radius(0.25, widening=0.0) == pytest.approx(1.5)
+    assert upsampled_edge_radius(0.5, widening=0.0) == pytest.approx(0.5)
     assert upsampled_edge_radius(1.0) == upsampled_edge_radius(2.0) == 0.0
+
+
+def test_the_network_s_widening_on_a_resampled_photograph_adds_half_of_it_at_the_photograph_s_pixel_size():
+    # widening network pixels over both edges: half of it an edge, 1 / f photograph pixels each
+    assert upsampled_edge_radius(0.25, widening=0.4) == pytest.approx(1.5 + 0.2 / 0.25)
+    assert upsampled_edge_radius(0.5) == pytest.approx(0.5 + RESAMPLED_VESSEL_WIDENING / 2 / 0.5)
 
 
 def _touched(pixels: int, pixel_size: float, low: float, high: float) -> torch.Tensor:
@@ -49,16 +57,18 @@ def _touched(pixels: int, pixel_size: float, low: float, high: float) -> torch.T
     return ((edges < high) & (edges + pixel_size > low)).float().expand(1, 4, pixels)
 
 
-def _vessels(factor: float):
-    """(true width, photograph label, the label drawn at ``factor`` times the photograph's size) of vessels at
-    offsets spread evenly over the distance after which both grids repeat."""
+def _vessels(factor: float, widening: float = 0.0):
+    """(true width, photograph label, the label drawn at ``factor`` times the photograph's size of the vessel made
+    ``widening`` pixels of that grid wider) of vessels at offsets spread evenly over the distance after which both
+    grids repeat."""
     size = round(PHOTO * factor)
     period = PHOTO / math.gcd(PHOTO, size)
+    margin = widening * PHOTO / size / 2
     for width in WIDTHS:
         for k in range(OFFSETS):
             centre = PHOTO / 2 - period / 2 + (k + 0.5) / OFFSETS * period
             low, high = centre - width / 2, centre + width / 2
-            yield width, _touched(PHOTO, 1.0, low, high), _touched(size, PHOTO / size, low, high)
+            yield width, _touched(PHOTO, 1.0, low, high), _touched(size, PHOTO / size, low - margin, high + margin)
 
 
 def _edge_to_edge(profile: torch.Tensor) -> float:
@@ -87,18 +97,20 @@ def test_a_resampled_label_is_the_label_the_convention_draws_at_that_grid(factor
     assert torch.equal(resample_vessel_label(photo, photo.shape[1:]), photo)
 
 
+@pytest.mark.parametrize("widening", [0.0, RESAMPLED_VESSEL_WIDENING])
 @pytest.mark.parametrize("factor", [0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0])
-def test_a_vessel_predicted_on_a_shrunk_photograph_and_eroded_back_is_as_wide_as_its_label(factor):
-    # a network that has learnt the labels of its grid exactly, its map resampled back and eroded by the radius
-    # the convention gives: the vessel's width between the map's 0.5 crossings is its label's, within half a pixel
-    # on average over where the vessel lies
-    radius = upsampled_edge_radius(round(PHOTO * factor) / PHOTO)
+def test_a_vessel_predicted_on_a_shrunk_photograph_and_eroded_back_is_as_wide_as_its_label(factor, widening):
+    # a network that marks the vessels of its grid as the convention draws them, widening of its pixels wider (0:
+    # exactly its labels; RESAMPLED_VESSEL_WIDENING: as networks read a resampled photograph), its map resampled
+    # back and eroded by the radius that follows: the vessel's width between the map's 0.5 crossings is its
+    # label's, within half a pixel on average over where the vessel lies
+    radius = upsampled_edge_radius(round(PHOTO * factor) / PHOTO, widening)
     for width in WIDTHS[1:]:
         errors = []
-        for true_width, photo, _ in _vessels(factor):
+        for true_width, photo, network in _vessels(factor, widening):
             if true_width != width:
                 continue
-            back = resample(resample_vessel_label(photo, (4, round(PHOTO * factor))), (4, PHOTO))
+            back = resample(network, (4, PHOTO))
             back = erode(back, radius) if radius else back
             errors.append(_edge_to_edge(back[0, 2]) - float(photo[0, 2].sum()))
         assert abs(np.mean(errors)) <= 0.5, (width, np.mean(errors))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from medseg.cli import main
-from medseg.fundus import erode, estimate_fov
+from medseg.fundus import RESAMPLED_VESSEL_WIDENING, erode, estimate_fov
 from medseg.inference import native_bfloat16
 from medseg.inference.predict import TTA_MODES
 from medseg.networks import UNet, ensemble_state_dict
@@ -291,7 +291,7 @@ def test_upsampled_edge_erosion_flag_erodes_what_a_shrunk_photograph_gives_back(
     torch.save({"network": sharp_network().state_dict()}, checkpoint)
     image = write_png(tmp_path / "a.png", 4, size=(64, 64))
     # a fundus model: the 64-pixel photograph (no dark surround, so no width to measure) is shrunk by the given
-    # 0.5, its probabilities resampled back and, with the flag, eroded by (1 / 0.5 - 1) / 2 pixels
+    # 0.5, its probabilities resampled back and, with the flag, eroded by ((1 + widening) / 0.5 - 1) / 2 pixels
     fundus = [*checkpoint_args(checkpoint), str(image), "--fundus-width", "32", "--scale", "0.5", "--fov", "none",
               "--save-prob", "float16"]
     plain, eroded = tmp_path / "plain", tmp_path / "eroded"
@@ -299,5 +299,6 @@ def test_upsampled_edge_erosion_flag_erodes_what_a_shrunk_photograph_gives_back(
     assert main(["infer", *fundus, "-o", str(eroded), "--upsampled-edge-erosion"]) == 0
     plain_probs, eroded_probs = (torch.from_numpy(np.load(folder / "a_prob.npy").astype(np.float32))
                                  for folder in (plain, eroded))
-    torch.testing.assert_close(eroded_probs, erode(plain_probs, 0.5), atol=2e-3, rtol=0)
+    radius = ((1 + RESAMPLED_VESSEL_WIDENING) / 0.5 - 1) / 2
+    torch.testing.assert_close(eroded_probs, erode(plain_probs, radius), atol=2e-3, rtol=0)
     assert (eroded_probs < plain_probs - 0.01).any()
