@@ -8,7 +8,8 @@ photographs to train on, 3 held out for validation (given as `--val-images`), so
 same 3. Rows are compared on validation data only: those 3 LES-AV photographs and, for the forgetting,
 DRIVE's 4 held-out training photographs (the bundle's own validation split), each scored through the inference
 path of `medseg evaluate --images` (`medseg.engines.evaluate_vessel_folder`, no masks: the FOV estimated, as a user
-without masks gets it). The row `shipped` scores the shipped weights as they are (`run shipped` trains
+without masks gets it), with the erosion of edges resampled up by the weights' own widening, measured on the 3
+held-out LES-AV photographs as `medseg bundle ship --new-bundle` measures it (`medseg.engines.width`). The row `shipped` scores the shipped weights as they are (`run shipped` trains
 nothing): the reference that the fine-tuned rows gain on (LES-AV) and forget against (DRIVE). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`, which
 refuses a row the validation columns did not choose.
 
@@ -36,6 +37,7 @@ from pathlib import Path
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.engines.ensemble import join_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder
+from medseg.engines.width import measure_widening
 from medseg.inference import load_model
 
 from common import DATA, REPO, WORK, commands_section, machine_line, markdown_table, shown
@@ -154,6 +156,12 @@ def score(name: str, work: Path, test: bool) -> dict:
     members = sorted((work / name).glob("member*/checkpoints/model.pt"))
     with joined_checkpoint(join_checkpoints(members)) if members else nullcontext() as checkpoint:
         model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)  # no members: the shipped weights
+        if members:  # their own widening, measured as `medseg bundle ship --new-bundle` measures it
+            if "widening" not in results:
+                held_out, positive = records("les_av_val", work)
+                measured = measure_widening(model, held_out, label_positive=positive)
+                results["widening"] = measured.widening if measured else None
+            model = model.with_settings(resampled_vessel_widening=results["widening"])
         for _, split, validation in SETS:
             if (validation or test) and split not in results:  # a score cut short keeps the sets it finished
                 chosen, positive = records(split, work)
@@ -166,13 +174,16 @@ def score(name: str, work: Path, test: bool) -> dict:
 def table(work: Path) -> str:
     scores, facts = recorded(work), json.loads((work / "facts.json").read_text()) if (work / "facts.json").is_file() else {}
     chosen = chosen_rows(scores)
-    header = ["row", "change", "budget (min)", "trained in (s)", *(f"{t} F1 / AUC" for t, _, _ in SETS), "chosen"]
+    header = ["row", "change", "budget (min)", "trained in (s)", "widening (LES-AV val)",
+              *(f"{t} F1 / AUC" for t, _, _ in SETS), "chosen"]
     rows = []
     for name in [name for name in ROWS if name in scores]:
         cells = [f"{scores[name][split]['f1']:.4f} / {scores[name][split]['auc_roc']:.4f}" if split in scores[name]
                  else "-" for _, split, _ in SETS]
         fact = facts.get(name, {})
-        rows.append([name, ROWS[name].change, str(fact.get("budget", "-")), str(fact.get("seconds", "-")), *cells,
+        widening = scores[name].get("widening", "-")
+        rows.append([name, ROWS[name].change, str(fact.get("budget", "-")), str(fact.get("seconds", "-")),
+                     "the library's" if widening is None else str(widening), *cells,
                      "**chosen**" if name in chosen else ""])
     lines = markdown_table(header, rows, text_columns=(0, 1, len(header) - 1))
     missing = [name for name in ROWS if name not in scores and ROWS[name].group in {ROWS[n].group for n in scores}]
@@ -189,6 +200,9 @@ def table(work: Path) -> str:
         "`score ROW --test`.",
         "- Every row fine-tunes both members of the shipped ensemble (one per core) from their own weights on 8 of "
         "LES-AV's 11 training photographs (3 in the `few_` rows) and validates on the other 3 (split seed 0).",
+        "- Each row's weights are scored with the edges of probabilities resampled up eroded by their own widening "
+        "(network pixels), measured on the 3 LES-AV validation photographs as `medseg bundle ship --new-bundle` "
+        "measures it (`medseg.engines.width`): what the bundle shipped from them would erode by.",
         "- **Chosen on validation only**: per group, the highest LES-AV val F1 (the mixing ratio: the highest mean "
         "of LES-AV val and DRIVE val F1). The test columns are scored for the chosen rows alone and chose nothing.",
         *partial,

@@ -21,7 +21,9 @@ point that all masks detect (the label's local half width plus ``1 / f`` pixels,
 counted to its nearest centre line point, and a width is that area over the centre line's length, pooled over the
 photographs. The widening chosen is the one with the least mean error of width in network pixels (error x f: the
 widening is a width on the network's grid, where every factor weighs the same) over the resampled rows (f < 1, every
-bundle): `medseg.fundus.RESAMPLED_VESSEL_WIDENING` is set to it.
+bundle): `medseg.fundus.RESAMPLED_VESSEL_WIDENING` is set to it, the widening of every bundle that has none of its
+own. A bundle shipped from weights fine-tuned on a folder has its own: `medseg bundle ship --new-bundle` measures it
+on the folder's held-out photographs with the same masks and widths (`medseg.engines.width`).
 
     python bench/vessel_width.py bundles/drive_vessel_unet
 """
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import tempfile
 from pathlib import Path
 
@@ -38,13 +39,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from PIL import Image
-from scipy import ndimage
-from skimage.morphology import skeletonize
 
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.data.files import read_pixels
-from medseg.fundus import RESAMPLED_VESSEL_WIDENING, erode, resample, resample_vessel_label, upsampled_edge_radius
-from medseg.inference import load_model, predict_image, read_image
+from medseg.engines.width import eroded_masks
+from medseg.fundus import RESAMPLED_VESSEL_WIDENING, resample, resample_vessel_label
+from medseg.inference import load_model, read_image
+from medseg.metrics.width import vessel_width_sums
 
 from common import DATA, RESULTS, machine_line, markdown_table, shown
 
@@ -75,43 +76,14 @@ def enlarged(record: dict, factor: float, folder: Path) -> tuple[Path, np.ndarra
     return path, resample_vessel_label(label, size)[0].numpy() > 0, resample(mask, size)[0].numpy() >= 0.5
 
 
-def widths(masks: list[np.ndarray], label: np.ndarray, inside: np.ndarray, reach: float) -> np.ndarray:
-    """[label area, each mask's area, centre line length] around the centre line points of ``label`` in ``inside``
-    that every mask detects: each pixel of ``inside`` within ``reach`` plus the label's local half width of its
-    nearest such point counts to that point."""
-    centre = skeletonize(label) & inside
-    detected = centre & np.logical_and.reduce(masks)
-    distance, (rows, cols) = ndimage.distance_transform_edt(~centre, return_indices=True)
-    half_width = ndimage.distance_transform_edt(label)[rows, cols]
-    counted = detected[rows, cols] & (distance <= half_width + reach) & inside
-    axial = ndimage.convolve(centre.astype(np.int32), np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]), mode="constant")
-    diagonal = ndimage.convolve(centre.astype(np.int32), np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]), mode="constant")
-    length = float(((axial + math.sqrt(2) * diagonal) / 2)[detected].sum())
-    return np.array([(label & counted).sum(), *((mask & counted).sum() for mask in masks), length], dtype=float)
-
-
-def eroded_masks(model, path: Path, fov: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """The masks (threshold 0.5) of the photograph at ``path``: erosion off, then eroded for each of WIDENINGS;
-    and the part of ``fov`` where every disc of those erosions lies inside it (the FOV outside is zero here, where
-    `medseg infer` zeroes it after eroding)."""
-    image, meta = read_image(path)
-    prediction = predict_image(model.network, image, meta, model.with_settings(upsampled_edge_erosion=False).settings,
-                               fov)
-    radii = [upsampled_edge_radius(prediction.steps.factor, widening) for widening in WIDENINGS]
-    maps = [prediction.probabilities, *(erode(prediction.probabilities, r) if r else prediction.probabilities
-                                         for r in radii)]
-    # an erosion reads bilinearly up to ceil(radius) + 1 pixels away along each axis; 3 more keep off the rim
-    inside = ndimage.binary_erosion(fov, structure=np.ones((3, 3)), iterations=math.ceil(max(radii)) + 4)
-    return [probabilities[0].numpy() >= 0.5 for probabilities in maps], inside
-
-
 def measured(model, cases: list[tuple[Path, np.ndarray, np.ndarray]], factor: float) -> list[float]:
     """The widths of ``cases`` (photograph, label, FOV) where every mask detects the vessel: the label's, then for
     the erosion off and each of WIDENINGS the mask's minus the label's (photograph pixels)."""
     totals = np.zeros(len(WIDENINGS) + 3)
     for path, label, fov in cases:
-        masks, inside = eroded_masks(model, path, fov)
-        totals += widths(masks, label, inside, 1.0 / factor)
+        image, meta = read_image(path)
+        masks, inside, _ = eroded_masks(model.network, image, meta, model.settings, fov, WIDENINGS)
+        totals += vessel_width_sums(masks, label, inside, 1.0 / factor)
     return [totals[0] / totals[-1], *((totals[k] - totals[0]) / totals[-1] for k in range(1, len(WIDENINGS) + 2))]
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from medseg.cli import main
 from medseg.data import write_synthetic_folder
+from medseg.inference.runtime import native_bfloat16
 from medseg.tracking import recorded_run_id
 from medseg.networks import UNet, ensemble_state_dict
 
@@ -93,14 +94,20 @@ def test_own_photographs_are_checked_trained_fine_tuned_shipped_and_inferred(sma
     tuned_run = _run(client, tmp_path / "tuned")
     assert tuned_run.data.params["init_weights"] == str(tmp_path / "tuned" / "init_weights" / "member0.pt")
     assert tuned_run.data.params["training_folder.validation_ids"] == held_out  # the same split
+    # what autocast_dtype auto resolved to on this machine
+    assert tuned_run.data.tags["medseg.autocast_dtype"] == ("bfloat16" if native_bfloat16("cpu") else "float32")
 
     # a new bundle of the fine-tuned weights, scored on the held-out photograph
     tuned = tmp_path / "tuned" / "checkpoints" / "model.pt"
-    _medseg(tmp_path, "bundle", "ship", str(small_bundle), str(tuned), "--new-bundle", "mine_bundle", *folder,
-            "--masks", str(mine / "masks"), "--val", "1")
+    shipped = _medseg(tmp_path, "bundle", "ship", str(small_bundle), str(tuned), "--new-bundle", "mine_bundle",
+                      *folder, "--masks", str(mine / "masks"), "--val", "1")
     new_bundle = tmp_path / "mine_bundle"
     meta = json.loads((new_bundle / "configs" / "metadata.json").read_text())
     assert meta["medseg"]["parent_bundle"]["name"] == "small_vessel_unet"
+    # the parent's threshold and widening describe other weights; photographs at the training FOV width are not
+    # shrunk, so no widening of these weights is measured and the library's applies
+    assert not {"validation_threshold", "resampled_vessel_widening"} & meta["medseg"].keys()
+    assert "none of the held-out photographs is shrunk" in shipped
     assert meta["medseg"]["training_data"]["count"] == 4 and meta["medseg"]["training_data"]["held_out"] == held_out
     assert 0.0 <= meta["eval_metrics"]["heldout_f1"] <= 1.0
     # its training record comes from the fine-tuning's MLflow run, and it is registered under its own name

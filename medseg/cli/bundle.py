@@ -36,8 +36,9 @@ from medseg.cli.train import add_training_folder_arguments, folder_training
 from medseg.data import DatasetError
 from medseg.engines.evaluation import eval_metrics_from_report, evaluate_vessel_folder
 from medseg.engines.finetune import fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics
-from medseg.inference import load_model
+from medseg.engines.width import MeasuredWidening, measure_widening
 from medseg.engines.workflow import run_bundle_config
+from medseg.fundus import RESAMPLED_VESSEL_WIDENING
 from medseg.inference import export_onnx, load_model
 from medseg.networks import ensemble_size
 from medseg.resources import bundles_root, is_packaged
@@ -216,13 +217,17 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
         write_weights(state_dict, candidate, WEIGHT_DTYPES[args.dtype])
         try:
             model = load_model(parent, overlays=args.overlays, overrides=bundle_overrides(args), checkpoint=candidate)
-            report = evaluate_vessel_folder(model, held_out_records(training, seed), report_path,
-                                            label_positive=training.folder.label_positive or None)
+            held_out, positive = held_out_records(training, seed), training.folder.label_positive or None
+            # measured first: the held-out scores are those of the bundle shipped, which erodes by it
+            widening = measure_widening(model, held_out, label_positive=positive)
+            if widening is not None:
+                model = model.with_settings(resampled_vessel_widening=widening.widening)
+            report = evaluate_vessel_folder(model, held_out, report_path, label_positive=positive)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             raise CLIError(f"{', '.join(map(str, args.checkpoints))}: evaluating it with {parent.name} failed, "
                            f"nothing shipped ({err})") from None
         meta = fine_tuned_metadata(read_metadata(parent), parent.name, folder_summary(training, seed),
-                                   heldout_eval_metrics(report))
+                                   heldout_eval_metrics(report), widening.widening if widening else None)
         tracking_uri = args.tracking_uri or default_tracking_uri()
         record_training(meta, args.checkpoints, tracking_uri)
         with atomic_folder(target) as staging:  # a failed ship leaves no half-written bundle
@@ -234,9 +239,19 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
             (staging / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
     print(f"{target}: {parent.name} {meta['version']}, weights of {', '.join(map(str, args.checkpoints))}")
     print("eval_metrics (held-out photographs): " + metrics_line(meta["eval_metrics"]))
+    print(widening_line(widening))
     register_shipped(target, meta, report_path, tracking_uri, args)
     print(f"infer with it: medseg infer {target} IMAGES -o OUTPUT_DIR")
     return 0
+
+
+def widening_line(widening: MeasuredWidening | None) -> str:
+    """What the new bundle erodes the edges of probabilities resampled up by, and where that came from."""
+    if widening is None:
+        return (f"resampled vessel widening: none of the held-out photographs is shrunk to the training FOV width; "
+                f"medseg's {RESAMPLED_VESSEL_WIDENING} applies")
+    return (f"resampled vessel widening: {widening.widening} network pixels, measured on {widening.photographs} "
+            "held-out photographs")
 
 
 def _ship(args: argparse.Namespace) -> int:
@@ -279,6 +294,8 @@ def _ship(args: argparse.Namespace) -> int:
         record_training(meta, args.checkpoints, tracking_uri)
         if "threshold_val" in report:  # what medseg evaluate --images scores these weights at beside 0.5
             meta.setdefault("medseg", {})["validation_threshold"] = report["threshold_val"]["threshold"]
+        # a widening measured on other weights' held-out photographs: these take the library's (bench/vessel_width.py)
+        meta.get("medseg", {}).pop("resampled_vessel_widening", None)
         new_metadata = Path(work) / "metadata.json"
         new_metadata.write_text(json.dumps(meta, indent=4) + "\n")
         os.replace(candidate, models / "model.pt")

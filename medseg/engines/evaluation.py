@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 
 from medseg.data import read_binary, read_vessel_label, validate_vessel_records
 from medseg.data.files import read_pixels
-from medseg.inference import LoadedModel, fov_for, predict_image, prepare_network, read_image
+from medseg.inference import ImageMeta, LoadedModel, fov_for, predict_image, prepare_network, read_image
 from medseg.metrics import FOVVesselMetrics, SegmentationMetrics
 from medseg.utils import atomic_write_text, format_table
 
@@ -25,6 +25,7 @@ __all__ = [
     "evaluate_vessel_folder",
     "report_table",
     "pooled_vessel_metrics",
+    "record_fov",
     "second_observer_metrics",
     "write_segmentation_report",
     "write_vessel_report",
@@ -159,10 +160,7 @@ def evaluate_vessel_folder(
     network = prepare_network(model, device)
     for record in records:
         image, meta = read_image(Path(record["image"]))
-        if "mask" in record:
-            fov = read_pixels(Path(record["mask"]), mode="L") > 127
-        else:
-            fov = fov_for(meta.path, image, "auto", fundus=True, alpha=meta.alpha)
+        fov = record_fov(record, image, meta)
         probabilities = predict_image(network, image, meta, settings, fov, device=device).probabilities
         fov = fov if fov is not None else np.ones(image.shape[1:], dtype=bool)  # no disc found: every pixel scores
         pixels = (probabilities[0], read_vessel_label(record["label"], label_positive), fov)
@@ -180,6 +178,14 @@ def evaluate_vessel_folder(
     report["per_image"] = per_image
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def record_fov(record: Mapping[str, str], image: np.ndarray, meta: ImageMeta) -> np.ndarray | None:
+    """The (H, W) bool FOV of the (C, H, W) photograph of ``record``: its "mask" where it has one, else the
+    automatic estimate of ``medseg infer`` (``None``: no disc found)."""
+    if "mask" in record:
+        return read_pixels(Path(record["mask"]), mode="L") > 127
+    return fov_for(meta.path, image, "auto", fundus=True, alpha=meta.alpha)
 
 
 def write_segmentation_report(path: str | os.PathLike, metrics: SegmentationMetrics, images: int, split: str) -> dict:

@@ -196,10 +196,12 @@ def held_out_records(training: FolderTraining, seed: int) -> list[dict]:
 
 
 def fine_tuned_metadata(parent: Mapping[str, Any], parent_name: str, summary: Mapping[str, Any],
-                        eval_metrics: Mapping[str, float]) -> dict[str, Any]:
+                        eval_metrics: Mapping[str, float], widening: float | None = None) -> dict[str, Any]:
     """The metadata.json of a bundle of weights trained on a user's folder, from its ``parent`` bundle's: the
     version ``<parent version>-<digest>``, ``eval_metrics`` those on the held-out photographs (``heldout_*``),
-    and ``medseg.parent_bundle`` and ``medseg.training_data`` saying where the weights came from."""
+    ``medseg.parent_bundle`` and ``medseg.training_data`` saying where the weights came from, and
+    ``medseg.resampled_vessel_widening`` the ``widening`` measured on the held-out photographs (``None``: none
+    was shrunk, and the library's applies)."""
     version = f"{parent.get('version', '0.0.0')}-{summary['digest'][:8]}"
     data = (f"{summary['pairs']} labelled photographs of {summary['source']} (digest {summary['digest']}; "
             f"{summary['validation']} held out: {summary['validation_ids']})")
@@ -210,7 +212,10 @@ def fine_tuned_metadata(parent: Mapping[str, Any], parent_name: str, summary: Ma
     meta["medseg"] = {**parent.get("medseg", {}), "parent_bundle": {"name": parent_name, "version": parent.get("version")},
                       "training_data": {"folder": summary["source"], "count": summary["pairs"],
                                         "digest": summary["digest"], "held_out": summary["validation_ids"]}}
-    meta["medseg"].pop("training", None)  # the parent's training record describes other weights
+    for fact in ("training", "validation_threshold", "resampled_vessel_widening"):  # they describe other weights
+        meta["medseg"].pop(fact, None)
+    if widening is not None:
+        meta["medseg"]["resampled_vessel_widening"] = widening
     return meta
 
 

@@ -110,6 +110,11 @@ class AutocastInferer(Inferer):
             self._resolved[device.type] = dtype
         return self._resolved[device.type]
 
+    def dtype_name(self, device: str | torch.device) -> str:
+        """What the forward pass computes in on ``device``: ``"bfloat16"``, ``"float16"`` or ``"float32"`` (what a
+        run's ``autocast_dtype: auto`` resolved to, for its MLflow tags)."""
+        return str(self.dtype_for(torch.device(device)) or torch.float32).removeprefix("torch.")
+
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.channels_last and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)

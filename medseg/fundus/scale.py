@@ -39,7 +39,7 @@ __all__ = [
 AUTO_SCALE_TOLERANCE = 0.1
 
 # How much wider (network pixels, both edges together) a network marks a vessel on a resampled photograph than its
-# label convention says: chosen by bench/vessel_width.py on validation photographs (DRIVE's enlarged by 1/0.15 to
+# label convention says, for weights whose bundle has no widening of its own (medseg.engines.width): chosen by bench/vessel_width.py on validation photographs (DRIVE's enlarged by 1/0.15 to
 # 1/0.8, LES-AV training at its own size), the widening whose mean width error in network pixels over them is least
 # (bench/results/vessel_width.md).
 RESAMPLED_VESSEL_WIDENING = 0.45

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from medseg.fundus.appearance import fill_outside_fov
 from medseg.fundus.fov import find_fov, fov_width
-from medseg.fundus.scale import erode, fundus_scale, resample, upsampled_edge_radius
+from medseg.fundus.scale import RESAMPLED_VESSEL_WIDENING, erode, fundus_scale, resample, upsampled_edge_radius
 
 __all__ = ["FundusSettings", "FundusSteps"]
 
@@ -38,6 +38,7 @@ class FundusSettings(Protocol):
     upsampled_edge_erosion: bool  # erode the edges of probabilities resampled up from a shrunk photograph
     normalization: str | None  # "standardize_fov" standardises with the statistics inside the FOV
     activation: str | None  # erosion applies to sigmoid probabilities only
+    resampled_vessel_widening: float | None  # the weights' own, else RESAMPLED_VESSEL_WIDENING
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class FundusSteps:
         size = (int(image.shape[1]), int(image.shape[2]))
         measured = fov if fov is not None else _disc_of(image) if _needs_disc(settings) else None
         factor = _scale_factor(settings, measured)
-        radius = upsampled_edge_radius(factor) if settings.fundus and settings.upsampled_edge_erosion else 0.0
+        radius = _erosion_radius(settings, factor)
         if radius and settings.activation != "sigmoid":
             raise ValueError(f"upsampled_edge_erosion erodes sigmoid probabilities, not {settings.activation} outputs")
         statistics_fov = None
@@ -107,6 +108,14 @@ class FundusSteps:
         if self.fov is not None:
             probs[:, ~torch.as_tensor(np.asarray(self.fov, dtype=bool))] = 0
         return probs
+
+
+def _erosion_radius(settings: FundusSettings, factor: float) -> float:
+    """Photograph pixels by which edges resampled up by ``1 / factor`` are eroded (0: none)."""
+    if not (settings.fundus and settings.upsampled_edge_erosion):
+        return 0.0
+    widening = settings.resampled_vessel_widening
+    return upsampled_edge_radius(factor, RESAMPLED_VESSEL_WIDENING if widening is None else widening)
 
 
 def _needs_disc(settings: FundusSettings) -> bool:

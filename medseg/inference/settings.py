@@ -48,6 +48,9 @@ class InferenceSettings:
     training_fov_width: float | None = None
     # the threshold that maximised F1 on the validation images of the shipped weights (metadata.json)
     validation_threshold: float | None = None
+    # network pixels by which the shipped weights mark vessels wider on a resampled photograph, measured on their
+    # held-out photographs (metadata.json; medseg.engines.width); None: medseg.fundus.RESAMPLED_VESSEL_WIDENING
+    resampled_vessel_widening: float | None = None
     in_channels: int | None = None
     out_channels: int | None = None
     spatial_dims: int | None = None

@@ -14,6 +14,7 @@ from medseg.engines.ensemble import EnsemblePlan, join_checkpoints
 from medseg.engines.finetune import (
     FolderTraining,
     LinearWarmUp,
+    fine_tuned_metadata,
     folder_training_overrides,
     initial_weights,
     initial_weights_overrides,
@@ -95,3 +96,16 @@ def test_the_learning_rate_warms_up_linearly_under_a_time_budget():
     engine.run([0] * 6, max_epochs=1)
     assert rates[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1], rel=1e-3)
     assert rates[5] == pytest.approx(0.1, rel=1e-3)
+
+
+def test_a_new_bundles_metadata_keeps_the_widening_of_its_own_weights_and_none_of_its_parents_facts():
+    parent = {"version": "0.3.2", "medseg": {"fundus": True, "training_fov_width": 540, "validation_threshold": 0.48,
+                                             "resampled_vessel_widening": 0.45, "training": {"date": "2026-11-30"}}}
+    summary = {"digest": "d9a946c8b49974c5", "pairs": 11, "source": "/photos", "validation": 3,
+               "validation_ids": "3 5 6"}
+    measured = fine_tuned_metadata(parent, "drive_vessel_unet", summary, {"heldout_f1": 0.84}, widening=0.28)
+    assert measured["medseg"]["resampled_vessel_widening"] == 0.28
+    assert {"validation_threshold", "training"}.isdisjoint(measured["medseg"])
+    assert measured["medseg"]["training_fov_width"] == 540  # a fact of the recipe, not of the weights
+    unmeasured = fine_tuned_metadata(parent, "drive_vessel_unet", summary, {"heldout_f1": 0.84})
+    assert "resampled_vessel_widening" not in unmeasured["medseg"]  # the library's applies

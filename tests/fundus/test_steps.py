@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.fundus import FundusSteps, standardize_inside_fov
+from medseg.fundus import RESAMPLED_VESSEL_WIDENING, FundusSteps, standardize_inside_fov, upsampled_edge_radius
 from medseg.inference import ImageMeta, InferenceSettings, LoadedModel, predict, predict_image
 
 
@@ -133,3 +133,12 @@ def test_standardize_fov_ignores_the_surround_and_estimates_the_fov_when_none_is
     wider_inside = run(net2d, wider, normalization="standardize_fov", scale="none")[:, 20:100, 25:115][:, fov]
     # windows see other neighbours near the border of a smaller frame; the statistics are the same
     assert (inside - wider_inside).abs().median() < 1e-3
+
+
+@pytest.mark.parametrize("widening", [None, 0.0, 0.2])
+def test_edges_resampled_up_are_eroded_by_the_weights_own_widening_else_the_librarys(widening):
+    settings = InferenceSettings(fundus=True, scale=0.5, upsampled_edge_erosion=True, activation="sigmoid",
+                                 resampled_vessel_widening=widening)
+    steps = FundusSteps.plan(torch.zeros(3, 40, 40), settings, np.ones((40, 40), dtype=bool))
+    expected = RESAMPLED_VESSEL_WIDENING if widening is None else widening
+    assert steps.erosion_radius == pytest.approx(upsampled_edge_radius(0.5, expected))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 
 import pytest
 import torch
 
-from medseg.cli import build_parser
-from medseg.inference import InferenceSettings, predict
+from medseg.cli import build_parser, main
+from medseg.inference import InferenceSettings, load_model, predict
 
 FIELDS = {field.name: field.default for field in dataclasses.fields(InferenceSettings)}
 
@@ -93,3 +94,15 @@ def test_a_network_in_training_mode_is_probed_without_touching_its_statistics():
     assert network.training
     for name, value in network.state_dict().items():
         torch.testing.assert_close(value, before[name], atol=0, rtol=0, msg=name)
+
+
+def test_a_bundles_widening_reaches_its_inference_settings_for_its_shipped_weights_only(tmp_path):
+    bundle = tmp_path / "bundle"
+    assert main(["bundle", "export", "drive_vessel_unet", str(bundle)]) == 0
+    metadata = bundle / "configs" / "metadata.json"
+    meta = json.loads(metadata.read_text())
+    meta["medseg"]["resampled_vessel_widening"] = 0.28
+    metadata.write_text(json.dumps(meta))
+    assert load_model(bundle).settings.resampled_vessel_widening == 0.28
+    other_weights = load_model(bundle, checkpoint=bundle / "models" / "model.pt")
+    assert other_weights.settings.resampled_vessel_widening is None

@@ -1,0 +1,112 @@
+"""The widening of trained weights, measured on labelled photographs: how much wider than the label convention they
+mark vessels on a photograph shrunk to their training FOV width (``medseg.fundus.upsampled_edge_radius`` erodes it
+back). Weights fine-tuned on a camera's resampled photographs mark them narrower than weights that never saw one,
+so one library constant over-erodes the first (bench/results/fine_tune.md); the widening is measured per weights,
+as the validation threshold is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medseg.data import read_vessel_label, validate_vessel_records
+from medseg.engines.evaluation import record_fov
+from medseg.fundus import erode, upsampled_edge_radius
+from medseg.inference import ImageMeta, InferenceSettings, LoadedModel, predict_image, prepare_network, read_image
+from medseg.metrics.width import vessel_width_sums
+
+__all__ = ["WIDENING_GRID", "MeasuredWidening", "eroded_masks", "measure_widening", "zero_crossing"]
+
+# the widenings a measurement compares, network pixels over both edges; beyond 0.8 the most eroded mask loses
+# the thinnest vessels of a photograph shrunk three-fold, and the width would be read on thick vessels only
+WIDENING_GRID = tuple(round(0.1 * k, 1) for k in range(9))
+
+
+@dataclass(frozen=True)
+class MeasuredWidening:
+    """The widening of some weights (network pixels) and what it was read from.
+
+    Attributes:
+        widening: where the pooled width error crosses zero, interpolated on WIDENING_GRID (its ends where it
+            does not cross).
+        photographs: the resampled photographs measured (those with a factor below 1).
+        errors: the pooled error of width (predicted - label, network pixels) at each of WIDENING_GRID.
+    """
+
+    widening: float
+    photographs: int
+    errors: tuple[float, ...]
+
+
+def eroded_masks(network: torch.nn.Module, image: np.ndarray, meta: ImageMeta, settings: InferenceSettings,
+                 fov: np.ndarray, widenings: Sequence[float]) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Predict the (C, H, W) ``image`` once as ``medseg infer`` does with the model's completed ``settings`` but
+    the erosion off, then erode its probabilities for each of ``widenings``.
+
+    Returns:
+        the (H, W) bool masks at threshold 0.5 (erosion off, then one per widening); the part of the (H, W)
+        ``fov`` where every erosion's disc lies inside it (the outside is zero, where ``medseg infer`` zeroes it
+        after eroding: pixels nearer the rim are not the map it writes); and the photograph's scale factor.
+    """
+    prediction = predict_image(network, image, meta, replace(settings, upsampled_edge_erosion=False), fov)
+    radii = [upsampled_edge_radius(prediction.steps.factor, widening) for widening in widenings]
+    maps = [prediction.probabilities, *(erode(prediction.probabilities, r) if r else prediction.probabilities
+                                         for r in radii)]
+    # an erosion reads bilinearly up to ceil(radius) + 1 pixels away along each axis; 3 more keep off the rim
+    inside = ndimage.binary_erosion(fov, structure=np.ones((3, 3)), iterations=math.ceil(max(radii)) + 4)
+    return [probabilities[0].numpy() >= 0.5 for probabilities in maps], inside, prediction.steps.factor
+
+
+def measure_widening(model: LoadedModel, records: Sequence[Mapping[str, str]], *,
+                     label_positive: Sequence[int] | None = None,
+                     device: str | torch.device = "cpu") -> MeasuredWidening | None:
+    """The widening of ``model``'s weights on the labelled photographs ``records`` ({"id", "image", "label"[,
+    "mask"]}, checked first as :func:`~medseg.engines.evaluate_vessel_folder` checks them), float32.
+
+    Each photograph that ``medseg infer`` shrinks (a fundus model, ``--scale auto``; the FOV its mask, else the
+    estimate) is predicted once and eroded for each of WIDENING_GRID; widths are read along its label's centre
+    line (:func:`medseg.metrics.width.vessel_width_sums`) and their errors, in network pixels (photograph pixels
+    times the factor), pooled over the photographs. ``None`` when no photograph is shrunk: the widening is then
+    never used on them.
+    """
+    validate_vessel_records(records, label_positive)
+    model = model.with_settings(precision="float32", runtime="torch")
+    network = prepare_network(model, device)
+    errors, length, photographs = np.zeros(len(WIDENING_GRID)), 0.0, 0
+    for record in records:
+        image, meta = read_image(Path(record["image"]))
+        fov = record_fov(record, image, meta)
+        if fov is None:  # no disc found: the photograph keeps its scale
+            continue
+        masks, inside, factor = eroded_masks(network, image, meta, model.settings, fov, WIDENING_GRID)
+        if factor >= 1:
+            continue
+        label = read_vessel_label(record["label"], label_positive) > 0
+        sums = vessel_width_sums(masks[1:], label, inside, 1.0 / factor)
+        errors += (sums[1:-1] - sums[0]) * factor
+        length += sums[-1]
+        photographs += 1
+    if not length:
+        return None
+    errors /= length
+    return MeasuredWidening(zero_crossing(WIDENING_GRID, errors), photographs, tuple(float(e) for e in errors))
+
+
+def zero_crossing(widenings: Sequence[float], errors: np.ndarray) -> float:
+    """Where ``errors`` (falling as ``widenings`` rise: more erosion, narrower vessels) first reach zero, linearly
+    interpolated, to 0.01; the first widening where they start at or below zero, the last where they stay above."""
+    below = np.flatnonzero(errors <= 0)
+    if not below.size:
+        return float(widenings[-1])
+    k = int(below[0])
+    if k == 0:
+        return float(widenings[0])
+    step = errors[k - 1] / (errors[k - 1] - errors[k])
+    return round(float(widenings[k - 1] + step * (widenings[k] - widenings[k - 1])), 2)
