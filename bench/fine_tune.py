@@ -5,13 +5,14 @@ drive_vessel_unet --config finetune`, the two members of the ensemble at once, o
 `training/` photographs, with one setting changed: the learning rate, the CPU budget (at most 15 minutes), the
 ratio of DRIVE photographs mixed in (`--keep-bundle-data`). LES-AV `training/` is split once (seed 0): 8
 photographs to train on, 3 held out for validation (given as `--val-images`), so that every row validates on the
-same 3. Rows are compared on validation data only: those 3 LES-AV photographs and, for the forgetting,
-DRIVE's 4 held-out training photographs (the bundle's own validation split), each scored through the inference
-path of `medseg evaluate --images` (`medseg.engines.evaluate_vessel_folder`, no masks: the FOV estimated, as a user
-without masks gets it), with the erosion of edges resampled up by the weights' own widening, measured on the 3
-held-out LES-AV photographs as `medseg bundle ship --new-bundle` measures it (`medseg.engines.width`). The row `shipped` scores the shipped weights as they are (`run shipped` trains
-nothing): the reference that the fine-tuned rows gain on (LES-AV) and forget against (DRIVE). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`, which
-refuses a row the validation columns did not choose.
+same 3. Rows are compared on validation data only: those 3 LES-AV photographs and, for the forgetting, DRIVE's 4
+held-out training photographs (the bundle's own validation split), each scored through the inference path of `medseg
+evaluate --images` (`medseg.engines.evaluate_vessel_folder`, no masks: the FOV estimated, as a user without masks
+gets it), with the erosion of edges resampled up by the weights' own widening, measured on the 3 held-out LES-AV
+photographs as `medseg bundle ship --new-bundle` measures it (`medseg.engines.width`). The row `shipped` scores the
+shipped weights as they are (`run shipped` trains nothing): the reference that the fine-tuned rows gain on (LES-AV)
+and forget against (DRIVE). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`,
+which refuses a row the validation columns did not choose.
 
     python bench/fine_tune.py run lr_3e-4            # trains (the row's budget), then scores validation
     python bench/fine_tune.py score lr_3e-4 --test   # a chosen row only
@@ -157,10 +158,11 @@ def score(name: str, work: Path, test: bool) -> dict:
     with joined_checkpoint(join_checkpoints(members)) if members else nullcontext() as checkpoint:
         model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)  # no members: the shipped weights
         if members:  # their own widening, measured as `medseg bundle ship --new-bundle` measures it
-            if "widening" not in results:
+            if "widening" not in results:  # scores of another widening (the library's) are scored again
                 held_out, positive = records("les_av_val", work)
                 measured = measure_widening(model, held_out, label_positive=positive)
-                results["widening"] = measured.widening if measured else None
+                results = {"widening": measured.widening if measured else None}
+                results_file.write_text(json.dumps(results, indent=2))
             model = model.with_settings(resampled_vessel_widening=results["widening"])
         for _, split, validation in SETS:
             if (validation or test) and split not in results:  # a score cut short keeps the sets it finished
@@ -187,7 +189,11 @@ def table(work: Path) -> str:
                      "**chosen**" if name in chosen else ""])
     lines = markdown_table(header, rows, text_columns=(0, 1, len(header) - 1))
     missing = [name for name in ROWS if name not in scores and ROWS[name].group in {ROWS[n].group for n in scores}]
-    partial = ([f"- Not run in this folder: {', '.join(f'`{name}`' for name in missing)}; a row is chosen among the "
+    earlier = [name for name in scores if name not in chosen and any(split in scores[name] for _, split, v in SETS
+                                                                     if not v)]
+    partial = ([f"- Test columns of {', '.join(f'`{name}`' for name in earlier)}: scored while the row was chosen, "
+                "before a later row of its group won on validation."] if earlier else [])
+    partial += ([f"- Not run in this folder: {', '.join(f'`{name}`' for name in missing)}; a row is chosen among the "
                 "rows of its group that were."] if missing else [])
     folder = "" if work == WORK.resolve() else f" --work {shown(work)}"
     commands = [f"- `{name}`: `{shlex.join(['medseg', *train_args(name, Path(shown(work)), None)])}`"

@@ -23,7 +23,9 @@ photographs. The widening chosen is the one with the least mean error of width i
 widening is a width on the network's grid, where every factor weighs the same) over the resampled rows (f < 1, every
 bundle): `medseg.fundus.RESAMPLED_VESSEL_WIDENING` is set to it, the widening of every bundle that has none of its
 own. A bundle shipped from weights fine-tuned on a folder has its own: `medseg bundle ship --new-bundle` measures it
-on the folder's held-out photographs with the same masks and widths (`medseg.engines.width`).
+on the folder's held-out photographs with the same masks and widths (`medseg.engines.width`), but another estimate:
+where the pooled signed error crosses zero on a grid of 0 to 0.8 (one camera), not the least mean absolute error
+over rows of several factors.
 
     python bench/vessel_width.py bundles/drive_vessel_unet
 """

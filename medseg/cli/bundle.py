@@ -36,7 +36,7 @@ from medseg.cli.train import add_training_folder_arguments, folder_training
 from medseg.data import DatasetError
 from medseg.engines.evaluation import eval_metrics_from_report, evaluate_vessel_folder
 from medseg.engines.finetune import fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics
-from medseg.engines.width import MeasuredWidening, measure_widening
+from medseg.engines.width import WIDENING_GRID, MeasuredWidening, measure_widening
 from medseg.engines.workflow import run_bundle_config
 from medseg.fundus import RESAMPLED_VESSEL_WIDENING
 from medseg.inference import export_onnx, load_model
@@ -250,8 +250,10 @@ def widening_line(widening: MeasuredWidening | None) -> str:
     if widening is None:
         return (f"resampled vessel widening: none of the held-out photographs is shrunk to the training FOV width; "
                 f"medseg's {RESAMPLED_VESSEL_WIDENING} applies")
-    return (f"resampled vessel widening: {widening.widening} network pixels, measured on {widening.photographs} "
-            "held-out photographs")
+    clamped = (f" (the end of {WIDENING_GRID[0]} to {WIDENING_GRID[-1]}: the widths do not match inside it)"
+               if widening.clamped else "")
+    return (f"resampled vessel widening: {widening.widening} network pixels{clamped}, measured on "
+            f"{widening.photographs} held-out photographs, which the eval_metrics above are scored with")
 
 
 def _ship(args: argparse.Namespace) -> int:

@@ -100,8 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="after --scale shrank a photograph by F, erode the probabilities resampled back by ((1 + W)/F - 1)/2 of "
         "its pixels (W: the width networks add to vessels on a resampled photograph, the bundle's "
-        "medseg.resampled_vessel_widening, else medseg.fundus.RESAMPLED_VESSEL_WIDENING), for networks whose training labels mark every pixel a vessel touches "
-        "(default: the bundle's, else "
+        "medseg.resampled_vessel_widening, else medseg.fundus.RESAMPLED_VESSEL_WIDENING), for networks whose "
+        "training labels mark every pixel a vessel touches (default: the bundle's, else "
         f"{'on' if DEFAULTS.upsampled_edge_erosion else 'off'})",
     )
     parser.add_argument(

@@ -14,9 +14,10 @@ its edge pixels, and a pixel of the new grid is vessel when that vessel touches 
 edges half of its own pixel, ``1 / (2 f)`` photograph pixels, outside the vessel; resampled back, they lie
 ``(1 / f - 1) / 2`` pixels outside the half-pixel margin of labels drawn at the photograph's own grid. A shrunk
 photograph is also softer than the photographs a network trained on, and networks read lost sharpness as width
-(bench/results/width_residual.md): on a resampled photograph they mark vessels :data:`RESAMPLED_VESSEL_WIDENING`
-of their own pixels wider still. :func:`upsampled_edge_radius` is the sum, and :func:`erode` moves each edge inward
-by it.
+(bench/results/width_residual.md): on a resampled photograph they mark vessels a widening of their own pixels
+wider still, measured per weights where they were fine-tuned on such photographs (``medseg.engines.width``), else
+:data:`RESAMPLED_VESSEL_WIDENING`. :func:`upsampled_edge_radius` is the sum, and :func:`erode` moves each edge
+inward by it.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ __all__ = [
 AUTO_SCALE_TOLERANCE = 0.1
 
 # How much wider (network pixels, both edges together) a network marks a vessel on a resampled photograph than its
-# label convention says, for weights whose bundle has no widening of its own (medseg.engines.width): chosen by bench/vessel_width.py on validation photographs (DRIVE's enlarged by 1/0.15 to
-# 1/0.8, LES-AV training at its own size), the widening whose mean width error in network pixels over them is least
-# (bench/results/vessel_width.md).
+# label convention says, for weights with no widening of their own (a bundle shipped from fine-tuned weights has
+# one: medseg.engines.width): chosen by bench/vessel_width.py on validation photographs (DRIVE's enlarged by 1/0.15
+# to 1/0.8, LES-AV training at its own size), the widening whose mean width error in network pixels over them is
+# least (bench/results/vessel_width.md).
 RESAMPLED_VESSEL_WIDENING = 0.45
 
 # The erosion samples its disc's circle in this many directions: an edge between two of them moves by at least

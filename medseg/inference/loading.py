@@ -108,8 +108,7 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
 
     Reads ``network_data_format.inputs.image`` (``num_channels``, ``spatial_shape``),
     ``network_data_format.outputs.pred`` (``num_channels``) and ``medseg`` (``fundus``, ``training_fov_width``,
-    ``validation_threshold``: the shipped weights' F1-maximising threshold on the validation images;
-    ``resampled_vessel_widening``: theirs, measured on their held-out photographs).
+    ``validation_threshold``: the shipped weights' F1-maximising threshold on the validation images).
     """
     data_format = metadata.get("network_data_format", {})
     image = data_format.get("inputs", {}).get("image", {})
@@ -120,7 +119,6 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
         fundus=bool(facts.get("fundus", False)),
         training_fov_width=facts.get("training_fov_width"),
         validation_threshold=facts.get("validation_threshold"),
-        resampled_vessel_widening=facts.get("resampled_vessel_widening"),
         in_channels=image.get("num_channels"),
         out_channels=prediction.get("num_channels"),
         spatial_dims=len(spatial_shape) if spatial_shape else None,
@@ -239,7 +237,7 @@ def _load_bundle(
             spatial_dims=settings.spatial_dims or described.spatial_dims,
             # facts of the shipped weights only
             validation_threshold=described.validation_threshold if checkpoint is None else None,
-            resampled_vessel_widening=described.resampled_vessel_widening if checkpoint is None else None,
+            resampled_vessel_widening=settings.resampled_vessel_widening if checkpoint is None else None,
         )
         weights = checkpoint or folder / "models" / "model.pt"
         scripted = folder / "models" / "model.ts"
