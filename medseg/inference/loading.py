@@ -108,7 +108,8 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
 
     Reads ``network_data_format.inputs.image`` (``num_channels``, ``spatial_shape``),
     ``network_data_format.outputs.pred`` (``num_channels``) and ``medseg`` (``fundus``, ``training_fov_width``,
-    ``validation_threshold``: the shipped weights' F1-maximising threshold on the validation images).
+    ``validation_threshold``: the shipped weights' F1-maximising threshold on the validation images;
+    ``resampled_vessel_widening``: theirs, measured on held-out photographs).
     """
     data_format = metadata.get("network_data_format", {})
     image = data_format.get("inputs", {}).get("image", {})
@@ -119,6 +120,7 @@ def settings_from_metadata(metadata: Mapping[str, Any]) -> InferenceSettings:
         fundus=bool(facts.get("fundus", False)),
         training_fov_width=facts.get("training_fov_width"),
         validation_threshold=facts.get("validation_threshold"),
+        resampled_vessel_widening=facts.get("resampled_vessel_widening"),
         in_channels=image.get("num_channels"),
         out_channels=prediction.get("num_channels"),
         spatial_dims=len(spatial_shape) if spatial_shape else None,
@@ -230,6 +232,9 @@ def _load_bundle(
     with contextlib.chdir(folder):
         settings = parser.get_parsed_content(SETTINGS_ID)
         described = settings_from_metadata(json.loads(metadata_file.read_text()))
+        # inference.yaml reads the widening for MONAI's runner; configs that predate the key leave it to metadata
+        widening = settings.resampled_vessel_widening
+        widening = described.resampled_vessel_widening if widening is None else widening
         settings = replace(
             settings,
             in_channels=settings.in_channels or described.in_channels,
@@ -237,7 +242,7 @@ def _load_bundle(
             spatial_dims=settings.spatial_dims or described.spatial_dims,
             # facts of the shipped weights only
             validation_threshold=described.validation_threshold if checkpoint is None else None,
-            resampled_vessel_widening=settings.resampled_vessel_widening if checkpoint is None else None,
+            resampled_vessel_widening=widening if checkpoint is None else None,
         )
         weights = checkpoint or folder / "models" / "model.pt"
         scripted = folder / "models" / "model.ts"

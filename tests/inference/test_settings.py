@@ -96,9 +96,14 @@ def test_a_network_in_training_mode_is_probed_without_touching_its_statistics():
         torch.testing.assert_close(value, before[name], atol=0, rtol=0, msg=name)
 
 
-def test_a_bundles_widening_reaches_its_inference_settings_for_its_shipped_weights_only(tmp_path):
+@pytest.mark.parametrize("configs_read_it", [True, False])  # False: configs of a bundle exported before the key
+def test_a_bundles_widening_reaches_its_inference_settings_for_its_shipped_weights_only(tmp_path, configs_read_it):
     bundle = tmp_path / "bundle"
     assert main(["bundle", "export", "drive_vessel_unet", str(bundle)]) == 0
+    if not configs_read_it:
+        inference = bundle / "configs" / "inference.yaml"
+        lines = inference.read_text().splitlines(keepends=True)
+        inference.write_text("".join(line for line in lines if "resampled_vessel_widening" not in line))
     metadata = bundle / "configs" / "metadata.json"
     meta = json.loads(metadata.read_text())
     meta["medseg"]["resampled_vessel_widening"] = 0.28
