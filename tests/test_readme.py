@@ -96,6 +96,20 @@ def test_main_command_runs_the_demo_end_to_end(tmp_path):
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"best.pt", "metrics.json", "training_curves.png"}
 
 
+def test_the_demo_tracks_every_step_in_the_store_it_is_given(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "medseg", "demo", "--images", "4", "--output", "demo_out", "--tracking-uri",
+         "sqlite:///demo.db"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "tracking lost" not in result.stdout + result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # the default store is left alone
+    client = MlflowClient(path_to_sqlite_uri(tmp_path / "demo.db"))
+    runs = client.search_runs([client.get_experiment_by_name("medseg_demo").experiment_id])
+    (run,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (evaluation,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+    assert "test_f1" in evaluation.data.metrics
+
+
 def test_the_bundle_table_quotes_the_eval_metrics_of_each_metadata():
     bundles = {p.name for p in (REPO / "bundles").iterdir() if p.is_dir()}
     assert set(re.findall(r"^\| `bundles/(\w+)` \|", README, re.M)) == bundles

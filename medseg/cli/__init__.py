@@ -7,6 +7,7 @@ import importlib
 import logging
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -221,8 +222,22 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _medseg_warning_as_one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                                line: str | None = None) -> str:
+    """``warnings.formatwarning`` that writes medseg's own warnings (a lost MLflow server, ...) as one console line,
+    like its log records, instead of the file, line and source line Python adds; other libraries' as before."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        return f"WARNING: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+_python_formatwarning = warnings.formatwarning
+
+
 def _log_to_stderr() -> None:
-    """medseg's own log records (INFO and up) on stderr, once per process; other libraries' stay as they are."""
+    """medseg's own log records (INFO and up) and warnings on stderr as one line each, once per process; other
+    libraries' stay as they are."""
+    warnings.formatwarning = _medseg_warning_as_one_line
     logger = logging.getLogger("medseg")
     if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         handler = _StderrHandler()

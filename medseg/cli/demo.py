@@ -38,7 +38,8 @@ def _demo(args: argparse.Namespace) -> int:
     common = [str(bundle), "--config", str(overlay), "--data-root", str(data), "--output-dir", str(run),
               "--set", f"seed={args.seed}"]
     _step("train", ["train", *common, "--tracking-uri", tracking_uri])
-    _step("evaluate", ["evaluate", *common, "--checkpoint", str(run / "checkpoints" / "model.pt")])
+    _step("evaluate", ["evaluate", *common, "--checkpoint", str(run / "checkpoints" / "model.pt"),
+                       "--tracking-uri", tracking_uri])
     _step("infer", ["infer", str(bundle), str(data / "test" / "images"), "--output", str(out / "predictions"),
                     "--checkpoint", str(run / "checkpoints" / "model.pt"), "--config", str(overlay), "--overwrite"])
     print(

@@ -51,9 +51,6 @@ from medseg.tracking.store import tag_experiment_kind
 
 __all__ = ["TrackingHandler"]
 
-logger = logging.getLogger(__name__)
-
-
 class TrackingHandler(MLFlowHandler):
     """``monai.handlers.MLFlowHandler`` (same arguments) that sets ``tags``, attaches on rank 0 only and never
     stops the engine when tracking fails.
@@ -125,7 +122,6 @@ class TrackingHandler(MLFlowHandler):
                 f"MLflow tracking lost while logging the {what} to {self.client.tracking_uri}: {err}. "
                 "Training goes on without tracking."
             )
-            logger.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _set_experiment(self) -> None:
@@ -201,7 +197,6 @@ class TrackingHandler(MLFlowHandler):
                 self._log_model()
             except Exception as err:  # the run and its metrics stand without the model: warn, then close it
                 message = f"the MLflow model of run {self.cur_run.info.run_id} could not be logged: {err}"
-                logger.warning(message)
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _log_model(self) -> None:

@@ -153,6 +153,31 @@ def test_monai_bundle_run_trains_like_medseg_train(synthetic_drive, tmp_path):
         assert steps == {"1", "2"}, images
 
 
+def test_an_evaluation_in_the_training_folder_is_a_run_of_its_own_that_leaves_the_trainings_curves_alone(
+        synthetic_drive, tmp_path, recwarn):
+    out, uri = tmp_path / "run", path_to_sqlite_uri(tmp_path / "mlflow.db")
+    common = [str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--output-dir", str(out)]
+    assert main(["train", *common, "--set", "max_epochs=2", "--set", "val_interval=1", "--tracking-uri", uri]) == 0
+    checkpoint = ["--checkpoint", str(out / "checkpoints" / "model.pt")]
+    assert main(["evaluate", *common, *checkpoint, "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("drive_vessel_unet").experiment_id])
+    (training,) = [run for run in runs if not run.info.run_name.startswith("evaluate_")]
+    (evaluation,) = [run for run in runs if run.info.run_name.startswith("evaluate_")]
+    # the training's validation curve holds its two epochs only; the evaluation's validation pass is its own
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "val_f1")] == [1, 2]
+    assert {"val_f1", "test_f1"} <= evaluation.data.metrics.keys()
+    assert evaluation.data.tags["mlflow.parentRunId"] == training.info.run_id
+    assert evaluation.info.status == "FINISHED"
+    # evaluated into another store than the training's: a run there, not nested, and no tracking lost
+    other = path_to_sqlite_uri(tmp_path / "other.db")
+    assert main(["evaluate", *common, *checkpoint, "--tracking-uri", other]) == 0
+    (elsewhere,) = MlflowClient(other).search_runs(
+        [MlflowClient(other).get_experiment_by_name("drive_vessel_unet").experiment_id])
+    assert {"val_f1", "test_f1"} <= elsewhere.data.metrics.keys() and "mlflow.parentRunId" not in elsewhere.data.tags
+    assert not [w for w in recwarn if "tracking lost" in str(w.message)]
+
+
 def test_an_ensemble_bundle_trains_its_members_at_once_with_their_own_seeds_on_one_split(synthetic_drive, tmp_path):
     out, uri = tmp_path / "ensemble", path_to_sqlite_uri(tmp_path / "mlflow.db")
     assert main(["train", str(BUNDLE), "--data-root", str(synthetic_drive), *TINY, "--set", "ensemble_members=2",
