@@ -86,11 +86,13 @@ def test_own_photographs_are_checked_trained_fine_tuned_shipped_and_inferred(sma
     held_out = run.data.params["training_folder.validation_ids"]
     assert sorted((tmp_path / "scratch" / "fov_estimates" / "val").iterdir())[0].stem == held_out
 
-    # fine-tuned from that checkpoint with the masks, under the fine-tuning overlay and a few seconds of budget
+    # fine-tuned from that checkpoint with the masks, under the fine-tuning overlay and a few seconds of budget,
+    # at a larger FOV width than the bundle's (photographs enlarged 1.5-fold)
     scratch = tmp_path / "scratch" / "checkpoints" / "model.pt"
     _medseg(tmp_path, "train", str(small_bundle), *folder, "--masks", str(mine / "masks"), "--val", "1",
             "--init-from", str(scratch), "--config", "finetune", "--set", "time_budget_minutes=0.05",
-            "--set", "val_interval=1", "--quiet", "--output-dir", "tuned")
+            "--set", "val_interval=1", "--set", f"training_fov_width={SMALL_FOV_WIDTH * 1.5:g}", "--quiet",
+            "--output-dir", "tuned")
     tuned_run = _run(client, tmp_path / "tuned")
     assert tuned_run.data.params["init_weights"] == str(tmp_path / "tuned" / "init_weights" / "member0.pt")
     assert tuned_run.data.params["training_folder.validation_ids"] == held_out  # the same split
@@ -104,8 +106,10 @@ def test_own_photographs_are_checked_trained_fine_tuned_shipped_and_inferred(sma
     new_bundle = tmp_path / "mine_bundle"
     meta = json.loads((new_bundle / "configs" / "metadata.json").read_text())
     assert meta["medseg"]["parent_bundle"]["name"] == "small_vessel_unet"
-    # the parent's threshold and widening describe other weights; photographs at the training FOV width are not
-    # shrunk, so no widening of these weights is measured and the library's applies
+    # it infers at the FOV width its weights were fine-tuned at
+    assert meta["medseg"]["training_fov_width"] == SMALL_FOV_WIDTH * 1.5
+    # the parent's threshold and widening describe other weights; photographs enlarged to the training FOV width
+    # are not shrunk, so no widening of these weights is measured and the library's applies
     assert not {"validation_threshold", "resampled_vessel_widening"} & meta["medseg"].keys()
     assert "none of the held-out photographs is shrunk" in shipped
     assert meta["medseg"]["training_data"]["count"] == 4 and meta["medseg"]["training_data"]["held_out"] == held_out

@@ -35,7 +35,8 @@ from medseg.cli import (
 from medseg.cli.train import add_training_folder_arguments, folder_training
 from medseg.data import DatasetError
 from medseg.engines.evaluation import eval_metrics_from_report, evaluate_vessel_folder
-from medseg.engines.finetune import fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics
+from medseg.engines.finetune import (fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics,
+                                     trained_fov_width)
 from medseg.engines.width import WIDENING_GRID, MeasuredWidening, measure_widening
 from medseg.engines.workflow import run_bundle_config
 from medseg.fundus import RESAMPLED_VESSEL_WIDENING
@@ -217,6 +218,9 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
         write_weights(state_dict, candidate, WEIGHT_DTYPES[args.dtype])
         try:
             model = load_model(parent, overlays=args.overlays, overrides=bundle_overrides(args), checkpoint=candidate)
+            fov_width = trained_fov_width(args.checkpoints)  # inferred at the width they were trained at
+            if fov_width is not None:
+                model = model.with_settings(training_fov_width=fov_width)
             held_out, positive = held_out_records(training, seed), training.folder.label_positive or None
             # measured first: the held-out scores are those of the bundle shipped, which erodes by it
             widening = measure_widening(model, held_out, label_positive=positive)
@@ -227,7 +231,7 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
             raise CLIError(f"{', '.join(map(str, args.checkpoints))}: evaluating it with {parent.name} failed, "
                            f"nothing shipped ({err})") from None
         meta = fine_tuned_metadata(read_metadata(parent), parent.name, folder_summary(training, seed),
-                                   heldout_eval_metrics(report), widening.widening if widening else None)
+                                   heldout_eval_metrics(report), widening.widening if widening else None, fov_width)
         tracking_uri = args.tracking_uri or default_tracking_uri()
         record_training(meta, args.checkpoints, tracking_uri)
         with atomic_folder(target) as staging:  # a failed ship leaves no half-written bundle

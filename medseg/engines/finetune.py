@@ -3,7 +3,8 @@
 A bundle's train.yaml reads its dataset through one config id, ``records`` ((train, validation) records). Training
 on a folder replaces that id with the folder's reader (:func:`medseg.data.labelled_folder_records`), so the
 recipe (network, loss, patches, augmentation, schedule) stays the bundle's. Fundus bundles (those whose metadata
-has a ``training_fov_width``) bring every photograph to that FOV width first, as inference does. Fine-tuning
+has a ``training_fov_width``) bring every photograph to that FOV width first, as inference does (``--set
+training_fov_width=W`` trains at another one, which a bundle shipped from the weights then infers at). Fine-tuning
 starts each network (each member of an ensemble) from its own trained weights (:func:`initial_weights_overrides`).
 """
 
@@ -24,6 +25,7 @@ from medseg.data.drive import split_validation
 from medseg.inference import read_state_dict
 from medseg.networks import ensemble_size, member_state_dict
 from medseg.resources import read_bundle_config
+from medseg.tracking import executed_config
 
 __all__ = [
     "FolderTraining",
@@ -34,6 +36,7 @@ __all__ = [
     "initial_weights",
     "initial_weights_overrides",
     "member_initial_weights",
+    "trained_fov_width",
     "with_initial_weights",
 ]
 
@@ -196,12 +199,14 @@ def held_out_records(training: FolderTraining, seed: int) -> list[dict]:
 
 
 def fine_tuned_metadata(parent: Mapping[str, Any], parent_name: str, summary: Mapping[str, Any],
-                        eval_metrics: Mapping[str, float], widening: float | None = None) -> dict[str, Any]:
+                        eval_metrics: Mapping[str, float], widening: float | None = None,
+                        fov_width: float | None = None) -> dict[str, Any]:
     """The metadata.json of a bundle of weights trained on a user's folder, from its ``parent`` bundle's: the
     version ``<parent version>-<digest>``, ``eval_metrics`` those on the held-out photographs (``heldout_*``),
     ``medseg.parent_bundle`` and ``medseg.training_data`` saying where the weights came from, and
     ``medseg.resampled_vessel_widening`` the ``widening`` measured on the held-out photographs (``None``: none
-    was shrunk, and the library's applies)."""
+    was shrunk, and the library's applies); ``medseg.training_fov_width`` the ``fov_width`` the weights were
+    trained at, where not the parent's (:func:`trained_fov_width`)."""
     version = f"{parent.get('version', '0.0.0')}-{summary['digest'][:8]}"
     data = (f"{summary['pairs']} labelled photographs of {summary['source']} (digest {summary['digest']}; "
             f"{summary['validation']} held out: {summary['validation_ids']})")
@@ -216,7 +221,28 @@ def fine_tuned_metadata(parent: Mapping[str, Any], parent_name: str, summary: Ma
         meta["medseg"].pop(fact, None)
     if widening is not None:
         meta["medseg"]["resampled_vessel_widening"] = widening
+    if fov_width is not None:
+        meta["medseg"]["training_fov_width"] = fov_width
     return meta
+
+
+def trained_fov_width(checkpoints: Sequence[str | Path]) -> float | None:
+    """The FOV width, in pixels, that the training which wrote ``checkpoints`` (``OUTPUT/checkpoints/*.pt``, one
+    per ensemble member) brought its photographs to, when it set one (``--set training_fov_width=W``, a number in
+    its executed config); ``None`` when it trained at its bundle's own (a reference to the metadata) or left no
+    executed config.
+
+    Raises:
+        ValueError: the members were trained at different widths.
+    """
+    widths = set()
+    for checkpoint in checkpoints:
+        config = executed_config(None, Path(checkpoint).resolve().parent.parent)
+        width = json.loads(Path(config).read_text()).get("training_fov_width") if config else None
+        widths.add(float(width) if isinstance(width, (int, float)) and not isinstance(width, bool) else None)
+    if len(widths) > 1:
+        raise ValueError(f"the checkpoints were trained at different FOV widths ({sorted(map(str, widths))})")
+    return widths.pop() if widths else None
 
 
 def heldout_eval_metrics(report: Mapping[str, Any]) -> dict[str, float]:

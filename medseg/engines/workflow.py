@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
 import os
 import sys
@@ -96,6 +97,9 @@ def check_override_ids(
     # a file's keys as MONAI merges them: "train#handlers" of an overlay sets the top-level id "train"
     known = {key.split("#", 1)[0] for path in files for key in ConfigParser.load_config_file(str(path))}
     known |= {"_meta_", "bundle_root", *ConfigParser.load_config_file(str(MLFLOW_TRACKING))["configs"]}
+    metadata = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
+    if "training_fov_width" in metadata.get("medseg", {}):  # a fundus bundle trained on a folder reads it (finetune)
+        known.add("training_fov_width")
     for key in overrides:
         top = key.split("#", 1)[0]
         if top not in known:

@@ -52,6 +52,15 @@ def test_a_set_of_a_nested_id_or_of_an_id_another_config_of_the_bundle_reads_is_
     check_override_ids(REPO / "bundles" / "drive_vessel_unet", {"network_def#features": [4, 8], "dice_weight": 1.0})
 
 
+def test_the_training_fov_width_is_an_id_of_fundus_bundles_alone():
+    from medseg.engines.workflow import ConfigError, check_override_ids
+
+    # a fundus bundle's training on a folder brings its photographs to it (medseg.engines.finetune)
+    check_override_ids(REPO / "bundles" / "drive_vessel_unet", {"training_fov_width": 810})
+    with pytest.raises(ConfigError, match="training_fov_width"):
+        check_override_ids(REPO / "bundles" / "camvid_unet", {"training_fov_width": 810})
+
+
 def test_a_missing_dataset_names_data_root_and_medseg_data_root_and_leaves_no_executed_config(tmp_path, capsys,
                                                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from medseg.engines.finetune import (
     initial_weights,
     initial_weights_overrides,
     member_initial_weights,
+    trained_fov_width,
 )
 from medseg.networks import UNet, ensemble_state_dict
 from medseg.resources import bundle_folder, overlay_file, read_bundle_config
@@ -106,6 +108,23 @@ def test_a_new_bundles_metadata_keeps_the_widening_of_its_own_weights_and_none_o
     measured = fine_tuned_metadata(parent, "drive_vessel_unet", summary, {"heldout_f1": 0.84}, widening=0.28)
     assert measured["medseg"]["resampled_vessel_widening"] == 0.28
     assert {"validation_threshold", "training"}.isdisjoint(measured["medseg"])
-    assert measured["medseg"]["training_fov_width"] == 540  # a fact of the recipe, not of the weights
+    assert measured["medseg"]["training_fov_width"] == 540  # the parent's recipe, unless the training set another
+    assert fine_tuned_metadata(parent, "drive_vessel_unet", summary, {}, fov_width=810)["medseg"]["training_fov_width"] == 810
     unmeasured = fine_tuned_metadata(parent, "drive_vessel_unet", summary, {"heldout_f1": 0.84})
     assert "resampled_vessel_widening" not in unmeasured["medseg"]  # the library's applies
+
+
+def _trained_at(folder, width) -> str:
+    """A checkpoint in ``folder/checkpoints`` beside the executed config its training wrote (MONAI's
+    ``save_execute_config``), whose ``training_fov_width`` is ``width``."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config_20261207_120000.json").write_text(json.dumps({"training_fov_width": width}))
+    return str(folder / "checkpoints" / "model.pt")
+
+
+def test_the_fov_width_a_training_set_is_read_from_its_executed_config(tmp_path):
+    assert trained_fov_width([_trained_at(tmp_path / "own", "@_meta_::medseg::training_fov_width")]) is None
+    members = [_trained_at(tmp_path / "wide" / f"member{k}", 810) for k in range(2)]
+    assert trained_fov_width(members) == 810.0
+    with pytest.raises(ValueError, match="different FOV widths"):
+        trained_fov_width([members[0], _trained_at(tmp_path / "narrow", 540)])
