@@ -3,7 +3,7 @@
 Every row runs the command a user runs (`medseg train drive_vessel_unet --images ... --labels ... --init-from
 drive_vessel_unet --config finetune`, the two members of the ensemble at once, one per core) on LES-AV's
 `training/` photographs, with one setting changed: the learning rate, the CPU budget (at most 15 minutes), the
-ratio of DRIVE photographs mixed in (`--keep-bundle-data`). LES-AV `training/` is split once (seed 0): 8
+ratio of DRIVE photographs mixed in (`--keep-bundle-data`), the FOV width. LES-AV `training/` is split once (seed 0): 8
 photographs to train on, 3 held out for validation (given as `--val-images`), so that every row validates on the
 same 3. Rows are compared on validation data only: those 3 LES-AV photographs and, for the forgetting, DRIVE's 4
 held-out training photographs (the bundle's own validation split), each scored through the inference path of `medseg
@@ -12,7 +12,8 @@ gets it), with the erosion of edges resampled up by the weights' own widening, m
 photographs as `medseg bundle ship --new-bundle` measures it (`medseg.engines.width`). The row `shipped` scores the
 shipped weights as they are (`run shipped` trains nothing): the reference that the fine-tuned rows gain on (LES-AV)
 and forget against (DRIVE). Test photographs (LES-AV `test/`, DRIVE `test/`) are scored only by `score ROW --test`,
-which refuses a row the validation columns did not choose.
+which refuses a row the validation columns did not choose. Once chosen, the schedule `configs/finetune.yaml` holds
+is refit on all 11 photographs (`refit_every`), as the final model of a study is trained on all its data.
 
     python bench/fine_tune.py run lr_3e-4            # trains (the row's budget), then scores validation
     python bench/fine_tune.py score lr_3e-4 --test   # a chosen row only
@@ -82,6 +83,8 @@ ROWS: dict[str, Row] = {
     "lr_1e-3_15min": Row("learning rate 1e-3, 15 minutes", 1e-3, 15),
     "fov_810_15min": Row("photographs brought to a 810-pixel FOV width (the bundle's 540 times 1.5: finer vessels "
                          "for the network to see), learning rate 1e-3, 15 minutes", 1e-3, 15, fov_width=810),
+    "refit_every": Row("the configured schedule (learning rate 1e-3, 10 minutes) refit on all 11 photographs once "
+                       "chosen: validates on 3 it trains on, chooses nothing", 1e-3, folder="every", group="refit"),
     "few_lr_3e-4": Row("3 photographs, learning rate 3e-4, 10 minutes", 3e-4, folder="few", group="few"),
     "keep_0.5": Row("--keep-bundle-data, 0.5 DRIVE photographs per LES-AV one, learning rate 1e-3, 10 minutes",
                     1e-3, keep_ratio=0.5, group="keep"),
@@ -96,10 +99,10 @@ SETS = (("LES-AV val (3)", "les_av_val", True), ("DRIVE val (4)", "drive_val", T
 
 
 def linked_folders(work: Path) -> dict[str, Path]:
-    """LES-AV training/ as three plain labelled folders of symbolic links (the data is never copied): "all" (8 to
-    train on), "few" (3 of those) and "val" (the 3 held out, split seed 0)."""
+    """LES-AV training/ as plain labelled folders of symbolic links (the data is never copied): "all" (8 to train
+    on), "few" (3 of those), "val" (the 3 held out, split seed 0) and "every" (all 11, for the refit)."""
     train, val = split_validation(les_av_records(DATA / "LES-AV", "training"), n_val=VAL_PHOTOGRAPHS, seed=SPLIT_SEED)
-    parts = {"all": train, "few": train[:FEW_PHOTOGRAPHS], "val": val}
+    parts = {"all": train, "few": train[:FEW_PHOTOGRAPHS], "val": val, "every": train + val}
     for name, records in parts.items():
         for key, folder in (("image", "images"), ("label", "labels"), ("mask", "masks")):
             (work / "folders" / name / folder).mkdir(parents=True, exist_ok=True)
@@ -138,8 +141,8 @@ def records(split: str, work: Path) -> tuple[list[dict], tuple[int, ...] | None]
 def chosen_rows(scores: dict[str, dict]) -> set[str]:
     """Per group, the row with the highest validation score: LES-AV val F1 for the schedule and the 3-photograph
     variant; for the mixing ratio, the mean F1 of LES-AV val and DRIVE val (the new camera and the forgetting)."""
-    chosen = set()
-    for group in {row.group for row in ROWS.values()} - {"reference"}:
+    chosen = {name for name in scores if ROWS[name].group == "refit"}  # a refit of the chosen schedule
+    for group in {row.group for row in ROWS.values()} - {"reference", "refit"}:
         names = [name for name in scores if ROWS[name].group == group and "les_av_val" in scores[name]]
         weight = (lambda s: (s["les_av_val"]["f1"] + s["drive_val"]["f1"]) / 2) if group == "keep" else \
             (lambda s: s["les_av_val"]["f1"])
@@ -216,7 +219,7 @@ def table(work: Path) -> str:
         widening = scores[name].get("widening", "-")
         rows.append([name, ROWS[name].change, str(fact.get("budget", "-")), str(fact.get("seconds", "-")),
                      "the library's" if widening is None else str(widening), *cells,
-                     "**chosen**" if name in chosen else ""])
+                     "refit (chooses nothing)" if ROWS[name].group == "refit" else "**chosen**" if name in chosen else ""])
     lines = markdown_table(header, rows, text_columns=(0, 1, len(header) - 1))
     missing = [name for name in ROWS if name not in scores and ROWS[name].group in {ROWS[n].group for n in scores}]
     earlier = [name for name in scores if name not in chosen and any(split in scores[name] for _, split, v in SETS
@@ -235,12 +238,16 @@ def table(work: Path) -> str:
         f"table`; each row by `python bench/fine_tune.py{folder} run ROW` (the command below), test columns by "
         "`score ROW --test`.",
         "- Every row fine-tunes both members of the shipped ensemble (one per core) from their own weights on 8 of "
-        "LES-AV's 11 training photographs (3 in the `few_` rows) and validates on the other 3 (split seed 0).",
+        "LES-AV's 11 training photographs (3 in the `few_` rows) and validates on the other 3 (split seed 0); "
+        "`refit_every` trains the schedule `configs/finetune.yaml` holds on all 11 once the choices were made (as "
+        "nnU-Net's final fold on all data): its LES-AV val column and its widening come from photographs it trained "
+        "on, so it chooses nothing and its test columns are those of the recipe refit.",
         "- Each row's weights are scored with the edges of probabilities resampled up eroded by their own widening "
         "(network pixels), measured on the 3 LES-AV validation photographs as `medseg bundle ship --new-bundle` "
         "measures it (`medseg.engines.width`): what the bundle shipped from them would erode by.",
         "- **Chosen on validation only**: per group, the highest LES-AV val F1 (the mixing ratio: the highest mean "
-        "of LES-AV val and DRIVE val F1). The test columns are scored for the chosen rows alone and chose nothing.",
+        "of LES-AV val and DRIVE val F1). The test columns are scored for the chosen rows and the refit alone and "
+        "chose nothing.",
         *partial,
         *configured_note(scores, chosen),
         "",
