@@ -57,7 +57,8 @@ class Row:
     """One candidate: what it changes, its learning rate and budget (every row states both, so that no row depends
     on what ``configs/finetune.yaml`` held when it ran), its folder ("all": 8 photographs, "few": 3), the ratio of
     the bundle's own photographs mixed in (``--keep-bundle-data``, none when ``None``), its group, and the FOV
-    width its photographs are brought to (``training_fov_width``; the bundle's own when ``None``)."""
+    width its photographs are brought to (``training_fov_width``; the bundle's own when ``None``) and its loss's
+    Dice weight."""
 
     change: str
     learning_rate: float
@@ -66,12 +67,15 @@ class Row:
     keep_ratio: float | None = None
     group: str = "schedule"  # rows are chosen within their group
     fov_width: float | None = None
+    dice_weight: float | None = None  # the loss's Dice share against BCE (the bundle's 0.5 when None)
 
     def sets(self, minutes: float | None = None) -> tuple[str, ...]:
         """The row's ``--set`` overrides; ``minutes`` replaces its budget (a quick try of the script)."""
         keep = (f"keep_bundle_data_ratio={self.keep_ratio}",) if self.keep_ratio is not None else ()
         fov = (f"training_fov_width={self.fov_width:g}",) if self.fov_width is not None else ()
-        return (f"learning_rate={self.learning_rate}", f"time_budget_minutes={minutes or self.minutes:g}", *keep, *fov)
+        dice = (f"dice_weight={self.dice_weight:g}",) if self.dice_weight is not None else ()
+        return (f"learning_rate={self.learning_rate}", f"time_budget_minutes={minutes or self.minutes:g}", *keep, *fov,
+                *dice)
 
 
 ROWS: dict[str, Row] = {
@@ -83,6 +87,8 @@ ROWS: dict[str, Row] = {
     "lr_1e-3_15min": Row("learning rate 1e-3, 15 minutes", 1e-3, 15),
     "fov_810_15min": Row("photographs brought to a 810-pixel FOV width (the bundle's 540 times 1.5: finer vessels "
                          "for the network to see), learning rate 1e-3, 15 minutes", 1e-3, 15, fov_width=810),
+    "dice_0.8": Row("Dice weighted 0.8 against BCE (the bundle's 0.5), learning rate 1e-3, 10 minutes", 1e-3,
+                    dice_weight=0.8),
     "refit_every": Row("the configured schedule (learning rate 1e-3, 10 minutes) refit on all 11 photographs once "
                        "chosen: validates on 3 it trains on, chooses nothing", 1e-3, folder="every", group="refit"),
     "few_lr_3e-4": Row("3 photographs, learning rate 3e-4, 10 minutes", 3e-4, folder="few", group="few"),
