@@ -41,6 +41,7 @@ import yaml
 from medseg.data import LES_AV_LABEL_POSITIVE, drive_records, les_av_records, split_validation
 from medseg.engines.ensemble import join_checkpoints, joined_checkpoint
 from medseg.engines.evaluation import evaluate_vessel_folder
+from medseg.engines.finetune import trained_fov_width
 from medseg.engines.width import measure_widening
 from medseg.inference import load_model
 
@@ -173,8 +174,9 @@ def score(name: str, work: Path, test: bool) -> dict:
     members = sorted((work / name).glob("member*/checkpoints/model.pt"))
     with joined_checkpoint(join_checkpoints(members)) if members else nullcontext() as checkpoint:
         model = load_model(REPO / "bundles" / BUNDLE, checkpoint=checkpoint)  # no members: the shipped weights
-        if ROWS[name].fov_width is not None:  # inferred at the FOV width it was fine-tuned at
-            model = model.with_settings(training_fov_width=ROWS[name].fov_width)
+        fov_width = trained_fov_width(members) if members else None  # as `bundle ship --new-bundle` reads it
+        if fov_width is not None:  # inferred at the FOV width it was fine-tuned at
+            model = model.with_settings(training_fov_width=fov_width)
         if members:  # their own widening, measured as `medseg bundle ship --new-bundle` measures it
             if "widening" not in results:  # scores of another widening (the library's) are scored again
                 held_out, positive = records("les_av_val", work)
@@ -191,12 +193,13 @@ def score(name: str, work: Path, test: bool) -> dict:
     return results
 
 
-def configured_row() -> str:
+def configured_row() -> str | None:
     """The row whose schedule ``configs/finetune.yaml`` holds (its learning rate and budget, 8 photographs, the
-    bundle's FOV width, nothing mixed in)."""
+    bundle's FOV width and loss, nothing mixed in); ``None`` when no row does."""
     overlay = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())
-    return next(name for name, row in ROWS.items() if row.group == "schedule" and row.fov_width is None
-                and row.learning_rate == overlay["learning_rate"] and row.minutes == overlay["time_budget_minutes"])
+    return next((name for name, row in ROWS.items() if row.group == "schedule" and row.fov_width is None
+                 and row.dice_weight is None and row.learning_rate == overlay["learning_rate"]
+                 and row.minutes == overlay["time_budget_minutes"]), None)
 
 
 def configured_note(scores: dict[str, dict], chosen: set[str]) -> list[str]:
@@ -204,7 +207,7 @@ def configured_note(scores: dict[str, dict], chosen: set[str]) -> list[str]:
     each validation set, where they differ."""
     configured = configured_row()
     (winner,) = [name for name in chosen if ROWS[name].group == "schedule"] or [configured]
-    if winner == configured or configured not in scores:
+    if configured is None or winner == configured or configured not in scores:
         return []
     leads = ", ".join(f"{title} F1 by {scores[winner][split]['f1'] - scores[configured][split]['f1']:+.4f}"
                       for title, split, validation in SETS if validation)

@@ -135,11 +135,14 @@ def creatable_folder(path: Path) -> Path:
 
 def bundle_overrides(args: argparse.Namespace) -> dict:
     """Config overrides from the shared bundle arguments, paths made absolute."""
+    from medseg.engines.finetune import folder_training_ids
     from medseg.engines.workflow import check_override_ids, parse_overrides
 
     try:
         overrides = parse_overrides(args.overrides)
-        check_override_ids(args.bundle, overrides, args.overlays)
+        trains_on_folder = args.command == "train" and getattr(args, "images", None) is not None
+        check_override_ids(args.bundle, overrides, args.overlays,
+                           folder_training_ids(args.bundle) if trains_on_folder else ())
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     # an expression, as in the bundle: MONAI's tracking patch appends to it to name the exported config file

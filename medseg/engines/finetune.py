@@ -32,6 +32,7 @@ __all__ = [
     "bundle_classes",
     "LinearWarmUp",
     "folder_summary",
+    "folder_training_ids",
     "folder_training_overrides",
     "initial_weights",
     "initial_weights_overrides",
@@ -106,7 +107,7 @@ def folder_training_overrides(bundle: Path, training: FolderTraining, workflow: 
         settings.setdefault("keep_bundle_data_ratio", given.get("keep_bundle_data_ratio", 1.0))
         settings["records"] = {"_target_": "medseg.data.mix_records", "own": reader, "bundle": "@bundle_records",
                                "ratio": "@keep_bundle_data_ratio", "seed": "@split_seed"}
-    if "training_fov_width" in json.loads((bundle / "configs" / "metadata.json").read_text()).get("medseg", {}):
+    if folder_training_ids(bundle):
         if "training_fov_width" not in parser and "training_fov_width" not in given:
             settings["training_fov_width"] = "@_meta_#medseg#training_fov_width"
         settings.update({key: "@training_fov_width" for key in _FOV_WIDTH_IDS[workflow]})
@@ -114,6 +115,13 @@ def folder_training_overrides(bundle: Path, training: FolderTraining, workflow: 
         settings["void_value"] = training.folder.void_value
     settings["dataset_name"] = settings["training_folder"]["name"]
     return settings
+
+
+def folder_training_ids(bundle: str | Path) -> set[str]:
+    """The config ids that training ``bundle`` on a folder adds and reads, which ``--set`` may therefore give: a
+    fundus bundle's ``training_fov_width`` (the FOV width its photographs are brought to)."""
+    metadata = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
+    return {"training_fov_width"} if "training_fov_width" in metadata.get("medseg", {}) else set()
 
 
 def bundle_classes(bundle: Path) -> int | None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +83,13 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def check_override_ids(
-    bundle: str | os.PathLike, overrides: Mapping[str, Any], overlays: Sequence[str | os.PathLike] = ()
+    bundle: str | os.PathLike, overrides: Mapping[str, Any], overlays: Sequence[str | os.PathLike] = (),
+    extra_ids: Iterable[str] = (),
 ) -> None:
     """Check that each override's top-level id (``network_def`` of ``network_def#features``) is an id of one of
     ``bundle``'s configs (they share their settings, so a train.yaml id given to an evaluation is no error), of an
-    overlay or of medseg's tracking settings; MONAI's runner would add an unknown id and run without a word.
+    overlay, of medseg's tracking settings or one of ``extra_ids`` (ids the command adds, e.g. a training on a
+    folder's); MONAI's runner would add an unknown id and run without a word.
 
     Raises:
         ConfigError: naming the unknown id and the nearest known ids.
@@ -97,9 +98,7 @@ def check_override_ids(
     # a file's keys as MONAI merges them: "train#handlers" of an overlay sets the top-level id "train"
     known = {key.split("#", 1)[0] for path in files for key in ConfigParser.load_config_file(str(path))}
     known |= {"_meta_", "bundle_root", *ConfigParser.load_config_file(str(MLFLOW_TRACKING))["configs"]}
-    metadata = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
-    if "training_fov_width" in metadata.get("medseg", {}):  # a fundus bundle trained on a folder reads it (finetune)
-        known.add("training_fov_width")
+    known |= set(extra_ids)
     for key in overrides:
         top = key.split("#", 1)[0]
         if top not in known:

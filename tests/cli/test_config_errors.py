@@ -52,13 +52,16 @@ def test_a_set_of_a_nested_id_or_of_an_id_another_config_of_the_bundle_reads_is_
     check_override_ids(REPO / "bundles" / "drive_vessel_unet", {"network_def#features": [4, 8], "dice_weight": 1.0})
 
 
-def test_the_training_fov_width_is_an_id_of_fundus_bundles_alone():
-    from medseg.engines.workflow import ConfigError, check_override_ids
+def test_the_training_fov_width_is_an_id_of_a_fundus_bundles_training_on_a_folder_alone(tmp_path, capsys):
+    from medseg.engines.finetune import folder_training_ids
 
-    # a fundus bundle's training on a folder brings its photographs to it (medseg.engines.finetune)
-    check_override_ids(REPO / "bundles" / "drive_vessel_unet", {"training_fov_width": 810})
-    with pytest.raises(ConfigError, match="training_fov_width"):
-        check_override_ids(REPO / "bundles" / "camvid_unet", {"training_fov_width": 810})
+    # a fundus bundle's training on a folder brings its photographs to it (tests/test_own_photographs.py sets it)
+    assert folder_training_ids(REPO / "bundles" / "drive_vessel_unet") == {"training_fov_width"}
+    assert folder_training_ids(REPO / "bundles" / "camvid_unet") == set()
+    # on the bundle's own dataset nothing reads it: refused, not silently ignored
+    code = main(["train", "drive_vessel_unet", "--set", "training_fov_width=810", "--output-dir", str(tmp_path / "out")])
+    assert code == 1 and "'training_fov_width' is not an id" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_dataset_names_data_root_and_medseg_data_root_and_leaves_no_executed_config(tmp_path, capsys,
