@@ -256,8 +256,10 @@ def widening_line(widening: MeasuredWidening | None) -> str:
                 f"medseg's {RESAMPLED_VESSEL_WIDENING} applies")
     clamped = (f" (the end of {WIDENING_GRID[0]} to {WIDENING_GRID[-1]}: the widths do not match inside it)"
                if widening.clamped else "")
+    spread = (f" (one photograph alone: {min(widening.per_photograph):g} to {max(widening.per_photograph):g})"
+              if len(widening.per_photograph) > 1 else "")
     return (f"resampled vessel widening: {widening.widening} network pixels{clamped}, measured on "
-            f"{widening.photographs} held-out photographs, which the eval_metrics above are scored with")
+            f"{widening.photographs} held-out photographs{spread}, which the eval_metrics above are scored with")
 
 
 def _ship(args: argparse.Namespace) -> int:

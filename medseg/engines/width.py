@@ -39,11 +39,14 @@ class MeasuredWidening:
             does not cross).
         photographs: the shrunk photographs whose vessels were measured.
         errors: (len(WIDENING_GRID),) pooled error of width (predicted - label, network pixels) at each widening.
+        per_photograph: each measured photograph's own widening, in the order of the records: how far one
+            photograph is from another tells how far the pooled widening can be trusted.
     """
 
     widening: float
     photographs: int
     errors: tuple[float, ...]
+    per_photograph: tuple[float, ...] = ()
 
     @property
     def clamped(self) -> bool:
@@ -94,7 +97,7 @@ def measure_widening(model: LoadedModel, records: Sequence[Mapping[str, str]], *
     validate_vessel_records(records, label_positive)
     model = model.with_settings(precision="float32", runtime="torch")
     network = prepare_network(model, device)
-    area_errors, length, shrunk, photographs = np.zeros(len(WIDENING_GRID)), 0.0, 0, 0
+    area_errors, length, shrunk, own = np.zeros(len(WIDENING_GRID)), 0.0, 0, []
     for record in records:
         image, meta = read_image(Path(record["image"]))
         fov = record_fov(record, image, meta)
@@ -108,14 +111,16 @@ def measure_widening(model: LoadedModel, records: Sequence[Mapping[str, str]], *
                                  1.0 / factor)
         area_errors += (sums[1:-1] - sums[0]) * factor**2
         length += sums[-1] * factor
-        photographs += bool(sums[-1])
+        if sums[-1]:
+            own.append(zero_crossing(WIDENING_GRID, (sums[1:-1] - sums[0]) * factor / sums[-1]))
     if not shrunk:
         return None
     if not length:
         raise ValueError(f"no vessel of the {shrunk} shrunk photographs is found at every widening: no widening "
                          "of these weights can be measured on them")
     errors = area_errors / length
-    return MeasuredWidening(zero_crossing(WIDENING_GRID, errors), photographs, tuple(float(e) for e in errors))
+    return MeasuredWidening(zero_crossing(WIDENING_GRID, errors), len(own), tuple(float(e) for e in errors),
+                            tuple(own))
 
 
 def zero_crossing(widenings: Sequence[float], errors: np.ndarray) -> float:

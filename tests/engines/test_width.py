@@ -60,6 +60,9 @@ def test_the_shipped_drive_networks_own_widening_on_its_validation_photographs_e
     held_out = split_validation(drive_records(drive_root, "training"), n_val=4, seed=0)[1]
     measured = measure_widening(shipped_model, [_enlarged_twofold(record, tmp_path) for record in held_out])
     assert measured is not None and measured.photographs == 4 and not measured.clamped
+    # each photograph's own widening too, which ship prints: the pooled one lies among them
+    assert len(measured.per_photograph) == 4
+    assert min(measured.per_photograph) <= measured.widening <= max(measured.per_photograph)
     assert measured.errors[0] > 0 > measured.errors[-1]  # too wide without the widening, too thin at 0.8
     assert (np.diff(measured.errors) < 0).all()  # more erosion, narrower vessels
     # the same photographs, another estimate than the constant's, chosen over several factors (bench/vessel_width.py)
