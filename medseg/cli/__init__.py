@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg import __version__
+from medseg.engines.workflow import share_the_console
 
 if TYPE_CHECKING:
     import torch
@@ -101,7 +102,7 @@ def add_runtime_argument(parser: argparse.ArgumentParser, default: str) -> None:
 
 def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of every command that runs a bundle's config: BUNDLE, ``--config``, ``--set``,
-    ``--data-root`` and ``--output-dir``."""
+    ``--data-root``, ``--output-dir`` and ``--verbose``."""
     parser.add_argument("bundle", type=bundle_argument,
                         help="bundle folder, or the name of a shipped bundle, e.g. drive_vessel_unet")
     add_overlay_argument(parser, "the bundle's config")
@@ -116,6 +117,10 @@ def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, help="dataset folder (the bundle's dataset_dir)")
     parser.add_argument(
         "--output-dir", type=Path, help="where checkpoints and reports go (default: outputs/<bundle name>)"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="also print the libraries' INFO lines (ignite's and MONAI's per-epoch records; the metrics are in MLflow)",
     )
 
 
@@ -237,16 +242,18 @@ def _medseg_warning_as_one_line(message: Warning | str, category: type[Warning],
 _python_formatwarning = warnings.formatwarning
 
 
-def _log_to_stderr() -> None:
-    """medseg's own log records (INFO and up) and warnings on stderr as one line each, once per process; other
-    libraries' stay as they are."""
+def _log_to_stderr(verbose: bool = False) -> None:
+    """medseg's own log records (INFO and up; DEBUG too when ``verbose``) and warnings on stderr as one line each,
+    once per process; other libraries' records from WARNING up, or all that they log when ``verbose``
+    (:func:`medseg.engines.workflow.share_the_console`)."""
     warnings.formatwarning = _medseg_warning_as_one_line
     logger = logging.getLogger("medseg")
     if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    share_the_console()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    _log_to_stderr()
+    _log_to_stderr(getattr(args, "verbose", False))
     try:
         return int(args.func(args) or 0)
     except CLIError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -11,6 +12,8 @@ from ignite.engine import Engine, Events
 from torch.optim import Optimizer
 
 __all__ = ["TimeBudget"]
+
+logger = logging.getLogger(__name__)
 
 # trainer state attributes that the trainer's own state dict carries (ignite's ``state_dict_user_keys``), so an
 # interval checkpoint holds how much of the budget was spent and the learning rates the decay started from
@@ -77,8 +80,8 @@ class TimeBudget:
 
         def load_state_dict(state_dict: Mapping) -> None:
             if ELAPSED_KEY not in state_dict:
-                engine.logger.info("the checkpoint holds no time spent of a budget: the budget of "
-                                   f"{self.seconds / 60:g} minutes starts from zero")
+                logger.info("the checkpoint holds no time spent of a budget: the budget of %g minutes starts from zero",
+                            self.seconds / 60)
                 state_dict = {**state_dict, ELAPSED_KEY: 0.0, BASE_LRS_KEY: []}
             load(state_dict)
 
@@ -115,5 +118,5 @@ class TimeBudget:
     def _stop_when_spent(self, engine: Engine) -> None:
         self._record(engine)
         if self.elapsed_fraction() >= 1.0 and not engine.should_terminate:
-            engine.logger.info(f"time budget of {self.seconds / 60:g} minutes spent at iteration {engine.state.iteration}")
+            logger.info("time budget of %g minutes spent at iteration %d", self.seconds / 60, engine.state.iteration)
             engine.terminate()

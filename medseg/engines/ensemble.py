@@ -178,8 +178,9 @@ def train_members(
         sets = [arg for key, value in plan.member_overrides(k).items() for arg in ("--set", f"{key}={value}")]
         if parent_run is not None:
             sets += ["--set", "parent_run_tags=" + json.dumps({"mlflow.parentRunId": parent_run})]
+        # --verbose: a member's log keeps the libraries' records too; the console gets its epoch lines only
         command = [sys.executable, "-m", "medseg", "train", str(bundle.resolve()), *arguments, *sets,
-                   "--output-dir", str(folder), "--tracking-uri", tracking_uri]
+                   "--output-dir", str(folder), "--tracking-uri", tracking_uri, "--verbose"]
         runs[k] = _start_member(command + (["--resume"] if plans[k] == "resume" else []), logs[k],
                                 shares[k] if shares else None, f"member {k}: " if echo else None)
         if shares is None:

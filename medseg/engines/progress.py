@@ -53,13 +53,17 @@ class TrainingProgress:
         engine.add_event_handler(Events.COMPLETED, self._close_bar)
 
     def status(self, engine: Engine) -> str:
-        """``epoch 3/50  loss 0.4120  best val_f1 0.7712 (epoch 2)  41:05 of the budget left``."""
+        """``epoch 3/50  loss 0.4120  val_f1 0.7650  best val_f1 0.7712 (epoch 2)  41:05 of the budget left``, the
+        validation metric of this epoch where it validated."""
         epoch = f"epoch {engine.state.epoch}" + ("" if self.budget_seconds else f"/{engine.state.max_epochs}")
         parts = [epoch]
         loss = self._loss(engine)
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         state = getattr(self.evaluator, "state", None)
+        validated = state is not None and state.epoch == engine.state.epoch and state.key_metric_name in state.metrics
+        if validated:
+            parts.append(f"{state.key_metric_name} {state.metrics[state.key_metric_name]:.4f}")
         if state is not None and getattr(state, "best_metric_epoch", -1) > 0:
             parts.append(f"best {state.key_metric_name} {state.best_metric:.4f} (epoch {state.best_metric_epoch})")
         if self.budget_seconds:

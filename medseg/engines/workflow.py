@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.utils.logging_utils import MlflowLoggingStream
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medseg.resources import bundle_config_files, configs_root, is_packaged
@@ -26,6 +27,7 @@ from medseg.utils import dropped_log_records
 
 __all__ = [
     "MLFLOW_TRACKING", "ConfigError", "bundle_workflow", "check_override_ids", "parse_overrides", "run_bundle_config",
+    "share_the_console",
 ]
 
 # how MONAI words an error raised while it evaluates an expression or instantiates a component of a config
@@ -145,32 +147,56 @@ def bundle_workflow(
             bundle_root=str(bundle),
             **dict(overrides or {}),
         )
-    _medseg_records_once_on_console()
+    share_the_console()
     with contextlib.chdir(bundle):
         with _config_errors(workflow.parser, bundle):
             workflow.initialize()
+    share_the_console()
     return workflow
 
 
 def _is_console(handler: logging.Handler) -> bool:
-    """Whether ``handler`` writes to the console (stdout or stderr), not to a file or nowhere."""
-    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+    """Whether ``handler`` writes to the console: stdout or stderr, or MLflow's stream, which writes to whatever
+    stderr is at each record; not to a file, a buffer (pytest's caplog) or nowhere."""
+    if not isinstance(handler, logging.StreamHandler):
+        return False
+    return handler.stream in (sys.stdout, sys.stderr) or isinstance(handler.stream, MlflowLoggingStream)
 
 
-def _medseg_record_elsewhere(record: logging.LogRecord) -> bool:
-    """False for a medseg record that a console handler of medseg's own logger prints already (the CLI's, or the
-    progress bar's stand-in for it while ``medseg infer`` shows one)."""
-    own = any(_is_console(handler) for handler in logging.getLogger("medseg").handlers)
-    return not (own and record.name.partition(".")[0] == "medseg")
+def _is_medseg(name: str) -> bool:
+    return name.partition(".")[0] == "medseg"
 
 
-def _medseg_records_once_on_console() -> None:
-    """A bundle's logging.conf gives the root logger a console handler (MONAI's ``fileConfig``), which would print
-    every medseg record a second time where the CLI prints them already: that handler leaves them to the CLI's.
-    Without a console handler of its own (medseg as a library), medseg's records reach the root's as any library's."""
-    for handler in logging.getLogger().handlers:
-        if _is_console(handler) and _medseg_record_elsewhere not in handler.filters:
-            handler.addFilter(_medseg_record_elsewhere)
+def _medseg_owns_the_console() -> bool:
+    """Whether medseg's logger prints its records itself (the CLI's handler, or the progress bar's stand-in for it
+    while ``medseg infer`` shows one)."""
+    return any(_is_console(handler) for handler in logging.getLogger("medseg").handlers)
+
+
+def _on_shared_console(record: logging.LogRecord) -> bool:
+    """The filter of every console handler but medseg's own. Under medseg's CLI (:func:`_medseg_owns_the_console`)
+    medseg's records are left to its handler, and the other libraries' below WARNING (ignite's and MONAI's
+    per-epoch INFO lines, which repeat what medseg's progress line and MLflow hold) are not printed unless
+    medseg's logger is at DEBUG (``--verbose``). Without it (medseg as a library) every record passes, medseg's
+    reaching the root's handler as any library's."""
+    if not _medseg_owns_the_console():
+        return True
+    if _is_medseg(record.name):
+        return False
+    return record.levelno >= logging.WARNING or logging.getLogger("medseg").isEnabledFor(logging.DEBUG)
+
+
+def share_the_console() -> None:
+    """Give every console handler outside medseg (the root's, which a bundle's logging.conf sets up with MONAI's
+    ``fileConfig``; MONAI's StatsHandler's; MLflow's) the filter :func:`_on_shared_console`. Call it again once
+    new loggers have handlers: a workflow's handlers make theirs when it is initialised."""
+    named = (logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger))
+    for logger in (logging.getLogger(), *named):
+        if _is_medseg(logger.name):
+            continue
+        for handler in logger.handlers:
+            if _is_console(handler) and _on_shared_console not in handler.filters:
+                handler.addFilter(_on_shared_console)
 
 
 @contextlib.contextmanager

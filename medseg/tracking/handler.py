@@ -36,6 +36,7 @@ from typing import Any
 
 import mlflow.data
 import numpy as np
+import pandas
 import torch
 from ignite import distributed as idist
 from ignite.engine import Engine
@@ -50,6 +51,9 @@ from medseg.tracking.record import SEGMENT_START_METRIC, record_run_id, recorded
 from medseg.tracking.store import tag_experiment_kind
 
 __all__ = ["TrackingHandler"]
+
+# MLflow's words for the contexts MONAI's bundles log their datasets under
+_DATASET_CONTEXTS = {"train": "training"}
 
 class TrackingHandler(MLFlowHandler):
     """``monai.handlers.MLFlowHandler`` (same arguments) that sets ``tags``, attaches on rank 0 only and never
@@ -105,6 +109,20 @@ class TrackingHandler(MLFlowHandler):
         for context, dataset in (datasets or {}).items():
             samples = getattr(dataset, "data", [])
             self._log_dataset({key: [str(sample[key]) for sample in samples] for key in self.dataset_keys}, context)
+
+    def _log_dataset(self, sample_dict: dict[str, Any], context: str = "train") -> None:
+        """MONAI's record of a dataset (an input named ``<context>_dataset_<n>``, unless one of that digest is
+        logged already; params ``<name>_digest`` and ``<name>_samples``) with the ``mlflow.data.context`` tag
+        MONAI leaves out, which MLflow's UI shows beside the dataset."""
+        self.cur_run = self.client.get_run(self.cur_run.info.run_id)  # inputs logged since it was read
+        logged = self.cur_run.inputs.dataset_inputs
+        name = f"{context}_dataset_{sum(entry.dataset.name.startswith(context) for entry in logged)}"
+        dataset = mlflow.data.from_pandas(pandas.DataFrame(sample_dict), name=name)
+        if any(entry.dataset.digest == dataset.digest for entry in logged):
+            return
+        tag = InputTag("mlflow.data.context", _DATASET_CONTEXTS.get(context, context))
+        self.client.log_inputs(self.cur_run.info.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
+        self._log_params(MLFlowHandler._get_pandas_dataset_info(dataset))
 
     def attach(self, engine: Engine) -> None:
         if idist.get_rank() == 0:

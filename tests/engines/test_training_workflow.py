@@ -132,12 +132,14 @@ def test_monai_bundle_run_trains_like_medseg_train(synthetic_drive, tmp_path):
     assert main(["train", str(BUNDLE), "--data-root", str(synthetic_drive), "--output-dir", str(tmp_path / "cli"),
                  "--tracking-uri", uri, *argv]) == 0
     monai_args = [arg for key, value in settings.items() for arg in (f"--{key}", json.dumps(value))]
-    subprocess.run(
+    monai_console = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.yaml",
          "--tracking", str(MLFLOW_TRACKING), "--dataset_dir", str(synthetic_drive),
          "--output_dir", str(tmp_path / "monai"), "--tracking_uri", uri, *monai_args],
-        cwd=BUNDLE, check=True, capture_output=True,
-    )
+        cwd=BUNDLE, check=True, capture_output=True, text=True,
+    ).stdout
+    # MONAI's runner prints its handlers' records, as logging.conf says (medseg's CLI keeps them to --verbose)
+    assert "Epoch[2] Metrics -- " in monai_console and "Key metric: val_f1 best value" in monai_console
     cli, monai_run = (_weights(tmp_path / name / "checkpoints" / "model.pt") for name in ("cli", "monai"))
     for key in cli:
         torch.testing.assert_close(monai_run[key], cli[key], msg=key)
@@ -147,6 +149,11 @@ def test_monai_bundle_run_trains_like_medseg_train(synthetic_drive, tmp_path):
     for run in runs:
         names = {dataset_input.dataset.name for dataset_input in run.inputs.dataset_inputs}
         assert {"train_dataset_0", "validation_dataset_0"} <= names, names
+        # with MLflow's context tag, which its UI shows beside each (MONAI's handler logs none)
+        contexts = {entry.dataset.name: {tag.key: tag.value for tag in entry.tags}.get("mlflow.data.context")
+                    for entry in run.inputs.dataset_inputs}
+        assert contexts["train_dataset_0"] == "training" and contexts["validation_dataset_0"] == "validation"
+        assert run.data.params["train_dataset_0_samples"] == "3"
         # and every validation's overlays are MLflow images, one step per epoch
         images = [item.path for item in MlflowClient(uri).list_artifacts(run.info.run_id, "images")]
         steps = {found.group(1) for name in images if (found := re.search(r"overlay_.*[%+]step[%+](\d+)[%+]", name))}
