@@ -1,7 +1,7 @@
 """``RunArtifacts``: the files that summarise a run, kept up to date on disk while it trains.
 
-After every validation epoch it rewrites ``training_curves.png`` (mean training loss and validation
-metrics against the epoch); when that validation is the best so far (MONAI's ``best_metric_epoch``)
+After every validation epoch it rewrites ``training_curves.png`` (the mean training loss of every epoch and
+the metrics of every validation against the epoch); when that validation is the best so far (MONAI's ``best_metric_epoch``)
 it also rewrites ``metrics.json``, ``roc_pr.png`` (vessel tasks) and ``overlay_<id>.png`` for the
 first images of the validation set, so they always describe the best checkpoint. During training every
 validation's overlays also go to ``overlays/epoch_<NNNN>/``, which the tracking handler logs as MLflow images
@@ -70,7 +70,8 @@ class RunArtifacts:
         self.threshold = threshold
         self.ignore_index = ignore_index
         self.loss_transform = loss_transform
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []  # each validation's epoch and scalar metrics
+        self.epoch_losses: dict[int, float] = {}  # each training epoch's mean loss
         self._examples: list[dict[str, Any]] = []
         self._loss_sum, self._loss_count = 0.0, 0
         self._trainer: Engine | None = None
@@ -83,6 +84,7 @@ class RunArtifacts:
             self._trainer = engine
             engine.add_event_handler(Events.EPOCH_STARTED, self._reset_loss)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._keep_epoch_loss)
         evaluator.add_event_handler(Events.EPOCH_STARTED, self._reset_examples)
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._keep_examples)
         evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._write)
@@ -93,6 +95,11 @@ class RunArtifacts:
     def _add_loss(self, trainer: Engine) -> None:
         self._loss_sum += float(self.loss_transform(trainer.state.output))
         self._loss_count += 1
+
+    def _keep_epoch_loss(self, trainer: Engine) -> None:
+        """The epoch's mean loss (also kept by a validation that runs before this handler at the epoch's end)."""
+        if self._loss_count:
+            self.epoch_losses[trainer.state.epoch] = self._loss_sum / self._loss_count
 
     def _reset_examples(self, _: Engine) -> None:
         self._examples = []
@@ -115,12 +122,10 @@ class RunArtifacts:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         epoch = evaluator.state.epoch
         scalars = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
-        entry = {"epoch": epoch, **scalars}
-        if self._trainer is not None and self._loss_count:
-            entry["train_loss"] = self._loss_sum / self._loss_count
-        self.history.append(entry)
+        self.history.append({"epoch": epoch, **scalars})
         if self._trainer is not None:
-            plot_training_curves(self.history, self.output_dir / "training_curves.png")
+            self._keep_epoch_loss(self._trainer)
+            plot_training_curves(self.epoch_losses, self.history, self.output_dir / "training_curves.png")
             self._write_overlays(self.output_dir / "overlays" / f"epoch_{epoch:04d}", epoch)
         if getattr(evaluator.state, "best_metric_epoch", epoch) == epoch:
             self._write_best(evaluator, epoch, scalars)

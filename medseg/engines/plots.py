@@ -26,24 +26,29 @@ def _save(figure: Figure, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
-    """Mean training loss (left) and validation metrics (right) against the epoch.
+def plot_training_curves(
+    losses: Mapping[int, float], validations: Sequence[Mapping[str, float]], path: str | os.PathLike
+) -> Path:
+    """Mean training loss of every epoch (left) and the metrics of every validation (right) against the epoch.
 
     Args:
-        history: one mapping per validation, with ``epoch``, optionally ``train_loss``, and metric values.
+        losses: {epoch: mean training loss of that epoch}.
+        validations: one mapping per validation, with ``epoch`` and metric values; the threshold a validation
+            used (a key ending in ``threshold``) is a setting, not a metric, and is left out.
     """
     figure = Figure(figsize=(10, 4))
-    loss_axes, metric_axes = figure.subplots(1, 2)
-    epochs = [entry["epoch"] for entry in history]
-    losses = [entry.get("train_loss", np.nan) for entry in history]
-    loss_axes.plot(epochs, losses, marker="o")
+    loss_axes, metric_axes = figure.subplots(1, 2, sharex=True)  # one epoch axis for both
+    epochs = sorted(losses)
+    loss_axes.plot(epochs, [losses[epoch] for epoch in epochs], marker="o" if len(epochs) <= 30 else None)
     loss_axes.set(xlabel="epoch", ylabel="mean training loss", title="training loss")
-    metric_names = sorted({key for entry in history for key in entry} - {"epoch", "train_loss"})
+    metric_names = sorted({key for entry in validations for key in entry
+                           if key != "epoch" and not key.endswith("threshold")})
+    validated = [entry["epoch"] for entry in validations]
     for name in metric_names:
-        metric_axes.plot(epochs, [entry.get(name, np.nan) for entry in history], marker="o", label=name)
+        metric_axes.plot(validated, [entry.get(name, np.nan) for entry in validations], marker="o", label=name)
     metric_axes.set(xlabel="epoch", title="validation metrics")
-    if metric_names:
-        metric_axes.legend(fontsize="small")
+    if metric_names:  # beside the axes, where it hides no curve
+        metric_axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     for axes in (loss_axes, metric_axes):
         axes.grid(alpha=0.3)
     return _save(figure, path)

@@ -42,7 +42,8 @@ def test_training_writes_curves_metrics_roc_and_overlays(tmp_path, vessel_sample
     trainer.run()
 
     assert [entry["epoch"] for entry in artifacts.history] == [1, 2, 3]
-    assert all(entry["train_loss"] > 0 and "val_auc_roc" in entry for entry in artifacts.history)
+    assert all("val_auc_roc" in entry for entry in artifacts.history)
+    assert sorted(artifacts.epoch_losses) == [1, 2, 3] and all(loss > 0 for loss in artifacts.epoch_losses.values())
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["epoch"] == evaluator.state.best_metric_epoch
     assert summary["metrics"]["val_f1"] == evaluator.state.best_metric
@@ -59,6 +60,22 @@ def test_training_writes_curves_metrics_roc_and_overlays(tmp_path, vessel_sample
     assert epochs == ["epoch_0001", "epoch_0002", "epoch_0003"]
     assert all(sorted(p.name for p in (tmp_path / "overlays" / e).iterdir()) == ["overlay_img0.png", "overlay_img1.png"]
                for e in epochs)
+
+
+def test_the_curves_hold_every_epochs_loss_though_validation_runs_every_other_epoch(tmp_path, vessel_samples):
+    network = torch.nn.Conv2d(1, 1, 3, padding=1)
+    metric = FOVVesselMetricHandler(prefix="val_")
+    evaluator = tiny_evaluator(network, metric, vessel_samples(2, seed=1))
+    artifacts = RunArtifacts(tmp_path, evaluator=evaluator, vessel_metric=metric, num_images=1)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=4, train_data_loader=DataLoader(vessel_samples(2, seed=0), batch_size=2),
+        network=network, optimizer=torch.optim.Adam(network.parameters(), lr=0.05),
+        loss_function=DiceCELoss(sigmoid=True),
+        train_handlers=[ValidationHandler(validator=evaluator, interval=2), artifacts],
+    )
+    trainer.run()
+    assert [entry["epoch"] for entry in artifacts.history] == [2, 4]
+    assert sorted(artifacts.epoch_losses) == [1, 2, 3, 4]
 
 
 def test_evaluation_alone_writes_metrics_and_overlays_without_curves(tmp_path, vessel_samples):
