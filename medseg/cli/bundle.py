@@ -34,10 +34,10 @@ from medseg.cli import (
 # the same folder arguments and checks as medseg train
 from medseg.cli.train import add_training_folder_arguments, folder_training
 from medseg.data import DatasetError
-from medseg.engines.evaluation import eval_metrics_from_report, evaluate_vessel_folder
+from medseg.engines.evaluation import eval_metrics_from_report
 from medseg.engines.finetune import (fine_tuned_metadata, folder_summary, held_out_records, heldout_eval_metrics,
                                      trained_fov_width)
-from medseg.engines.width import WIDENING_GRID, MeasuredWidening, measure_widening
+from medseg.engines.width import WIDENING_GRID, MeasuredWidening, measure_widening_and_score
 from medseg.engines.workflow import run_bundle_config
 from medseg.fundus import RESAMPLED_VESSEL_WIDENING
 from medseg.inference import export_onnx, load_model
@@ -222,11 +222,8 @@ def _ship_new_bundle(args: argparse.Namespace) -> int:
             if fov_width is not None:
                 model = model.with_settings(training_fov_width=fov_width)
             held_out, positive = held_out_records(training, seed), training.folder.label_positive or None
-            # measured first: the held-out scores are those of the bundle shipped, which erodes by it
-            widening = measure_widening(model, held_out, label_positive=positive)
-            if widening is not None:
-                model = model.with_settings(resampled_vessel_widening=widening.widening)
-            report = evaluate_vessel_folder(model, held_out, report_path, label_positive=positive)
+            # the held-out scores are those of the bundle shipped, which erodes by the widening measured on them
+            widening, report = measure_widening_and_score(model, held_out, report_path, label_positive=positive)
         except (DatasetError, FileNotFoundError, ValueError) as err:
             raise CLIError(f"{', '.join(map(str, args.checkpoints))}: evaluating it with {parent.name} failed, "
                            f"nothing shipped ({err})") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "record_fov",
     "second_observer_metrics",
     "write_segmentation_report",
+    "write_vessel_folder_report",
     "write_vessel_report",
 ]
 
@@ -155,26 +156,44 @@ def evaluate_vessel_folder(
     validate_vessel_records(records, label_positive)
     # float32 by default, as the bundles' evaluate.yaml: scores that reproduce on any machine
     model = model.with_settings(precision=precision, runtime=runtime)
-    settings = model.settings
-    pooled, per_image = FOVVesselMetrics(), {}
     network = prepare_network(model, device)
-    for record in records:
-        image, meta = read_image(Path(record["image"]))
-        fov = record_fov(record, image, meta)
-        probabilities = predict_image(network, image, meta, settings, fov, device=device).probabilities
-        fov = fov if fov is not None else np.ones(image.shape[1:], dtype=bool)  # no disc found: every pixel scores
+
+    def predicted() -> Iterator[tuple[Mapping[str, str], torch.Tensor, np.ndarray | None]]:
+        for record in records:
+            image, meta = read_image(Path(record["image"]))
+            fov = record_fov(record, image, meta)
+            yield record, predict_image(network, image, meta, model.settings, fov, device=device).probabilities, fov
+
+    return write_vessel_folder_report(predicted(), path, label_positive=label_positive,
+                                      validation_threshold=model.settings.validation_threshold)
+
+
+def write_vessel_folder_report(
+    predictions: Iterable[tuple[Mapping[str, str], torch.Tensor, np.ndarray | None]],
+    path: str | os.PathLike,
+    *,
+    label_positive: Sequence[int] | None = None,
+    validation_threshold: float | None = None,
+) -> dict:
+    """The report of :func:`evaluate_vessel_folder` from each record's (1, H, W) probabilities and (H, W) bool FOV
+    (``None``: no disc found, every pixel scores), written as JSON; ``threshold_val`` at ``validation_threshold``
+    when one is given."""
+    pooled, per_image, masks_given = FOVVesselMetrics(), {}, []
+    for record, probabilities, fov in predictions:
+        fov = fov if fov is not None else np.ones(probabilities.shape[1:], dtype=bool)
         pixels = (probabilities[0], read_vessel_label(record["label"], label_positive), fov)
         pooled.update(*pixels)
         alone = FOVVesselMetrics()
         alone.update(*pixels)
         per_image[record["id"]] = alone.compute(0.5)["f1"]
+        masks_given.append("mask" in record)
     report = {
-        "images": len(records),
-        "fov": "given masks" if all("mask" in record for record in records) else "estimated",
+        "images": len(per_image),
+        "fov": "given masks" if all(masks_given) else "estimated",
         "threshold_0.5": pooled.compute(0.5),
     }
-    if settings.validation_threshold is not None:
-        report["threshold_val"] = pooled.compute(settings.validation_threshold)
+    if validation_threshold is not None:
+        report["threshold_val"] = pooled.compute(validation_threshold)
     report["per_image"] = per_image
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     return report

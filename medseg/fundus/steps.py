@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -83,6 +83,11 @@ class FundusSteps:
             logger.info("%s: scale %.4g (%s%s)%s", name, factor, found, hint,
                         f", edges eroded by {radius:.3g} pixels" if radius else "")
         return cls(size, factor, fov, radius, statistics_fov)
+
+    def eroding_as(self, settings: FundusSettings) -> FundusSteps:
+        """These steps with the erosion ``settings`` call for at this photograph's factor (another widening, or the
+        erosion on or off): a window pass predicted once gives the map of each through :meth:`after`."""
+        return replace(self, erosion_radius=_erosion_radius(settings, self.factor))
 
     def before(self, image: torch.Tensor, normalization: Normalization) -> tuple[torch.Tensor, Normalization]:
         """The (C, H, W) photograph at the network's scale (float32 when resampled, else as stored), and the

@@ -261,11 +261,17 @@ def predict_image(
     *,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    at_network_scale: bool = False,
 ) -> ImagePrediction:
     """The probabilities of one image read by :func:`~medseg.inference.read_image`, with the model's completed
     ``settings`` (:attr:`LoadedModel.settings <medseg.inference.LoadedModel>`): what ``medseg infer`` writes and
     ``medseg evaluate --images`` scores. A 2D image passes through :class:`~medseg.fundus.FundusSteps` around the
-    window pass: ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus models, sets the scale."""
+    window pass: ``fov_mask`` (:func:`fov_for`) zeroes the outside and, for fundus models, sets the scale.
+
+    With ``at_network_scale`` the probabilities are those of the window pass, before the steps'
+    :meth:`~medseg.fundus.FundusSteps.after` (resampled back, edges eroded, zero outside the FOV; it may write into
+    them): the steps of other erosion settings (:meth:`~medseg.fundus.FundusSteps.eroding_as`) turn one pass into
+    the map of each."""
     if settings.fundus and meta.is_volume:  # slice by slice only for 2D networks that were not trained on photographs
         raise ValueError(f"{meta.path}: a 3D volume, but the model segments 2D fundus photographs")
     inputs = torch.as_tensor(network_input(image, settings, str(meta.path)))
@@ -289,7 +295,9 @@ def predict_image(
         slice_axis=settings.slice_axis,
         progress=progress and windows > _WINDOWS_FOR_PROGRESS,
     )
-    return ImagePrediction(steps.after(probabilities) if steps is not None else probabilities, steps)
+    if steps is None or at_network_scale:
+        return ImagePrediction(probabilities, steps)
+    return ImagePrediction(steps.after(probabilities), steps)
 
 
 def _mask(probabilities: torch.Tensor, threshold: float, meta: ImageMeta) -> np.ndarray:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from medseg.data import drive_records, split_validation
 from medseg.data.files import read_pixels
-from medseg.engines.width import measure_widening, zero_crossing
+from medseg.engines.evaluation import evaluate_vessel_folder
+from medseg.engines.width import measure_widening, measure_widening_and_score, zero_crossing
 from medseg.fundus import RESAMPLED_VESSEL_WIDENING, resample, resample_vessel_label
 from medseg.inference import InferenceSettings, LoadedModel, load_model
 from medseg.networks import UNet
@@ -67,6 +68,18 @@ def test_the_shipped_drive_networks_own_widening_on_its_validation_photographs_e
     assert (np.diff(measured.errors) < 0).all()  # more erosion, narrower vessels
     # the same photographs, another estimate than the constant's, chosen over several factors (bench/vessel_width.py)
     assert measured.widening == pytest.approx(RESAMPLED_VESSEL_WIDENING, abs=0.1)
+
+
+def test_one_pass_measures_the_widening_and_scores_with_it_as_measuring_then_evaluating_does(
+        shipped_model, drive_root, tmp_path):
+    # what bundle ship --new-bundle does: each held-out photograph predicted once, for the widening and the scores
+    held_out = split_validation(drive_records(drive_root, "training"), n_val=4, seed=0)[1][:2]
+    records = [_enlarged_twofold(record, tmp_path) for record in held_out]
+    widening, report = measure_widening_and_score(shipped_model, records, tmp_path / "one_pass.json")
+    assert widening == measure_widening(shipped_model, records)
+    eroding = shipped_model.with_settings(resampled_vessel_widening=widening.widening)
+    assert report == evaluate_vessel_folder(eroding, records, tmp_path / "two_passes.json")
+    assert report["per_image"].keys() == {record["id"] for record in records}
 
 
 def test_shrunk_photographs_on_which_the_network_finds_no_vessel_measure_nothing_and_say_so(synthetic_drive):
