@@ -22,8 +22,8 @@ def _without_ignite_epoch_line(record: logging.LogRecord) -> bool:
 
 
 class TrainingProgress:
-    """A progress bar over each epoch's iterations with the loss, the best validation metric so far and, for a
-    time-budgeted run, the time left; a line per epoch when it ends. When stderr is not a terminal (a log file,
+    """A progress bar over each epoch's iterations with the epoch's mean loss so far (the mean the training curves
+    draw, not the last batch's), the best validation metric so far and, for a time-budgeted run, the time left; a line per epoch when it ends. When stderr is not a terminal (a log file,
     an ensemble member whose output its parent prefixes) only the lines are written.
 
     Args:
@@ -43,11 +43,13 @@ class TrainingProgress:
         self.output_transform = output_transform
         self.budget_seconds = None if budget_minutes is None else 60.0 * budget_minutes
         self.bar: tqdm | None = None
+        self._loss_sum, self._loss_count = 0.0, 0
 
     def attach(self, engine: Engine) -> None:
         # this line per epoch replaces ignite's own (the logger is shared by the engines of the class)
         engine.logger.addFilter(_without_ignite_epoch_line)
         engine.add_event_handler(Events.EPOCH_STARTED, self._open_bar)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_line)
         engine.add_event_handler(Events.COMPLETED, self._close_bar)
@@ -57,7 +59,7 @@ class TrainingProgress:
         validation metric of this epoch where it validated."""
         epoch = f"epoch {engine.state.epoch}" + ("" if self.budget_seconds else f"/{engine.state.max_epochs}")
         parts = [epoch]
-        loss = self._loss(engine)
+        loss = self._loss_sum / self._loss_count if self._loss_count else None
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         state = getattr(self.evaluator, "state", None)
@@ -71,14 +73,17 @@ class TrainingProgress:
             parts.append(f"{int(left // 60)}:{int(left % 60):02d} of the budget left")
         return "  ".join(parts)
 
-    def _loss(self, engine: Engine) -> float | None:
+    def _add_loss(self, engine: Engine) -> None:
         try:
-            return float(self.output_transform(engine.state.output))
-        except (TypeError, ValueError, KeyError, IndexError):  # no output yet, or not a scalar loss
-            return None
+            loss = float(self.output_transform(engine.state.output))
+        except (TypeError, ValueError, KeyError, IndexError):  # no output, or not a scalar loss
+            return
+        self._loss_sum += loss
+        self._loss_count += 1
 
     def _open_bar(self, engine: Engine) -> None:
         self._close_bar(engine)
+        self._loss_sum, self._loss_count = 0.0, 0
         if sys.stderr.isatty():
             self.bar = tqdm(total=engine.state.epoch_length, desc=f"epoch {engine.state.epoch}", leave=False,
                             file=sys.stderr, unit="it", dynamic_ncols=True)

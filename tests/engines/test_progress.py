@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
 from medseg.cli import main, mlflow_ui_command
@@ -35,6 +36,19 @@ def test_each_epoch_prints_its_loss_its_validation_metric_and_the_best_one(synth
     lines = [line for line in capsys.readouterr().err.splitlines() if LINE.match(line)]
     assert [LINE.match(line).group(1, 2) for line in lines] == [("1", "/2"), ("2", "/2")]
     assert all(LINE.match(line).group(3) for line in lines)  # val_interval=1: each epoch validated
+
+
+def test_the_loss_an_epoch_line_shows_is_the_mean_of_its_iterations_losses_in_mlflow(synthetic_drive, tmp_path, capsys):
+    assert train(synthetic_drive, tmp_path / "run", "--set", "ensemble_members=1", "--set", "max_epochs=2") == 0
+    shown = [float(LINE.match(line).group(0).split("loss ")[1].split()[0])
+             for line in capsys.readouterr().err.splitlines() if LINE.match(line)]
+    client = MlflowClient(path_to_sqlite_uri(tmp_path / "run.db"))
+    (run,) = client.search_runs([client.get_experiment_by_name("drive_vessel_unet").experiment_id])
+    losses = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda metric: metric.step)
+    per_epoch = len(losses) // 2
+    assert per_epoch > 1  # a last batch's loss would differ from the mean
+    means = [sum(metric.value for metric in losses[k * per_epoch:(k + 1) * per_epoch]) / per_epoch for k in (0, 1)]
+    assert shown == pytest.approx(means, abs=6e-5)
 
 
 def test_an_epoch_without_validation_shows_only_the_best_metric_so_far(synthetic_drive, tmp_path, capsys):
