@@ -1,8 +1,8 @@
 """``RunArtifacts``: the files that summarise a run, kept up to date on disk while it trains.
 
-After every validation epoch it rewrites ``training_curves.png`` (the mean training loss of every epoch and
-the metrics of every validation against the epoch); when that validation is the best so far (MONAI's ``best_metric_epoch``)
-it also rewrites ``metrics.json``, ``roc_pr.png`` (vessel tasks) and ``overlay_<id>.png`` for the
+After every validation epoch it rewrites ``training_curves.png`` (the mean training loss of every epoch and the
+metrics of every validation against the epoch); when that validation is the best so far (MONAI's
+``best_metric_epoch``) it also rewrites ``metrics.json``, ``roc_pr.png`` (vessel tasks) and ``overlay_<id>.png`` for the
 first images of the validation set, so they always describe the best checkpoint. During training every
 validation's overlays also go to ``overlays/epoch_<NNNN>/``, which the tracking handler logs as MLflow images
 with the epoch as their step. Writing during training, not at the end, keeps the files valid after a crash
@@ -25,6 +25,7 @@ from monai.data import decollate_batch
 from monai.handlers import from_engine
 
 from medseg.engines.plots import plot_overlay, plot_roc_pr, plot_training_curves
+from medseg.engines.progress import EpochMeanLoss
 from medseg.metrics import FOVVesselMetricHandler
 from medseg.utils import atomic_write_text
 
@@ -69,11 +70,10 @@ class RunArtifacts:
         self.num_images = num_images
         self.threshold = threshold
         self.ignore_index = ignore_index
-        self.loss_transform = loss_transform
         self.history: list[dict[str, float]] = []  # each validation's epoch and scalar metrics
         self.epoch_losses: dict[int, float] = {}  # each training epoch's mean loss
         self._examples: list[dict[str, Any]] = []
-        self._loss_sum, self._loss_count = 0.0, 0
+        self._loss = EpochMeanLoss(loss_transform)
         self._trainer: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -82,24 +82,16 @@ class RunArtifacts:
         evaluator = engine if self.evaluator is None else self.evaluator
         if self.evaluator is not None:
             self._trainer = engine
-            engine.add_event_handler(Events.EPOCH_STARTED, self._reset_loss)
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
+            self._loss.attach(engine)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._keep_epoch_loss)
         evaluator.add_event_handler(Events.EPOCH_STARTED, self._reset_examples)
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._keep_examples)
         evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
-    def _reset_loss(self, _: Engine) -> None:
-        self._loss_sum, self._loss_count = 0.0, 0
-
-    def _add_loss(self, trainer: Engine) -> None:
-        self._loss_sum += float(self.loss_transform(trainer.state.output))
-        self._loss_count += 1
-
     def _keep_epoch_loss(self, trainer: Engine) -> None:
         """The epoch's mean loss (also kept by a validation that runs before this handler at the epoch's end)."""
-        if self._loss_count:
-            self.epoch_losses[trainer.state.epoch] = self._loss_sum / self._loss_count
+        if self._loss.value is not None:
+            self.epoch_losses[trainer.state.epoch] = self._loss.value
 
     def _reset_examples(self, _: Engine) -> None:
         self._examples = []

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from medseg.engines.budget import ELAPSED_KEY
 
-__all__ = ["TrainingProgress"]
+__all__ = ["EpochMeanLoss", "TrainingProgress"]
 
 
 def _without_ignite_epoch_line(record: logging.LogRecord) -> bool:
@@ -21,9 +21,43 @@ def _without_ignite_epoch_line(record: logging.LogRecord) -> bool:
     return not (message.startswith("Epoch[") and "] Complete. Time taken" in message)
 
 
+class EpochMeanLoss:
+    """The mean loss of a trainer's epoch so far, for the console and the training curves (ignite's ``Average``
+    metric would also reach MLflow as a metric of its own: MONAI's handler logs every engine metric).
+
+    Args:
+        output_transform: the loss from ``engine.state.output``; an output without a scalar loss is skipped.
+    """
+
+    def __init__(self, output_transform: Callable[[Any], Any]) -> None:
+        self.output_transform = output_transform
+        self._sum, self._count = 0.0, 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
+
+    @property
+    def value(self) -> float | None:
+        """The mean so far, ``None`` before the epoch's first loss."""
+        return self._sum / self._count if self._count else None
+
+    def _reset(self, _: Engine) -> None:
+        self._sum, self._count = 0.0, 0
+
+    def _add(self, engine: Engine) -> None:
+        try:
+            loss = float(self.output_transform(engine.state.output))
+        except (TypeError, ValueError, KeyError, IndexError):  # no output, or not a scalar loss
+            return
+        self._sum += loss
+        self._count += 1
+
+
 class TrainingProgress:
-    """A progress bar over each epoch's iterations with the epoch's mean loss so far (the mean the training curves
-    draw, not the last batch's), the best validation metric so far and, for a time-budgeted run, the time left; a line per epoch when it ends. When stderr is not a terminal (a log file,
+    """A progress bar over each epoch's iterations with the epoch's mean loss so far (:class:`EpochMeanLoss`, the
+    mean the training curves draw, not the last batch's), the best validation metric so far and, for a
+    time-budgeted run, the time left; a line per epoch when it ends. When stderr is not a terminal (a log file,
     an ensemble member whose output its parent prefixes) only the lines are written.
 
     Args:
@@ -40,16 +74,15 @@ class TrainingProgress:
         budget_minutes: float | None = None,
     ) -> None:
         self.evaluator = evaluator
-        self.output_transform = output_transform
+        self.loss = EpochMeanLoss(output_transform)
         self.budget_seconds = None if budget_minutes is None else 60.0 * budget_minutes
         self.bar: tqdm | None = None
-        self._loss_sum, self._loss_count = 0.0, 0
 
     def attach(self, engine: Engine) -> None:
         # this line per epoch replaces ignite's own (the logger is shared by the engines of the class)
         engine.logger.addFilter(_without_ignite_epoch_line)
+        self.loss.attach(engine)
         engine.add_event_handler(Events.EPOCH_STARTED, self._open_bar)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_line)
         engine.add_event_handler(Events.COMPLETED, self._close_bar)
@@ -59,7 +92,7 @@ class TrainingProgress:
         validation metric of this epoch where it validated."""
         epoch = f"epoch {engine.state.epoch}" + ("" if self.budget_seconds else f"/{engine.state.max_epochs}")
         parts = [epoch]
-        loss = self._loss_sum / self._loss_count if self._loss_count else None
+        loss = self.loss.value
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         state = getattr(self.evaluator, "state", None)
@@ -73,17 +106,8 @@ class TrainingProgress:
             parts.append(f"{int(left // 60)}:{int(left % 60):02d} of the budget left")
         return "  ".join(parts)
 
-    def _add_loss(self, engine: Engine) -> None:
-        try:
-            loss = float(self.output_transform(engine.state.output))
-        except (TypeError, ValueError, KeyError, IndexError):  # no output, or not a scalar loss
-            return
-        self._loss_sum += loss
-        self._loss_count += 1
-
     def _open_bar(self, engine: Engine) -> None:
         self._close_bar(engine)
-        self._loss_sum, self._loss_count = 0.0, 0
         if sys.stderr.isatty():
             self.bar = tqdm(total=engine.state.epoch_length, desc=f"epoch {engine.state.epoch}", leave=False,
                             file=sys.stderr, unit="it", dynamic_ncols=True)

@@ -55,6 +55,7 @@ __all__ = ["TrackingHandler"]
 # MLflow's words for the contexts MONAI's bundles log their datasets under
 _DATASET_CONTEXTS = {"train": "training"}
 
+
 class TrackingHandler(MLFlowHandler):
     """``monai.handlers.MLFlowHandler`` (same arguments) that sets ``tags``, attaches on rank 0 only and never
     stops the engine when tracking fails.

@@ -59,7 +59,8 @@ def test_the_training_fov_width_is_an_id_of_a_fundus_bundles_training_on_a_folde
     assert folder_training_ids(REPO / "bundles" / "drive_vessel_unet") == {"training_fov_width"}
     assert folder_training_ids(REPO / "bundles" / "camvid_unet") == set()
     # on the bundle's own dataset nothing reads it: refused, not silently ignored
-    code = main(["train", "drive_vessel_unet", "--set", "training_fov_width=810", "--output-dir", str(tmp_path / "out")])
+    code = main(["train", "drive_vessel_unet", "--set", "training_fov_width=810",
+                 "--output-dir", str(tmp_path / "out")])
     assert code == 1 and "'training_fov_width' is not an id" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
