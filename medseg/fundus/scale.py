@@ -154,16 +154,19 @@ def erode(probs: torch.Tensor, radius: float) -> torch.Tensor:
     padded = F.pad(probs[None], [reach] * 4, mode="replicate")[0]
     eroded = probs.clone()
     for angle in (2 * math.pi * k / _EROSION_DIRECTIONS for k in range(_EROSION_DIRECTIONS)):
-        dy, dx = radius * math.sin(angle), radius * math.cos(angle)
+        # snapped: the axis directions read one row (or column) of neighbours, not a bilinear blend with weight ~1e-16
+        dy, dx = round(radius * math.sin(angle), 9), round(radius * math.cos(angle), 9)
         top, left = math.floor(dy), math.floor(dx)
-        wy, wx = dy - top, dx - left
-        corners = ((top, left, (1 - wy) * (1 - wx)), (top, left + 1, (1 - wy) * wx),
-                   (top + 1, left, wy * (1 - wx)), (top + 1, left + 1, wy * wx))
         for row in range(0, height, _EROSION_ROWS):
             rows = min(_EROSION_ROWS, height - row)
-            sample = sum(
-                weight * padded[:, reach + row + oy : reach + row + oy + rows, reach + ox : reach + ox + width]
-                for oy, ox, weight in corners
-            )
+            window = padded[:, reach + row + top : reach + row + top + rows + 1, reach + left : reach + left + width + 1]
+            sample = _bilinear(window, dy - top, dx - left)
             torch.minimum(eroded[:, row : row + rows], sample, out=eroded[:, row : row + rows])
     return eroded
+
+
+def _bilinear(window: torch.Tensor, wy: float, wx: float) -> torch.Tensor:
+    """The (C, H, W) values at offset ``(wy, wx)`` in [0, 1) into a (C, H + 1, W + 1) ``window``, read bilinearly
+    (as lerps, skipping an axis whose weight is 0)."""
+    columns = window[..., :-1] if wx == 0 else torch.lerp(window[..., :-1], window[..., 1:], wx)
+    return columns[:, :-1] if wy == 0 else torch.lerp(columns[:, :-1], columns[:, 1:], wy)

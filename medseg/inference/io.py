@@ -45,6 +45,9 @@ DEFAULT_PROBABILITY_DTYPE: ProbabilityDtype = "uint16"
 # Modes with more than 8 bits ("I;16", "I", "F") keep their values as one grey channel.
 _OVERLAY_COLOUR = np.array([0, 255, 0], dtype=np.float32)
 _OVERLAY_OPACITY = 0.5
+# zlib level of the photograph-sized PNGs (overlays, probabilities): on a 3504 x 2336 overlay, 3x faster to write
+# than PIL's default 6 for a file a quarter larger; masks, small and quick at any level, keep the default
+_PNG_COMPRESSION = 1
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def write_probabilities(path: Path, probabilities: torch.Tensor, meta: ImageMeta
         quantised = (probabilities[0].float().clamp(0, 1) * levels).round().numpy()
         quantised = quantised.astype(np.uint16 if dtype == "uint16" else np.uint8)
         with atomic_path(path) as temporary:
-            Image.fromarray(quantised).save(temporary, format="PNG")
+            Image.fromarray(quantised).save(temporary, format="PNG", compress_level=_PNG_COMPRESSION)
     else:
         values = probabilities.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
         with atomic_path(path) as temporary:
@@ -170,7 +173,7 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
     blended = (1 - _OVERLAY_OPACITY) * overlay[inside] + _OVERLAY_OPACITY * _OVERLAY_COLOUR
     overlay[inside] = blended.round().astype(np.uint8)
     with atomic_path(path) as temporary:
-        Image.fromarray(overlay).save(temporary, format="PNG")
+        Image.fromarray(overlay).save(temporary, format="PNG", compress_level=_PNG_COMPRESSION)
 
 
 def _to_uint8(values: torch.Tensor, rescale: bool = False) -> np.ndarray:
