@@ -23,6 +23,8 @@ criterion, issue #37). Nothing here chose a setting: the windows were chosen on 
 (``bench/inference_windows.py``); these test figures only check them.
 
     python bench/inference_acceptance.py bundles/drive_vessel_unet
+
+writes ``bench/results/inference_acceptance_<bundle>_<instructions>.md`` (e.g. ``_avx2``, ``_avx512-bf16``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.inference import native_bfloat16
+from medseg.tracking import cpu_instructions
 
 import common
 from common import DATA, RESULTS, machine_line, markdown_table, shown
@@ -220,7 +223,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--data", type=Path, default=DATA, help="the folder holding DRIVE/ and LES-AV/")
-    parser.add_argument("--out", type=Path, help="default: bench/results/inference_acceptance.md")
+    parser.add_argument("--out", type=Path,
+                        help="default: bench/results/inference_acceptance_<bundle>_<instructions>.md, one per kind of "
+                             "CPU (e.g. _avx2, _avx512-bf16: precision auto is bfloat16 on some)")
     return parser.parse_args()
 
 
@@ -228,7 +233,8 @@ def main() -> None:
     args = parse_arguments()
     rows = measure(args.bundle.resolve(), args.cases, args.data)
     command = "python bench/inference_acceptance.py " + " ".join([shown(args.bundle.resolve()), *sys.argv[2:]])
-    out = args.out or RESULTS / "inference_acceptance.md"
+    kind = (cpu_instructions() or "cpu").lower()
+    out = args.out or RESULTS / f"inference_acceptance_{args.bundle.resolve().name}_{kind}.md"
     out.write_text(report(args.bundle, rows, command))
     print(out.read_text())
 

@@ -13,9 +13,14 @@ criterion, issue #37). Of the passing candidates the fastest (wall time predicti
 fast within run-to-run noise the one that does the least work on larger photographs; its settings go to the bundle's
 ``configs/inference.yaml`` (runtime ``openvino`` as ``auto``, which falls back to PyTorch where OpenVINO is missing).
 
+Precision ``auto`` is bfloat16 on some CPUs and float32 on others, so the answers of a candidate depend on the CPU:
+each kind (its widest matrix instructions, :func:`medseg.tracking.cpu_instructions`) has its own table, and a
+candidate that another kind's table failed is not chosen, so the one setting a bundle ships keeps float32's answers
+on every kind measured.
+
     python bench/inference_windows.py bundles/drive_vessel_unet
 
-writes ``bench/results/inference_windows_<bundle>.md``.
+writes ``bench/results/inference_windows_<bundle>_<instructions>.md`` (e.g. ``_avx2``, ``_avx512-bf16``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 
 from medseg.inference import native_bfloat16
+from medseg.tracking import cpu_instructions
 
 import common
 from common import DATA, RESULTS, machine_line, markdown_table, shown
@@ -47,8 +54,9 @@ REFERENCE = "96,0.5,16,torch,float32"
 # candidates within this share of the fastest one's wall time are as fast (run-to-run noise on this CPU)
 AS_FAST = 0.05
 # what is tried: the windows of before on each runtime, less overlap, larger windows, up to one window over a
-# photograph at the training FOV width (DRIVE 565 x 584, LES-AV shrunk to about 625 x 557); precision auto (bf16 where
-# the CPU computes it, else float32) and int8
+# photograph at the training FOV width (DRIVE 565 x 584, LES-AV shrunk to about 625 x 557), and a window that covers a
+# wider photograph's (a 3:2 one shrunk to that FOV width) in one pass; precision auto (bf16 where the CPU computes it,
+# else float32) and int8
 CANDIDATES = (
     "96,0.5,4,torch,auto",
     "96,0.5,4,openvino,auto",
@@ -58,6 +66,7 @@ CANDIDATES = (
     "640,0.25,1,torch,auto",
     "640,0.25,1,openvino,auto",
     "640,0.125,1,openvino,auto",
+    "1024,0.125,1,openvino,auto",
     "96,0.5,4,openvino,int8",
     "640,0.25,1,openvino,int8",
 )
@@ -142,10 +151,29 @@ def measure(bundle: Path, candidates: list[str], data: Path) -> dict[str, dict]:
     return results
 
 
-def chosen(results: dict[str, dict]) -> str | None:
-    """The fastest passing candidate (the reference is none); of those within ``AS_FAST`` of its wall time, the one
-    with the least overlap, then the largest window: they do the least work on photographs larger than these."""
-    passing = {name: result for name, result in results.items() if result["passes"] and name != REFERENCE}
+def results_path(bundle_name: str, instructions: str | None) -> Path:
+    """The table of ``bundle_name``'s windows on CPUs of ``instructions`` (``"AVX512-BF16"``; ``None``: none named)."""
+    return RESULTS / f"inference_windows_{bundle_name}_{(instructions or 'cpu').lower()}.md"
+
+
+def verdicts_elsewhere(bundle_name: str, here: Path) -> dict[str, dict[str, bool]]:
+    """Each other CPU kind's table of ``bundle_name`` (besides ``here``): whether each candidate it measured
+    passed, by the kind's name in its file name."""
+    tables = {}
+    for path in sorted(RESULTS.glob(f"inference_windows_{bundle_name}_*.md")):
+        if path != here:
+            rows = re.findall(r"^\| `([^`]+)`.*\| (yes|no) \|$", path.read_text(), flags=re.MULTILINE)
+            kind = path.stem.removeprefix(f"inference_windows_{bundle_name}_").upper()
+            tables[kind] = {name: verdict == "yes" for name, verdict in rows}
+    return tables
+
+
+def chosen(results: dict[str, dict], elsewhere: dict[str, dict[str, bool]] | None = None) -> str | None:
+    """The fastest candidate (the reference is none) that passes here and that no other CPU kind's table failed;
+    of those within ``AS_FAST`` of its wall time, the one with the least overlap, then the largest window: they do
+    the least work on photographs larger than these."""
+    passing = {name: result for name, result in results.items() if result["passes"] and name != REFERENCE
+               and all(table.get(name, True) for table in (elsewhere or {}).values())}
     if not passing:
         return None
     fastest = min(result["wall_s"] for result in passing.values())
@@ -154,16 +182,16 @@ def chosen(results: dict[str, dict]) -> str | None:
                                           passing[name]["wall_s"]))
 
 
-def report(bundle: Path, results: dict[str, dict], command: str) -> str:
+def report(bundle: Path, results: dict[str, dict], command: str, elsewhere: dict[str, dict[str, bool]]) -> str:
     names = list(results[REFERENCE]["scores"])
-    choice = chosen(results)
+    choice = chosen(results, elsewhere)
     header = ["candidate (window, overlap, batch, runtime, precision)", "wall (s)", "vs reference",
-              *(f"{name} F1 / AUC-ROC" for name in names), "same mask (FOV)", "passes"]
+              *(f"{name} F1 / AUC-ROC" for name in names), "same mask (FOV)", "passes on other CPUs", "passes"]
     rows = [[f"`{name}`" + (" (reference)" if name == REFERENCE else "") + (" **chosen**" if name == choice else ""),
              f"{result['wall_s']:.1f}", f"{results[REFERENCE]['wall_s'] / result['wall_s']:.2f}x",
              *(f"{result['scores'][set_name]['f1']:.4f} / {result['scores'][set_name]['auc_roc']:.4f}"
                for set_name in names),
-             f"{result['agreement']:.3%}", "yes" if result["passes"] else "no"]
+             f"{result['agreement']:.3%}", _elsewhere(name, elsewhere), "yes" if result["passes"] else "no"]
             for name, result in results.items()]
     sets = validation_sets(bundle, DATA)
     lines = [
@@ -177,13 +205,21 @@ def report(bundle: Path, results: dict[str, dict], command: str) -> str:
         f"FOV masks) are within {SAME_SCORE} of the reference's on every set and at least {SAME_MASK:.1%} of all FOV "
         "pixels keep the reference's mask. Wall: predicting only, one thread, each candidate in its own process "
         "(OpenVINO's conversion and int8 calibration, cached once per weights, before the clock).",
-        f"- Chosen: the passing candidate with the least wall time; of those within {AS_FAST:.0%} of it, the one with "
-        "the least overlap, then the largest window (the least work on larger photographs)"
+        f"- Chosen: of the candidates that pass here and that no other CPU kind's table failed "
+        f"({', '.join(f'`{results_path(bundle.name, kind).name}`' for kind in elsewhere) or 'none yet'}), the one "
+        f"with the least wall time; of those within {AS_FAST:.0%} of it, the one with the least overlap, then the "
+        "largest window (the least work on larger photographs)"
         + (f": **`{choice}`**, {results[REFERENCE]['wall_s'] / results[choice]['wall_s']:.1f}x the reference's speed."
            if choice else ": none passes."),
-        "", *markdown_table(header, rows, text_columns=(0, len(header) - 1)), "",
+        "", *markdown_table(header, rows, text_columns=(0, len(header) - 2, len(header) - 1)), "",
     ]
     return "\n".join(lines)
+
+
+def _elsewhere(name: str, elsewhere: dict[str, dict[str, bool]]) -> str:
+    """``"AVX2: yes"``: each other CPU kind's verdict on ``name`` (``-``: not measured there)."""
+    verdicts = {kind: {True: "yes", False: "no"}.get(table.get(name), "-") for kind, table in elsewhere.items()}
+    return ", ".join(f"{kind}: {verdict}" for kind, verdict in verdicts.items()) or "-"
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -205,8 +241,8 @@ def main() -> None:
     results = measure(args.bundle, args.candidates, args.data)
     command = "python bench/inference_windows.py " + " ".join(
         [shown(args.bundle.resolve()), *sys.argv[2:]])
-    out = RESULTS / f"inference_windows_{args.bundle.resolve().name}.md"
-    out.write_text(report(args.bundle, results, command))
+    out = results_path(args.bundle.resolve().name, cpu_instructions())
+    out.write_text(report(args.bundle, results, command, verdicts_elsewhere(args.bundle.resolve().name, out)))
     print(out.read_text())
 
 

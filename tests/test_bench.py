@@ -444,6 +444,29 @@ def test_a_window_is_chosen_only_with_the_reference_answers_and_as_fast_ones_go_
     assert inference_windows.chosen(results) == "192,0.25,4,openvino,auto"
 
 
+def test_a_window_another_kind_of_cpu_failed_is_not_chosen(tmp_path, monkeypatch):
+    # precision auto is bfloat16 on some CPUs: one setting ships, so it must keep the answers on each kind measured
+    monkeypatch.setattr(inference_windows, "RESULTS", tmp_path)
+    reference = np.zeros(1000, bool)
+    results = {
+        inference_windows.REFERENCE: _window_result(tmp_path, "reference", 100.0, 0.8000, reference),
+        "96,0.25,4,openvino,auto": _window_result(tmp_path, "small", 50.0, 0.8000, reference),
+        "640,0.25,1,openvino,auto": _window_result(tmp_path, "large", 20.0, 0.8000, reference),
+        "1024,0.25,1,openvino,auto": _window_result(tmp_path, "whole", 30.0, 0.8000, reference),
+    }
+    inference_windows.judge(results)
+    here = inference_windows.results_path("bundle", "AVX512-BF16")
+    assert here.name == "inference_windows_bundle_avx512-bf16.md"
+    other = inference_windows.results_path("bundle", "AVX2")
+    other.write_text("| candidate | passes |\n|---|---|\n| `96,0.25,4,openvino,auto` **chosen** | yes |\n"
+                     "| `640,0.25,1,openvino,auto` | no |\n")
+    elsewhere = inference_windows.verdicts_elsewhere("bundle", here)
+    assert elsewhere == {"AVX2": {"96,0.25,4,openvino,auto": True, "640,0.25,1,openvino,auto": False}}
+    # 640 failed on AVX2; 1024, not measured there, is the fastest left
+    assert inference_windows.chosen(results, elsewhere) == "1024,0.25,1,openvino,auto"
+    assert inference_windows.chosen(results) == "640,0.25,1,openvino,auto"
+
+
 @pytest.mark.parametrize("bundle", ["drive_vessel_unet", "fundus_vessel_unet"])
 def test_windows_are_chosen_on_drive_validation_and_les_av_training_photographs_only(bundle, drive_root, les_av_root):
     sets = inference_windows.validation_sets(REPO / "bundles" / bundle, drive_root.parent)

@@ -5,8 +5,8 @@ the training handler (``handler``) and MLflow models and the registry (``models`
 
 from medseg.tracking.ensemble_runs import ensemble_parent_run, log_ensemble_metrics
 from medseg.tracking.record import (
-    COMMAND_TAG, MACHINE_TAG, RUN_CONTROL_IDS, RUN_ID_FILE, SEGMENT_START_METRIC, executed_config, hyper_parameters,
-    machine_description, record_run_id, recorded_run_id, run_tags, training_run_name,
+    COMMAND_TAG, MACHINE_TAG, RUN_CONTROL_IDS, RUN_ID_FILE, SEGMENT_START_METRIC, cpu_instructions, executed_config,
+    hyper_parameters, machine_description, record_run_id, recorded_run_id, run_tags, training_run_name,
 )
 from medseg.tracking.runs import (
     DEFAULT_RUN_METRICS, DEFAULT_RUN_PARAMS, DEFAULT_RUN_TAGS, evaluation_tags, runs_table, source_run_id,
@@ -20,8 +20,8 @@ from medseg.tracking.store import (
 __all__ = [
     "COMMAND_TAG", "DEFAULT_RUN_METRICS", "DEFAULT_RUN_PARAMS", "DEFAULT_RUN_TAGS", "EXPERIMENT_KIND_TAG",
     "MACHINE_TAG", "RUN_CONTROL_IDS", "RUN_ID_FILE", "SEGMENT_START_METRIC", "TrackingServerError", "check_tracking_server",
-    "default_tracking_uri", "ensemble_parent_run", "evaluation_tags", "executed_config", "hyper_parameters",
-    "log_ensemble_metrics", "machine_description", "prepare_tracking_store", "record_run_id", "recorded_run_id",
-    "run_tags", "runs_table", "source_run_id", "source_run_tags", "tag_experiment_kind", "tracking_at",
-    "training_record", "training_run_name",
+    "cpu_instructions", "default_tracking_uri", "ensemble_parent_run", "evaluation_tags", "executed_config",
+    "hyper_parameters", "log_ensemble_metrics", "machine_description", "prepare_tracking_store", "record_run_id",
+    "recorded_run_id", "run_tags", "runs_table", "source_run_id", "source_run_tags", "tag_experiment_kind",
+    "tracking_at", "training_record", "training_run_name",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "SEGMENT_START_METRIC",
     "executed_config",
     "hyper_parameters",
+    "cpu_instructions",
     "machine_description",
     "record_run_id",
     "recorded_run_id",
@@ -107,17 +108,24 @@ def run_tags(network: str, dataset: str, **extra: str) -> dict[str, str]:
 CPU_INSTRUCTIONS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
 
 
+def cpu_instructions() -> str | None:
+    """This CPU's widest matrix instructions as :data:`CPU_INSTRUCTIONS` names them (``"AVX512-BF16"``), else
+    ``None``: what bfloat16 and int8 speeds, and a bundle's window choice, depend on."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
+    return next((name for flag, name in CPU_INSTRUCTIONS if flag in flags), None)
+
+
 def machine_description() -> str:
     """Where a run computes, as a training record names it: the GPU when torch sees one, else the CPU's model
-    name, its widest matrix instructions (:data:`CPU_INSTRUCTIONS`) and its cores, e.g. "AMD EPYC (AVX2), 2 cores"."""
+    name, its widest matrix instructions (:func:`cpu_instructions`) and its cores, e.g. "AMD EPYC (AVX2), 2 cores"."""
     import torch
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
-    widest = next((f" ({name})" for flag, name in CPU_INSTRUCTIONS if flag in flags), "")
+    widest = f" ({cpu_instructions()})" if cpu_instructions() else ""
     return f"{names[0] if names else platform.processor() or platform.machine()}{widest}, {os.cpu_count()} cores"
 
 

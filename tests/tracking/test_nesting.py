@@ -16,6 +16,7 @@ from medseg.tracking import (
     COMMAND_TAG,
     MACHINE_TAG,
     SEGMENT_START_METRIC,
+    cpu_instructions,
     evaluation_tags,
     machine_description,
     record_run_id,
@@ -98,6 +99,7 @@ def test_the_machine_names_the_widest_matrix_instructions_of_its_cpu():
     if not offered:
         pytest.skip("this CPU offers none of AMX, AVX512 or AVX2 (or has no /proc/cpuinfo)")
     assert f"({offered[0]}), " in machine_description()
+    assert cpu_instructions() == offered[0]  # what results files of speed are named by (bench/inference_windows.py)
 
 
 def test_the_command_tag_names_the_module_python_m_ran(tmp_path):
