@@ -84,6 +84,33 @@ def test_the_output_channels_are_what_the_network_produces_not_its_last_paramete
         assert (settings.in_channels, settings.out_channels, settings.activation) == (3, 1, "sigmoid")
 
 
+class _SeenSizes(torch.nn.Module):
+    """A 1 x 1 convolution that records each input's spatial size and refuses those below ``least``."""
+
+    def __init__(self, least: int = 0) -> None:
+        super().__init__()
+        self.conv, self.least, self.sizes = torch.nn.Conv2d(3, 2, 1), least, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[2:]))
+        if min(x.shape[2:]) < self.least:
+            raise RuntimeError(f"input smaller than {self.least}")
+        return self.conv(x)
+
+
+def test_a_large_window_is_probed_small_and_at_its_own_size_only_where_the_network_refuses_small():
+    from medseg.inference import LoadedModel
+
+    quick = _SeenSizes()
+    assert LoadedModel(quick, InferenceSettings(roi_size=(1024, 1024))).settings.out_channels == 2
+    assert quick.sizes == [(64, 64)]  # not a 1024 x 1024 pass at start-up
+    strict = _SeenSizes(least=100)
+    assert LoadedModel(strict, InferenceSettings(roi_size=(128, 112))).settings.out_channels == 2
+    assert strict.sizes == [(64, 64), (128, 112)]
+    with pytest.raises(ValueError, match=r"fails on a window of shape \(1, 3, 80, 80\)"):
+        LoadedModel(_SeenSizes(least=100), InferenceSettings(roi_size=(80, 80)))
+
+
 def test_a_network_in_training_mode_is_probed_without_touching_its_statistics():
     from medseg.inference import LoadedModel
     from medseg.networks import UNet
