@@ -15,8 +15,9 @@ Methods, each case and method in its own process (its peak RSS is its own), one 
 
 - ``previous``: the defaults before this benchmark's change: float32 on PyTorch, the layers as trained (no folding
   or fusion), the bundle's validation window, overlap and ``sw_batch_size`` (96 x 96, 0.5, 16);
-- ``medseg``: the bundle's inference defaults (``configs/inference.yaml``: its window, overlap, ``sw_batch_size``,
-  runtime and precision; on PyTorch BN folded, conv + ReLU fused, 2x max pooling as strided maxima);
+- ``medseg``: the bundle's inference settings (``configs/inference.yaml``: its window, overlap, ``sw_batch_size``
+  and precision) on PyTorch, BN folded, conv + ReLU fused, 2x max pooling as strided maxima (its runtime ``auto``
+  is the ``openvino_bf16`` row on a CPU with bf16, where OpenVINO is installed);
 - ``openvino_bf16`` / ``openvino_int8``: the bundle's defaults on the OpenVINO runtime (``runtime: openvino``) at
   precision bfloat16 (OpenVINO's ``bf16`` hint) or int8 (NNCF, calibrated on windows of the bundle's training
   photographs); conversion and calibration happen before the clock starts (they are cached once per weights);
@@ -479,8 +480,8 @@ def report(
         "- Ceiling: the speed-up over `previous` that a row's FLOPs would give if all of them ran at the 1-thread "
         "bf16 peak; a row with the FLOPs of `previous` cannot be faster than that.",
         "- `previous`: float32, layers as trained, sw_batch_size 16 (the defaults before this change). `medseg`: "
-        "the bundle's defaults now (precision auto, BN folded, conv + ReLU fused, 2x max pooling as strided maxima, "
-        "its sw_batch_size).",
+        "the bundle's window, overlap, sw_batch_size and precision (auto) on PyTorch (BN folded, conv + ReLU fused, 2x "
+        "max pooling as strided maxima); its runtime auto is the `openvino_bf16` row on a CPU with bf16.",
         f"- Load average when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
     if rows:
