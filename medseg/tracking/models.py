@@ -2,7 +2,7 @@
 
 A model is a bundle folder (configs, docs, LICENSE and the weights as ``models/model.pt``) stored as the
 artifact ``bundle`` of an MLflow model; :class:`BundleModel` loads it with :func:`medseg.inference.load_model`
-and predicts an image as ``medseg infer`` does (the bundle's normalisation, sliding window, TTA, precision, and
+and predicts an image as ``medseg infer`` does (the bundle's normalisation, sliding window, TTA, runtime, precision, and
 for fundus bundles the scale and the FOV). So the model can be compared as a model version, loaded with
 ``mlflow.pyfunc.load_model`` and served with ``mlflow models serve`` (``--env-manager local``: the serving
 environment is the one medseg is installed in).
@@ -47,11 +47,12 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     """``mlflow.pyfunc`` model of a medseg bundle: ``predict(image)`` returns its probabilities."""
 
     def load_context(self, context: Any) -> None:
-        from medseg.inference import InferenceNetwork, load_model
+        from medseg.inference import load_model, prepare_network
 
         loaded = load_model(context.artifacts["bundle"])
         self.settings = loaded.settings
-        self.network = InferenceNetwork(loaded.network, "cpu", self.settings.precision, self.settings.spatial_dims)
+        # the bundle's runtime and precision, as medseg infer prepares them (runtime auto: OpenVINO where installed)
+        self.network = prepare_network(loaded)
 
     # an ndarray hint is one MLflow infers no schema from (the logged signature is the schema), so it neither
     # validates against the hint nor warns that hints are missing
