@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def _convert(network: nn.Module, roi_size: Sequence[int], in_channels: int) -> o
     model = None
     for size in example_sizes(roi_size):
         try:
-            model = ov.convert_model(folded, example_input=torch.zeros(1, in_channels, *size), input=dynamic)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape arithmetic traced on purpose
+                model = ov.convert_model(folded, example_input=torch.zeros(1, in_channels, *size), input=dynamic)
             break
         except Exception as err:  # the tracer's and the converter's errors alike: try the window size next
             logger.debug("OpenVINO conversion at %s failed: %s", size, err)
