@@ -27,9 +27,9 @@ __all__ = [
     "RUN_CONTROL_IDS",
     "RUN_ID_FILE",
     "SEGMENT_START_METRIC",
+    "cpu_instructions",
     "executed_config",
     "hyper_parameters",
-    "cpu_instructions",
     "machine_description",
     "record_run_id",
     "recorded_run_id",
@@ -125,7 +125,8 @@ def machine_description() -> str:
         return f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    widest = f" ({cpu_instructions()})" if cpu_instructions() else ""
+    instructions = cpu_instructions()
+    widest = f" ({instructions})" if instructions else ""
     return f"{names[0] if names else platform.processor() or platform.machine()}{widest}, {os.cpu_count()} cores"
 
 
